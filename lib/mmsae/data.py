@@ -1,0 +1,379 @@
+"""Paired-embedding store: the one data format every notebook and trainer consumes.
+
+A :class:`PairedEmbeddings` holds two arrays of equal shape ``(N, d)``:
+
+* ``x``: image (or audio) embeddings, modality 0;
+* ``y``: text embeddings, modality 1;
+
+row ``i`` of ``x`` and row ``i`` of ``y`` are one pair (an image and its caption).
+Optional ``labels`` (``N`` ints, for zero-shot evaluation), ``captions`` (``N``
+strings) and a JSON-able ``meta`` dict (encoder, dataset, normalisation, count, ...)
+travel with them.
+
+Files
+-----
+``.safetensors``  tensors ``x``, ``y`` (and ``labels``); meta and captions in the header.
+``.npy``          an array of shape ``(2, N, d)`` = ``[x, y]`` (the layout of the
+                  shared ``clip_vitb16_coco500.npy``), meta defaults.
+``.npz``          arrays ``x``, ``y`` (and ``labels``), optional ``meta`` JSON string.
+directory         an embedding cache written by :mod:`mmsae.cache` (memory-mapped).
+
+Every loader validates what it reads and raises :class:`EmbeddingError` naming the
+file and the problem. Writers are atomic: a temporary file in the same folder is
+renamed over the target, so an interrupted save never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "EmbeddingError",
+    "PairedEmbeddings",
+    "load_paired",
+    "atomic_write",
+    "l2_normalize",
+    "ZeroShotSet",
+]
+
+MODALITY_NAMES = ("image", "text")
+
+
+class EmbeddingError(ValueError):
+    """Invalid embedding data; the message names the source and the problem."""
+
+
+def l2_normalize(a: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32)."""
+    a = np.asarray(a, dtype=np.float32)
+    n = np.linalg.norm(a, axis=-1, keepdims=True)
+    return a / np.maximum(n, eps)
+
+
+def atomic_write(path: str | os.PathLike, write_fn) -> Path:
+    """Call ``write_fn(tmp_path)`` then rename the temporary file onto ``path``.
+
+    The temporary file lives in the target folder so the rename is atomic; on any
+    error it is removed and an existing ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+@dataclass
+class PairedEmbeddings:
+    """Paired embeddings ``x`` (image/audio) and ``y`` (text); row i is one pair."""
+
+    x: np.ndarray
+    y: np.ndarray
+    labels: np.ndarray | None = None
+    captions: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        self.meta = dict(self.meta)
+        self.meta.setdefault("count", int(len(self.x)) if hasattr(self.x, "__len__") else None)
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def modalities(self) -> tuple[str, str]:
+        return tuple(self.meta.get("modalities", MODALITY_NAMES))  # type: ignore[return-value]
+
+    def validate(
+        self,
+        expect_normalized: bool | None = None,
+        expected_dim: int | None = None,
+        tol: float = 1e-2,
+        check_rows: int | None = 200_000,
+    ) -> "PairedEmbeddings":
+        """Check shapes, finiteness and (optionally) unit norm; raise :class:`EmbeddingError`.
+
+        ``expect_normalized=None`` follows ``meta["normalized"]`` when present.
+        ``check_rows`` bounds the rows scanned for NaN/inf and norms on huge
+        memory-mapped stores (``None`` scans everything).
+        """
+        src = self.source
+        x, y = self.x, self.y
+        for name, a in (("x (image/audio)", x), ("y (text)", y)):
+            if a.ndim != 2:
+                raise EmbeddingError(f"{src}: {name} must be 2-D (N, d), got shape {tuple(a.shape)}")
+        if x.shape[0] != y.shape[0]:
+            raise EmbeddingError(
+                f"{src}: unpaired rows: {x.shape[0]} image/audio rows but {y.shape[0]} text rows "
+                "(row i of each must be one pair)"
+            )
+        if x.shape[1] != y.shape[1]:
+            raise EmbeddingError(
+                f"{src}: embedding dimensions differ: x has {x.shape[1]}, y has {y.shape[1]}"
+            )
+        if x.shape[0] == 0:
+            raise EmbeddingError(f"{src}: no rows")
+        if expected_dim is not None and x.shape[1] != expected_dim:
+            raise EmbeddingError(
+                f"{src}: wrong dimension: expected d={expected_dim}, got d={x.shape[1]}"
+            )
+        if self.labels is not None and len(self.labels) != x.shape[0]:
+            raise EmbeddingError(f"{src}: {len(self.labels)} labels for {x.shape[0]} pairs")
+        if self.captions is not None and len(self.captions) != x.shape[0]:
+            raise EmbeddingError(f"{src}: {len(self.captions)} captions for {x.shape[0]} pairs")
+        n = x.shape[0] if check_rows is None else min(x.shape[0], check_rows)
+        for name, a in (("x (image/audio)", x), ("y (text)", y)):
+            block = np.asarray(a[:n], dtype=np.float32)
+            bad = ~np.isfinite(block)
+            if bad.any():
+                rows = np.unique(np.nonzero(bad)[0])
+                raise EmbeddingError(
+                    f"{src}: {name} has NaN/inf values in {len(rows)} rows (first: row {rows[0]})"
+                )
+        if expect_normalized is None:
+            expect_normalized = bool(self.meta.get("normalized", False))
+        if expect_normalized:
+            for name, a in (("x (image/audio)", x), ("y (text)", y)):
+                norms = np.linalg.norm(np.asarray(a[:n], dtype=np.float32), axis=1)
+                off = np.abs(norms - 1.0) > tol
+                if off.any():
+                    i = int(np.nonzero(off)[0][0])
+                    raise EmbeddingError(
+                        f"{src}: {name} is not L2-normalised although normalisation is expected: "
+                        f"{int(off.sum())} rows off unit norm by more than {tol} (row {i} has norm "
+                        f"{norms[i]:.4f}); call .normalized() or set meta['normalized']=False"
+                    )
+        return self
+
+    def normalized(self) -> "PairedEmbeddings":
+        """A copy with both modalities L2-normalised (meta['normalized'] = True)."""
+        meta = dict(self.meta, normalized=True)
+        return PairedEmbeddings(
+            l2_normalize(self.x), l2_normalize(self.y), self.labels, self.captions, meta, self.source
+        )
+
+    def subset(self, index: Sequence[int] | np.ndarray | slice) -> "PairedEmbeddings":
+        """Rows ``index`` of every field (pairing preserved)."""
+        if isinstance(index, slice):
+            idx = index
+            caps = self.captions[idx] if self.captions is not None else None
+        else:
+            idx = np.asarray(index)
+            caps = [self.captions[i] for i in idx] if self.captions is not None else None
+        labels = self.labels[idx] if self.labels is not None else None
+        out = PairedEmbeddings(
+            np.asarray(self.x[idx]), np.asarray(self.y[idx]), labels, caps, dict(self.meta), self.source
+        )
+        out.meta["count"] = len(out)
+        return out
+
+    def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple["PairedEmbeddings", "PairedEmbeddings"]:
+        """Random (seeded) split into train and held-out pairs."""
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError("val_fraction must be in (0, 1)")
+        n = len(self)
+        perm = np.random.default_rng(seed).permutation(n)
+        n_val = max(1, int(round(n * val_fraction)))
+        return self.subset(np.sort(perm[n_val:])), self.subset(np.sort(perm[:n_val]))
+
+    def pooled(self) -> tuple[np.ndarray, np.ndarray]:
+        """All embeddings stacked ``(2N, d)`` and their modality ids (0 = x, 1 = y)."""
+        u = np.concatenate([np.asarray(self.x), np.asarray(self.y)], axis=0)
+        mod = np.concatenate([np.zeros(len(self), np.int64), np.ones(len(self), np.int64)])
+        return u, mod
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``.safetensors`` (default) or ``.npz`` atomically; returns the path."""
+        path = Path(path)
+        meta = dict(self.meta, count=len(self), dim=self.dim)
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import save_file
+
+            tensors = {
+                "x": np.ascontiguousarray(self.x, dtype=np.float32),
+                "y": np.ascontiguousarray(self.y, dtype=np.float32),
+            }
+            if self.labels is not None:
+                tensors["labels"] = np.ascontiguousarray(self.labels, dtype=np.int64)
+            header = {"mmsae_meta": json.dumps(meta)}
+            if self.captions is not None:
+                header["captions"] = json.dumps(list(self.captions))
+            return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+        if path.suffix == ".npz":
+            def _w(tmp: str) -> None:
+                arrays = dict(x=np.asarray(self.x, np.float32), y=np.asarray(self.y, np.float32),
+                              meta=np.array(json.dumps(meta)))
+                if self.labels is not None:
+                    arrays["labels"] = np.asarray(self.labels, np.int64)
+                if self.captions is not None:
+                    arrays["captions"] = np.array(json.dumps(list(self.captions)))
+                with open(tmp, "wb") as f:
+                    np.savez(f, **arrays)
+            return atomic_write(path, _w)
+        raise EmbeddingError(f"{path}: unsupported suffix {path.suffix!r} (use .safetensors or .npz)")
+
+
+def _load_safetensors(path: Path) -> PairedEmbeddings:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        keys = set(f.keys())
+        header = f.metadata() or {}
+        missing = {"x", "y"} - keys
+        if missing:
+            raise EmbeddingError(f"{path}: missing tensors {sorted(missing)} (found {sorted(keys)})")
+        x, y = f.get_tensor("x"), f.get_tensor("y")
+        labels = f.get_tensor("labels") if "labels" in keys else None
+    meta = json.loads(header.get("mmsae_meta", "{}"))
+    captions = json.loads(header["captions"]) if "captions" in header else None
+    return PairedEmbeddings(x, y, labels, captions, meta, str(path))
+
+
+def _load_npy(path: Path, mmap: bool) -> PairedEmbeddings:
+    arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    if arr.ndim != 3 or arr.shape[0] != 2:
+        raise EmbeddingError(
+            f"{path}: expected an array of shape (2, N, d) = [image, text], got {tuple(arr.shape)}"
+        )
+    x, y = arr[0], arr[1]
+    if not mmap:
+        x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    meta = {"dataset": path.stem, "normalized": None, "format": "npy(2,N,d)"}
+    return PairedEmbeddings(x, y, None, None, meta, str(path))
+
+
+def _load_npz(path: Path) -> PairedEmbeddings:
+    with np.load(path, allow_pickle=False) as z:
+        if "x" not in z or "y" not in z:
+            raise EmbeddingError(f"{path}: .npz must hold arrays 'x' and 'y' (found {list(z.keys())})")
+        meta = json.loads(str(z["meta"])) if "meta" in z else {}
+        captions = json.loads(str(z["captions"])) if "captions" in z else None
+        labels = z["labels"] if "labels" in z else None
+        return PairedEmbeddings(z["x"], z["y"], labels, captions, meta, str(path))
+
+
+def load_paired(
+    path: str | os.PathLike,
+    expect_normalized: bool | None = None,
+    expected_dim: int | None = None,
+    mmap: bool = False,
+) -> PairedEmbeddings:
+    """Load and validate paired embeddings from a file or an embedding-cache folder.
+
+    ``expect_normalized``: ``True`` requires unit-norm rows, ``False`` skips the check,
+    ``None`` follows the file's metadata. Raises :class:`EmbeddingError` (naming the
+    file) on a missing file, a bad layout, unpaired rows, NaN/inf or a wrong dimension.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise EmbeddingError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            from . import cache  # embedding cache folders (manifest.json + shards)
+
+            data = cache.load_cache(path)
+        elif path.suffix == ".safetensors":
+            data = _load_safetensors(path)
+        elif path.suffix == ".npy":
+            data = _load_npy(path, mmap)
+        elif path.suffix == ".npz":
+            data = _load_npz(path)
+        else:
+            raise EmbeddingError(
+                f"{path}: unsupported file type {path.suffix!r} (expected .safetensors, .npy, .npz or a cache folder)"
+            )
+    except EmbeddingError:
+        raise
+    except Exception as e:  # corrupt files: name them
+        raise EmbeddingError(f"{path}: could not be read ({type(e).__name__}: {e})") from e
+    data.source = str(path)
+    if data.meta.get("normalized") is None and expect_normalized is None:
+        # Unknown provenance: record what the data is rather than guess.
+        norms = np.linalg.norm(np.asarray(data.x[: min(len(data), 1000)], np.float32), axis=1)
+        data.meta["normalized"] = bool(np.all(np.abs(norms - 1) < 1e-2))
+    return data.validate(expect_normalized=expect_normalized, expected_dim=expected_dim)
+
+
+@dataclass
+class ZeroShotSet:
+    """A labelled evaluation set for zero-shot classification through an SAE.
+
+    ``emb`` (N, d): image/audio embeddings (modality 0) with integer ``labels``;
+    ``class_emb`` (C, d): one text embedding per class (modality 1), usually the
+    normalised mean over prompt templates; ``class_names``: C strings.
+    """
+
+    name: str
+    emb: np.ndarray
+    labels: np.ndarray
+    class_emb: np.ndarray
+    class_names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, expected_dim: int | None = None, source: str | None = None) -> "ZeroShotSet":
+        src = source or self.name
+        if self.emb.ndim != 2 or self.class_emb.ndim != 2:
+            raise EmbeddingError(f"{src}: zero-shot embeddings must be 2-D")
+        if self.emb.shape[1] != self.class_emb.shape[1]:
+            raise EmbeddingError(
+                f"{src}: sample dim {self.emb.shape[1]} != class-prompt dim {self.class_emb.shape[1]}"
+            )
+        if expected_dim is not None and self.emb.shape[1] != expected_dim:
+            raise EmbeddingError(f"{src}: wrong dimension: expected {expected_dim}, got {self.emb.shape[1]}")
+        if len(self.labels) != len(self.emb):
+            raise EmbeddingError(f"{src}: {len(self.labels)} labels for {len(self.emb)} samples")
+        if len(self.class_names) != len(self.class_emb):
+            raise EmbeddingError(f"{src}: {len(self.class_names)} class names for {len(self.class_emb)} class embeddings")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_emb)):
+            raise EmbeddingError(f"{src}: labels outside [0, {len(self.class_emb)})")
+        for nm, a in (("emb", self.emb), ("class_emb", self.class_emb)):
+            if not np.isfinite(a).all():
+                raise EmbeddingError(f"{src}: {nm} has NaN/inf values")
+        return self
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from safetensors.numpy import save_file
+
+        tensors = {
+            "emb": np.ascontiguousarray(self.emb, np.float32),
+            "labels": np.ascontiguousarray(self.labels, np.int64),
+            "class_emb": np.ascontiguousarray(self.class_emb, np.float32),
+        }
+        header = {"name": self.name, "class_names": json.dumps(list(self.class_names)),
+                  "meta": json.dumps(self.meta)}
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ZeroShotSet":
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.exists():
+            raise EmbeddingError(f"{path}: no such zero-shot set")
+        with safe_open(str(path), framework="np") as f:
+            h = f.metadata() or {}
+            out = cls(h.get("name", path.stem), f.get_tensor("emb"), f.get_tensor("labels"),
+                      f.get_tensor("class_emb"), json.loads(h.get("class_names", "[]")),
+                      json.loads(h.get("meta", "{}")))
+        return out.validate(source=str(path))

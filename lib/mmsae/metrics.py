@@ -1,0 +1,508 @@
+"""Metrics on sparse codes and embeddings (spec: docs/paper.md, section "Metrics").
+
+All functions are pure: they take numpy arrays or torch tensors (any device, any float
+dtype), convert them to CPU tensors, and return numpy arrays / Python floats.  Work that
+would need an ``N x N`` (or ``N x m``) similarity matrix is done in chunks.
+
+Conventions
+-----------
+* ``z_x``, ``z_y``: nonnegative codes of shape ``(N, m)`` from a TopK SAE for modality
+  ``x`` (image or audio) and ``y`` (text).  Row ``i`` of ``x`` and row ``i`` of ``y`` are
+  one pair.
+* A latent *fires* on a sample when its activation is strictly greater than ``threshold``
+  (default ``0.0``).
+* Cosine similarity of a zero vector with anything is defined as 0 (vectors are divided by
+  ``max(||v||, eps)``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "to_tensor",
+    "neuron_categories",
+    "modality_score",
+    "mms_scores",
+    "mms_scores_naive",
+    "mms_summary",
+    "reconstruction_metrics",
+    "retrieval_ranks",
+    "retrieval_metrics",
+    "cross_modal_retrieval",
+    "zero_shot_predict",
+    "zero_shot_accuracy",
+    "zero_shot_report",
+    "atom_recovery",
+    "best_latent_by_decoder",
+    "activation_correlation_best",
+    "best_latent_by_activation",
+    "collapse_rate",
+    "single_latent_fraction",
+    "ground_truth_report",
+    "CATEGORY_NAMES",
+    "MMS_KEYS",
+]
+
+CATEGORY_NAMES = ("image_only", "text_only", "both", "dead")
+MMS_KEYS = ("img_img", "txt_txt", "img_txt")
+_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------- helpers
+def to_tensor(a, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Convert a numpy array / torch tensor / sequence to a CPU tensor of ``dtype``
+    (float32 by default), detached from any autograd graph."""
+    if isinstance(a, torch.Tensor):
+        return a.detach().to(device="cpu", dtype=dtype)
+    return torch.as_tensor(np.asarray(a), dtype=dtype)
+
+
+def _normalize_rows(a: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their L2 norm; zero rows stay zero."""
+    return a / a.norm(dim=1, keepdim=True).clamp_min(_EPS)
+
+
+def _check_2d(name: str, a: torch.Tensor) -> None:
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {tuple(a.shape)}")
+
+
+# --------------------------------------------------------------------------- neurons
+def neuron_categories(z_x, z_y, threshold: float = 0.0, min_count: int = 1) -> dict:
+    """Classify every latent by the modalities it fires on.
+
+    Latent ``i`` *fires on modality x* when at least ``min_count`` rows ``j`` of ``z_x``
+    have ``z_x[j, i] > threshold`` (same for ``y``).  Then
+
+    * ``image_only``: fires on x, not on y;
+    * ``text_only``: fires on y, not on x;
+    * ``both``: fires on x and on y;
+    * ``dead``: fires on neither.
+
+    Returns a dict with integer counts ``image_only, text_only, both, dead`` (they sum to
+    ``m``), ``categories``: numpy array of ``m`` strings from :data:`CATEGORY_NAMES`, and
+    ``count_x`` / ``count_y``: per-latent numbers of firing samples (int64 arrays).
+    """
+    zx, zy = to_tensor(z_x), to_tensor(z_y)
+    _check_2d("z_x", zx)
+    _check_2d("z_y", zy)
+    if zx.shape[1] != zy.shape[1]:
+        raise ValueError("z_x and z_y must have the same number of latents")
+    cx = (zx > threshold).sum(0).numpy().astype(np.int64)
+    cy = (zy > threshold).sum(0).numpy().astype(np.int64)
+    fx, fy = cx >= min_count, cy >= min_count
+    cats = np.full(zx.shape[1], "dead", dtype=object)
+    cats[fx & ~fy] = "image_only"
+    cats[~fx & fy] = "text_only"
+    cats[fx & fy] = "both"
+    cats = cats.astype(str)
+    out = {name: int((cats == name).sum()) for name in CATEGORY_NAMES}
+    out["categories"] = cats
+    out["count_x"] = cx
+    out["count_y"] = cy
+    return out
+
+
+def modality_score(z_x, z_y) -> np.ndarray:
+    """Modality score of each latent (Papadimitriou et al. 2025).
+
+    ``score_i = E_x[z_i] / (E_x[z_i] + E_y[z_i])`` where ``E_x`` is the mean over the rows of
+    ``z_x`` (image samples) and ``E_y`` the mean over the rows of ``z_y`` (text samples).
+    1 means image-only, 0 text-only, 0.5 balanced.  NaN where both means are 0 (the latent
+    never fires).  Returns a float64 array of shape ``(m,)``.
+    """
+    zx, zy = to_tensor(z_x, torch.float64), to_tensor(z_y, torch.float64)
+    ex, ey = zx.mean(0).numpy(), zy.mean(0).numpy()
+    tot = ex + ey
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.where(tot > 0, ex / np.where(tot > 0, tot, 1.0), np.nan)
+    return s
+
+
+# --------------------------------------------------------------------------- MMS
+def _firing_sums(z: torch.Tensor, r: torch.Tensor, threshold: float):
+    """For the entries ``z[j, i] > threshold`` (activations ``a = |z[j, i]|``) return per
+    latent ``i``: ``U_i = sum_j a_j r_j`` (m, D), ``s_i = sum_j a_j``,
+    ``q_i = sum_j a_j^2 ||r_j||^2`` and ``p_i = sum_j a_j^2`` (float64).  Only the firing
+    entries are used, through a sparse ``(m, N)`` matrix (TopK codes are very sparse)."""
+    m, n = z.shape[1], z.shape[0]
+    rows, cols = (z > threshold).nonzero(as_tuple=True)
+    vals = z[rows, cols].double().abs()
+    A = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (m, n),
+                                check_invariants=False).coalesce()
+    A2 = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals * vals, (m, n),
+                                check_invariants=False).coalesce()
+    sqr = (r * r).sum(1, keepdim=True)
+    ones = torch.ones(n, 1, dtype=torch.float64)
+    U = torch.sparse.mm(A, r)
+    s = torch.sparse.mm(A, ones)[:, 0]
+    q = torch.sparse.mm(A2, sqr)[:, 0]
+    p = torch.sparse.mm(A2, ones)[:, 0]
+    return U, s, q, p
+
+
+def _mms_pair(za: torch.Tensor, ra: torch.Tensor, zb: torch.Tensor, rb: torch.Tensor,
+              same: bool, threshold: float) -> np.ndarray:
+    """Vectorised MMS for one modality pair; see :func:`mms_scores`."""
+    ua, sa, qa, pa = _firing_sums(za, _normalize_rows(ra.double()), threshold)
+    if same:
+        num = (ua * ua).sum(1) - qa
+        den = sa * sa - pa
+        scale = sa * sa
+    else:
+        ub, sb, _, _ = _firing_sums(zb, _normalize_rows(rb.double()), threshold)
+        num = (ua * ub).sum(1)
+        den = sa * sb
+        scale = den
+    num, den, scale = num.numpy(), den.numpy(), scale.numpy()
+    ok = den > 1e-9 * np.maximum(scale, _EPS)
+    return np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+
+
+def mms_scores(z_x, z_y, ref_x, ref_y, threshold: float = 0.0) -> dict:
+    """Multimodal monosemanticity score (MMS) of every latent, vectorised.
+
+    Definition (paper.md, Metrics 2).  For latent ``i`` and modality pair ``(m, n)``:
+    let ``J`` be the samples of modality ``m`` on which the latent fires
+    (activation ``> threshold``) with activations ``a^m_j`` and ``K`` the firing samples of
+    modality ``n`` with activations ``a^n_k``.  ``S_jk`` is the cosine similarity of samples
+    ``j`` and ``k`` under the *reference* embeddings (``ref_x`` rows for image samples,
+    ``ref_y`` rows for text samples; the reference dimension may differ from the codes'
+    embedding dimension, but ``ref_x`` and ``ref_y`` must share one dimension).
+    ``A_jk = |a^m_j a^n_k|``, with the pairs ``j == k``
+    (the same sample) excluded when ``m == n``.  Then
+
+        ``MMS_i = sum_jk A_jk S_jk / sum_jk A_jk``, and ``MMS_i = 0`` if the denominator is 0
+        (the latent never fires, or for ``m == n`` fires on a single sample).
+
+    The sum is computed as ``<Z_m^T R_m, Z_n^T R_n>`` per latent, where ``Z`` holds the
+    thresholded absolute activations (non-firing entries set to 0) and ``R`` the
+    unit-normalised reference rows, minus the diagonal ``sum_j a_j^2 ||r_j||^2`` when
+    ``m == n``; the denominator is ``(sum_j a_j)(sum_k a_k)`` minus ``sum_j a_j^2`` when
+    ``m == n``.  Computed in float64 with a sparse ``(m, N)`` matrix of the firing entries
+    (memory ``O(nnz + m * D_ref)``; no ``N x N`` matrix is ever formed).
+
+    Returns ``{"img_img": (m,), "txt_txt": (m,), "img_txt": (m,)}`` float64 arrays
+    (``img_img`` uses ``(z_x, ref_x)`` twice, ``txt_txt`` uses ``(z_y, ref_y)``, and
+    ``img_txt`` uses image samples against text samples).
+    """
+    zx, zy = to_tensor(z_x), to_tensor(z_y)
+    rx, ry = to_tensor(ref_x, torch.float64), to_tensor(ref_y, torch.float64)
+    for n, t in (("z_x", zx), ("z_y", zy), ("ref_x", rx), ("ref_y", ry)):
+        _check_2d(n, t)
+    if zx.shape[0] != rx.shape[0] or zy.shape[0] != ry.shape[0]:
+        raise ValueError("codes and reference embeddings must have the same number of rows")
+    if zx.shape[1] != zy.shape[1]:
+        raise ValueError("z_x and z_y must have the same number of latents")
+    if rx.shape[1] != ry.shape[1]:
+        raise ValueError("ref_x and ref_y must have the same dimension for img_txt")
+    return {
+        "img_img": _mms_pair(zx, rx, zx, rx, True, threshold),
+        "txt_txt": _mms_pair(zy, ry, zy, ry, True, threshold),
+        "img_txt": _mms_pair(zx, rx, zy, ry, False, threshold),
+    }
+
+
+def mms_scores_naive(z_x, z_y, ref_x, ref_y, threshold: float = 0.0) -> dict:
+    """Literal, loop-based MMS (same definition as :func:`mms_scores`).  Slow: for tests."""
+    zx, zy = np.asarray(to_tensor(z_x, torch.float64)), np.asarray(to_tensor(z_y, torch.float64))
+    rx, ry = np.asarray(to_tensor(ref_x, torch.float64)), np.asarray(to_tensor(ref_y, torch.float64))
+
+    def cos(u, v):
+        nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+        if nu < _EPS or nv < _EPS:
+            return 0.0
+        return float(u @ v / (nu * nv))
+
+    def one(za, ra, zb, rb, same):
+        m = za.shape[1]
+        res = np.zeros(m)
+        for i in range(m):
+            J = [j for j in range(za.shape[0]) if za[j, i] > threshold]
+            K = [k for k in range(zb.shape[0]) if zb[k, i] > threshold]
+            num = den = 0.0
+            for j in J:
+                for k in K:
+                    if same and j == k:
+                        continue
+                    a = abs(za[j, i] * zb[k, i])
+                    num += a * cos(ra[j], rb[k])
+                    den += a
+            res[i] = num / den if den > 0 else 0.0
+        return res
+
+    return {
+        "img_img": one(zx, rx, zx, rx, True),
+        "txt_txt": one(zy, ry, zy, ry, True),
+        "img_txt": one(zx, rx, zy, ry, False),
+    }
+
+
+def mms_summary(scores: dict) -> dict:
+    """Summary of per-latent MMS arrays: for each key ``k`` of ``scores`` returns
+    ``k_mean``, ``k_median`` (NaN ignored) and ``k_frac_gt_0.5`` (fraction of latents whose
+    score is > 0.5, over all non-NaN latents, zeros included)."""
+    out = {}
+    for k, v in scores.items():
+        a = np.asarray(to_tensor(v, torch.float64)).ravel()
+        a = a[~np.isnan(a)]
+        if a.size == 0:
+            out[f"{k}_mean"] = out[f"{k}_median"] = out[f"{k}_frac_gt_0.5"] = float("nan")
+            continue
+        out[f"{k}_mean"] = float(a.mean())
+        out[f"{k}_median"] = float(np.median(a))
+        out[f"{k}_frac_gt_0.5"] = float((a > 0.5).mean())
+    return out
+
+
+# --------------------------------------------------------------------------- reconstruction
+def reconstruction_metrics(u, u_hat) -> dict:
+    """Reconstruction quality of ``u_hat`` for ``u`` (both ``(N, d)``), in float64.
+
+    * ``explained_variance = 1 - sum_i ||u_i - û_i||^2 / sum_i ||u_i - mean(u)||^2``
+      (``mean(u)`` is the per-dimension mean over samples);
+    * ``nmse = mean_i ||u_i - û_i||^2 / mean_i ||u_i||^2``;
+    * ``cosine = mean_i cos(u_i, û_i)`` (0 for a zero vector);
+    * ``mse = mean_i ||u_i - û_i||^2`` (squared error summed over dims, averaged over
+      samples).
+    """
+    a, b = to_tensor(u, torch.float64), to_tensor(u_hat, torch.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}")
+    if a.ndim == 1:
+        a, b = a[None], b[None]
+    err = ((a - b) ** 2).sum(1)
+    tot = ((a - a.mean(0, keepdim=True)) ** 2).sum()
+    cos = (_normalize_rows(a) * _normalize_rows(b)).sum(1)
+    return {
+        "explained_variance": float(1.0 - err.sum() / tot) if tot > 0 else float("nan"),
+        "nmse": float(err.mean() / (a ** 2).sum(1).mean()),
+        "cosine": float(cos.mean()),
+        "mse": float(err.mean()),
+    }
+
+
+# --------------------------------------------------------------------------- retrieval
+def retrieval_ranks(queries, keys, chunk: int = 1024) -> np.ndarray:
+    """Rank of the correct key for each query (query ``i``'s correct key is key ``i``).
+
+    Similarity is cosine.  ``rank_i = 1 + #{j : sim(q_i, k_j) > sim(q_i, k_i)}`` (strictly
+    greater), so keys tied with the correct key do *not* push it down (optimistic tie
+    handling).  Computed in chunks of ``chunk`` queries.  Returns int64 ``(N,)``.
+    """
+    q, k = _normalize_rows(to_tensor(queries)), _normalize_rows(to_tensor(keys))
+    _check_2d("queries", q)
+    _check_2d("keys", k)
+    if q.shape[0] != k.shape[0]:
+        raise ValueError("queries and keys must have the same number of rows (paired)")
+    ranks = np.empty(q.shape[0], dtype=np.int64)
+    for s in range(0, q.shape[0], chunk):
+        sims = q[s:s + chunk] @ k.T  # (c, N)
+        idx = torch.arange(s, min(s + chunk, q.shape[0]))
+        correct = sims[torch.arange(len(idx)), idx]
+        ranks[s:s + len(idx)] = (1 + (sims > correct[:, None]).sum(1)).numpy()
+    return ranks
+
+
+def retrieval_metrics(queries, keys, ks: Sequence[int] = (1, 5, 10), chunk: int = 1024) -> dict:
+    """Paired retrieval: ``R@k`` = fraction of queries whose correct key has rank <= k,
+    ``MRR`` = mean of ``1 / rank``; ranks as in :func:`retrieval_ranks` (cosine, strict
+    ``>`` so ties favour the correct key)."""
+    r = retrieval_ranks(queries, keys, chunk=chunk)
+    out = {f"R@{k}": float((r <= k).mean()) for k in ks}
+    out["MRR"] = float((1.0 / r).mean())
+    return out
+
+
+def cross_modal_retrieval(x_repr, y_repr, ks: Sequence[int] = (1, 5, 10), chunk: int = 1024) -> dict:
+    """Retrieval in both directions: ``x2y_*`` (x rows are queries, y rows keys) and
+    ``y2x_*``; keys as in :func:`retrieval_metrics`, e.g. ``x2y_R@1``, ``y2x_MRR``."""
+    out = {}
+    for pre, q, k in (("x2y_", x_repr, y_repr), ("y2x_", y_repr, x_repr)):
+        for name, v in retrieval_metrics(q, k, ks=ks, chunk=chunk).items():
+            out[pre + name] = v
+    return out
+
+
+# --------------------------------------------------------------------------- zero-shot
+def zero_shot_predict(emb, class_emb, chunk: int = 4096) -> np.ndarray:
+    """Predicted class of each row of ``emb``: argmax over rows of ``class_emb`` of cosine
+    similarity (ties -> lowest class index).  Returns int64 ``(N,)``."""
+    e, c = _normalize_rows(to_tensor(emb)), _normalize_rows(to_tensor(class_emb))
+    preds = [(e[s:s + chunk] @ c.T).argmax(1) for s in range(0, e.shape[0], chunk)]
+    return torch.cat(preds).numpy().astype(np.int64) if preds else np.zeros(0, np.int64)
+
+
+def zero_shot_accuracy(emb, labels, class_emb) -> float:
+    """Fraction of samples whose cosine-argmax class (:func:`zero_shot_predict`) equals
+    ``labels`` (int class indices into the rows of ``class_emb``)."""
+    pred = zero_shot_predict(emb, class_emb)
+    lab = np.asarray(to_tensor(labels, torch.int64))
+    return float((pred == lab).mean())
+
+
+def zero_shot_report(emb, labels, class_emb, class_names: Sequence[str] | None = None) -> dict:
+    """Zero-shot accuracy plus ``per_class`` accuracy (array over classes, NaN for classes
+    with no samples), ``balanced_accuracy`` (mean of the non-NaN per-class values),
+    ``predictions`` and, if given, ``class_names``."""
+    pred = zero_shot_predict(emb, class_emb)
+    lab = np.asarray(to_tensor(labels, torch.int64))
+    n_cls = to_tensor(class_emb).shape[0]
+    per = np.full(n_cls, np.nan)
+    for c in range(n_cls):
+        sel = lab == c
+        if sel.any():
+            per[c] = float((pred[sel] == c).mean())
+    out = {
+        "accuracy": float((pred == lab).mean()),
+        "per_class": per,
+        "balanced_accuracy": float(np.nanmean(per)) if np.any(~np.isnan(per)) else float("nan"),
+        "predictions": pred,
+    }
+    if class_names is not None:
+        out["class_names"] = list(class_names)
+    return out
+
+
+# --------------------------------------------------------------------------- ground truth
+def _atom_cos(true_atoms, dictionary) -> torch.Tensor:
+    t = _normalize_rows(to_tensor(true_atoms, torch.float64))
+    d = _normalize_rows(to_tensor(dictionary, torch.float64))
+    if t.shape[1] != d.shape[1]:
+        raise ValueError("true atoms and dictionary atoms must have the same dimension")
+    return t @ d.T  # (c, m)
+
+
+def atom_recovery(true_atoms, dictionary) -> np.ndarray:
+    """For each true atom (row of ``true_atoms`` ``(c, d)``), the best *signed* cosine
+    similarity to any dictionary atom (row of ``dictionary`` ``(m, d)``).  Returns ``(c,)``."""
+    return _atom_cos(true_atoms, dictionary).max(1).values.numpy()
+
+
+def best_latent_by_decoder(true_atoms, dictionary) -> np.ndarray:
+    """Index of the dictionary atom with the highest signed cosine to each true atom
+    (``(c,)`` int64)."""
+    return _atom_cos(true_atoms, dictionary).argmax(1).numpy().astype(np.int64)
+
+
+def activation_correlation_best(true_codes, z, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """For each true concept ``c`` (column of ``true_codes`` ``(N, c)``), the latent (column of
+    ``z`` ``(N, m)``) with the largest Pearson correlation between the concept coefficient and
+    the latent activation across the ``N`` samples, and that correlation.
+
+    A constant column (on either side) has correlation 0 with everything.  If the best
+    correlation is <= 0 (no latent co-varies positively) the index is ``-1``.  Chunked over
+    latents, float64.  Returns ``(indices int64 (c,), correlations float64 (c,))``.
+    """
+    t = to_tensor(true_codes, torch.float64)
+    zz = to_tensor(z)
+    if t.shape[0] != zz.shape[0]:
+        raise ValueError("true_codes and z must have the same number of rows")
+    tc = t - t.mean(0, keepdim=True)
+    tn = tc.norm(dim=0)
+    tc = torch.where(tn > _EPS, tc / tn.clamp_min(_EPS), torch.zeros_like(tc))
+    best_val = torch.full((t.shape[1],), -np.inf, dtype=torch.float64)
+    best_idx = torch.full((t.shape[1],), -1, dtype=torch.int64)
+    for s in range(0, zz.shape[1], chunk):
+        zc = zz[:, s:s + chunk].double()
+        zc = zc - zc.mean(0, keepdim=True)
+        zn = zc.norm(dim=0)
+        zc = torch.where(zn > _EPS, zc / zn.clamp_min(_EPS), torch.zeros_like(zc))
+        corr = tc.T @ zc  # (c, chunk)
+        v, i = corr.max(1)
+        upd = v > best_val
+        best_val = torch.where(upd, v, best_val)
+        best_idx = torch.where(upd, i + s, best_idx)
+    best_idx = torch.where(best_val > 0, best_idx, torch.full_like(best_idx, -1))
+    return best_idx.numpy(), best_val.numpy()
+
+
+def best_latent_by_activation(true_codes, z, chunk: int = 1024) -> np.ndarray:
+    """Per concept, argmax over latents of the Pearson correlation between the true concept
+    coefficient and the latent activation; ``-1`` when no latent correlates positively.
+    See :func:`activation_correlation_best`."""
+    return activation_correlation_best(true_codes, z, chunk=chunk)[0]
+
+
+def _same_latent_fraction(best_img, best_txt, shared_mask) -> float:
+    bi, bt = np.asarray(best_img), np.asarray(best_txt)
+    mask = np.asarray(shared_mask, dtype=bool)
+    if mask.sum() == 0:
+        return float("nan")
+    same = (bi == bt) & (bi >= 0)
+    return float(same[mask].mean())
+
+
+def collapse_rate(best_img, best_txt, shared_mask) -> float:
+    """Fraction of shared concepts (``shared_mask`` True) whose best image latent and best
+    text latent are the same index (an index of -1, "none found", never matches).  With
+    decoder-based indices (:func:`best_latent_by_decoder`) this is the *collapse* of
+    Lee et al.: one column stands for both modality directions of a concept.  NaN when
+    there is no shared concept."""
+    return _same_latent_fraction(best_img, best_txt, shared_mask)
+
+
+def single_latent_fraction(best_img, best_txt, shared_mask) -> float:
+    """Same computation as :func:`collapse_rate`, read positively with activation-based
+    indices (:func:`best_latent_by_activation`): the fraction of shared concepts captured
+    by a single latent in both modalities (the latent that tracks the concept in images is
+    the one that tracks it in captions)."""
+    return _same_latent_fraction(best_img, best_txt, shared_mask)
+
+
+def ground_truth_report(true_atoms_x, true_atoms_y, concept_kind, codes_x, codes_y,
+                        z_x, z_y, dict_x, dict_y, recovered_threshold: float = 0.9) -> dict:
+    """Ground-truth scores on synthetic data.
+
+    Inputs: ``true_atoms_x``/``true_atoms_y`` ``(c, d)``: each concept's image / text
+    direction (rows aligned with ``concept_kind``; rows of concepts absent from a modality
+    are ignored); ``concept_kind`` ``(c,)`` ints: 0 shared, 1 image-only, 2 text-only;
+    ``codes_x``/``codes_y`` ``(N, c)``: true concept coefficients of each modality;
+    ``z_x``/``z_y`` ``(N, m)``: model codes; ``dict_x``/``dict_y`` ``(m, d)``: decoder atoms
+    used for each modality (the same array for a shared dictionary).
+
+    Returns
+    * ``recovery_x_mean``: mean :func:`atom_recovery` of the image atoms (kinds 0, 1,
+      ``true_atoms_x`` vs ``dict_x``); ``recovery_y_mean`` likewise for text (kinds 0, 2);
+    * ``recovered_frac_x``, ``recovered_frac_y``, ``recovered_frac``: fraction of those atoms
+      (and of all of them pooled) with recovery > ``recovered_threshold`` (0.9);
+    * ``collapse_rate``: :func:`collapse_rate` with decoder-based indices over shared
+      concepts;
+    * ``single_latent_fraction``: :func:`single_latent_fraction` with activation-based
+      indices over shared concepts; ``alignment_error = 1 - single_latent_fraction``;
+    * ``n_shared``, ``n_image_only``, ``n_text_only``.
+    """
+    kind = np.asarray(to_tensor(concept_kind, torch.int64))
+    sel_x = (kind == 0) | (kind == 1)
+    sel_y = (kind == 0) | (kind == 2)
+    shared = kind == 0
+    ax, ay = to_tensor(true_atoms_x, torch.float64), to_tensor(true_atoms_y, torch.float64)
+    rec_x = atom_recovery(ax[torch.as_tensor(sel_x)], dict_x) if sel_x.any() else np.zeros(0)
+    rec_y = atom_recovery(ay[torch.as_tensor(sel_y)], dict_y) if sel_y.any() else np.zeros(0)
+    both = np.concatenate([rec_x, rec_y])
+
+    def _mean(a):
+        return float(a.mean()) if a.size else float("nan")
+
+    dec_x = best_latent_by_decoder(ax, dict_x)
+    dec_y = best_latent_by_decoder(ay, dict_y)
+    act_x = best_latent_by_activation(codes_x, z_x)
+    act_y = best_latent_by_activation(codes_y, z_y)
+    slf = single_latent_fraction(act_x, act_y, shared)
+    return {
+        "recovery_x_mean": _mean(rec_x),
+        "recovery_y_mean": _mean(rec_y),
+        "recovered_frac_x": _mean(rec_x > recovered_threshold),
+        "recovered_frac_y": _mean(rec_y > recovered_threshold),
+        "recovered_frac": _mean(both > recovered_threshold),
+        "collapse_rate": collapse_rate(dec_x, dec_y, shared),
+        "single_latent_fraction": slf,
+        "alignment_error": 1.0 - slf,
+        "n_shared": int(shared.sum()),
+        "n_image_only": int((kind == 1).sum()),
+        "n_text_only": int((kind == 2).sum()),
+    }

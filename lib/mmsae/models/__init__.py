@@ -1,0 +1,11 @@
+"""SAE models: one file per architecture, all behind the :class:`Dictionary` interface."""
+
+from .base import (MODEL_REGISTRY, CheckpointError, Dictionary, LossOutput, SAEConfig, build_model,
+                   load_model, register)
+from .group_sparse import GroupSparseSAE, gsae_config, mgsae_config
+from .topk import TopKSAE
+
+__all__ = [
+    "MODEL_REGISTRY", "CheckpointError", "Dictionary", "LossOutput", "SAEConfig", "build_model", "load_model",
+    "register", "TopKSAE", "GroupSparseSAE", "gsae_config", "mgsae_config",
+]

@@ -1,0 +1,233 @@
+"""The small interface every SAE in this project implements, and its save/load.
+
+``Dictionary`` (an ``nn.Module``):
+
+* ``encode(u, modality=0) -> z``  dense non-negative codes ``(B, m)``;
+* ``decode(z, modality=0) -> u_hat``;
+* ``forward(u, modality=0) -> (u_hat, z)``;
+* ``decoder_atoms(modality=0) -> (m, d)`` the dictionary directions used to decode
+  that modality (the same array for shared dictionaries);
+* ``training_loss(x, y, step) -> LossOutput`` the method's objective on a batch of
+  pairs (``x`` image/audio, ``y`` text); the one loop in :mod:`mmsae.train` calls it;
+* ``before_optimizer_step()`` / ``after_optimizer_step()`` hooks (decoder-norm
+  constraint), ``init_from_data(x, y)`` (pre-bias initialisation).
+
+Modality ids: 0 = image/audio (``x``), 1 = text (``y``). Models with one pre-bias
+ignore the id.
+
+A model is saved as a folder ``config.json`` + ``model.safetensors`` and loaded in one
+line with :func:`load_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+__all__ = ["SAEConfig", "LossOutput", "Dictionary", "register", "load_model", "build_model", "MODEL_REGISTRY",
+           "CheckpointError"]
+
+MODEL_REGISTRY: dict[str, type["Dictionary"]] = {}
+
+
+class CheckpointError(FileNotFoundError):
+    """A missing or unreadable model checkpoint (the message names the path)."""
+
+
+def register(name: str) -> Callable[[type["Dictionary"]], type["Dictionary"]]:
+    """Class decorator: make ``name`` loadable by :func:`load_model`."""
+    def deco(cls: type["Dictionary"]) -> type["Dictionary"]:
+        cls.arch = name
+        MODEL_REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+@dataclass
+class SAEConfig:
+    """Hyper-parameters of a dictionary. ``arch`` selects the class.
+
+    Defaults follow the paper (d=512, 8192 latents, K=32, lambda=0.05, mask 0.2) and,
+    where the paper is silent, the TopK recipe of Gao et al. (2024): unit-norm decoder
+    atoms with gradient projection, AuxK with coefficient 1/32 and k_aux = d/2, the
+    pre-bias initialised at the data mean (``prebias_init="mean"``; or
+    ``"geometric_median"``), the encoder initialised as the decoder's transpose.
+    """
+
+    arch: str = "topk"
+    d: int = 512
+    m: int = 8192
+    k: int = 32
+    n_modalities: int = 1  # pre-biases: 1 = pooled, 2 = one per modality
+    group_lambda: float = 0.0  # l2,1 weight (GSAE: 0.05)
+    mask_rate: float = 0.0  # cross-modal latent drop probability (MGSAE: 0.2)
+    mask_mode: str = "pair"  # "pair": one mask per pair; "batch": one per batch
+    auxk_coef: float = 1.0 / 32.0  # 0 disables AuxK
+    k_aux: int | None = None  # default d // 2
+    dead_after: int = 100_000  # a latent is dead after this many samples without firing
+    prebias_init: str = "mean"
+    extra: dict[str, Any] = field(default_factory=dict)  # arch-specific settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SAEConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown SAEConfig fields {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **kw: Any) -> "SAEConfig":
+        return SAEConfig.from_dict({**self.to_dict(), **kw})
+
+
+@dataclass
+class LossOutput:
+    """What ``training_loss`` returns: the scalar to minimise and detached statistics."""
+
+    loss: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class Dictionary(nn.Module):
+    """Base class; subclasses set ``arch`` with :func:`register`."""
+
+    arch = "base"
+
+    def __init__(self, config: SAEConfig):
+        super().__init__()
+        self.config = config
+
+    # --- interface -------------------------------------------------------------------
+    def encode(self, u: torch.Tensor, modality: int = 0) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor, modality: int = 0) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, u: torch.Tensor, modality: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encode(u, modality)
+        return self.decode(z, modality), z
+
+    def decoder_atoms(self, modality: int = 0) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    def init_from_data(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Data-dependent initialisation before training (default: nothing)."""
+
+    def before_optimizer_step(self) -> None:
+        """Called after ``backward`` and before ``optimizer.step``."""
+
+    def after_optimizer_step(self) -> None:
+        """Called after ``optimizer.step``."""
+
+    def dead_mask(self) -> torch.Tensor | None:
+        """Latents that have not fired for ``dead_after`` training samples (or None)."""
+        return None
+
+    @property
+    def num_latents(self) -> int:
+        return self.config.m
+
+    @torch.no_grad()
+    def encode_numpy(self, u, modality: int = 0, batch_size: int = 4096):
+        """Codes for a (N, d) array, batched, as a float32 numpy array."""
+        import numpy as np
+
+        dev = next(self.parameters()).device
+        out = []
+        for i in range(0, len(u), batch_size):
+            ub = torch.as_tensor(np.asarray(u[i:i + batch_size], np.float32), device=dev)
+            out.append(self.encode(ub, modality).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.num_latents), np.float32)
+
+    @torch.no_grad()
+    def reconstruct_numpy(self, u, modality: int = 0, batch_size: int = 4096):
+        """Reconstructions for a (N, d) array, batched, as float32 numpy."""
+        import numpy as np
+
+        dev = next(self.parameters()).device
+        out = []
+        for i in range(0, len(u), batch_size):
+            ub = torch.as_tensor(np.asarray(u[i:i + batch_size], np.float32), device=dev)
+            out.append(self(ub, modality)[0].float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, u.shape[1]), np.float32)
+
+    # --- persistence -----------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path/config.json`` and ``path/model.safetensors`` atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            cfg = self.config.to_dict()
+            cfg["arch"] = self.arch
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / "model.safetensors"))
+            _replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move folder ``src`` onto ``dst``; an existing ``dst`` is swapped out, then removed."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def build_model(config: SAEConfig | dict[str, Any]) -> Dictionary:
+    """Instantiate the class registered for ``config.arch``."""
+    from . import MODEL_REGISTRY as reg  # noqa: F401  (ensures all archs are imported)
+
+    cfg = config if isinstance(config, SAEConfig) else SAEConfig.from_dict(config)
+    if cfg.arch not in MODEL_REGISTRY:
+        raise ValueError(f"unknown arch {cfg.arch!r}; known: {sorted(MODEL_REGISTRY)}")
+    return MODEL_REGISTRY[cfg.arch](cfg)
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Dictionary:
+    """Load a model saved with :meth:`Dictionary.save` (``config.json`` + ``model.safetensors``)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_file, weights = path / "config.json", path / "model.safetensors"
+    if not cfg_file.exists() or not weights.exists():
+        raise CheckpointError(
+            f"{path}: missing checkpoint (expected {cfg_file.name} and {weights.name} in this folder); "
+            "train the model first (notebooks 02/03) or point to an existing run"
+        )
+    try:
+        cfg = json.loads(cfg_file.read_text())
+        model = build_model(cfg)
+        state = load_file(str(weights), device=str(map_location))
+        model.load_state_dict(state)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path}: could not load checkpoint ({type(e).__name__}: {e})") from e
+    return model.to(map_location)

@@ -1,0 +1,176 @@
+"""TopK sparse autoencoder (Gao et al. 2024), the paper's baseline "SAE".
+
+    z     = TopK(ReLU(W_enc (u - b_pre) + b_enc))
+    u_hat = W_dec^T z + b_pre
+
+``W_dec`` is stored as ``(m, d)``: row ``i`` is dictionary atom ``i`` (a column of the
+paper's ``d x m`` decoder) and is kept at unit norm; before each optimiser step the
+gradient component parallel to each atom is removed (Gao et al.'s projection), after
+it the atoms are renormalised.
+
+The baseline is trained on image and text embeddings *pooled*: each batch of ``B``
+pairs contributes its ``2B`` embeddings, all through the same pre-bias, with no term
+coupling a pair (``n_modalities = 1``). With ``n_modalities = 2`` each modality gets
+its own pre-bias (used by :class:`~mmsae.models.group_sparse.GroupSparseSAE`).
+
+AuxK (on by default, coefficient 1/32): latents that have not fired for
+``dead_after`` samples are "dead"; the top ``k_aux`` of their pre-activations must
+reconstruct the residual ``u - u_hat``, which pulls them back into use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..losses import auxk_loss, reconstruction_loss
+from .base import Dictionary, LossOutput, SAEConfig, register
+
+__all__ = ["TopKSAE", "geometric_median"]
+
+
+def geometric_median(u: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm for the point minimising the sum of distances to rows of ``u``."""
+    med = u.mean(dim=0)
+    for _ in range(iters):
+        w = 1.0 / (u - med).norm(dim=1).clamp_min(1e-8)
+        new = (w[:, None] * u).sum(0) / w.sum()
+        if (new - med).norm() < tol:
+            return new
+        med = new
+    return med
+
+
+@register("topk")
+class TopKSAE(Dictionary):
+    def __init__(self, config: SAEConfig):
+        super().__init__(config)
+        d, m = config.d, config.m
+        if not 0 < config.k <= m:
+            raise ValueError(f"k must be in [1, m={m}], got {config.k}")
+        if config.n_modalities not in (1, 2):
+            raise ValueError("n_modalities must be 1 (pooled) or 2 (per-modality pre-bias)")
+        w = torch.randn(m, d)
+        w = w / w.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w.clone())  # (m, d), unit rows
+        self.W_enc = nn.Parameter(w.clone())  # (m, d), encoder = decoder^T at init
+        self.b_enc = nn.Parameter(torch.zeros(m))
+        self.b_pre = nn.Parameter(torch.zeros(config.n_modalities, d))
+        # samples since each latent last fired (training only), for AuxK / dead counts
+        self.register_buffer("since_fired", torch.zeros(m, dtype=torch.long))
+
+    # ------------------------------------------------------------------ helpers
+    def _mod(self, modality: int) -> int:
+        return 0 if self.config.n_modalities == 1 else int(modality)
+
+    def pre_activations(self, u: torch.Tensor, modality: int = 0) -> torch.Tensor:
+        """``ReLU(W_enc (u - b_pre) + b_enc)``, shape ``(B, m)``."""
+        return torch.relu((u - self.b_pre[self._mod(modality)]) @ self.W_enc.t() + self.b_enc)
+
+    def topk(self, pre: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` values and indices of ``pre``; ``keep`` (bool, broadcastable) masks latents out first."""
+        if keep is not None:
+            pre = pre.masked_fill(~keep, 0.0)
+        return pre.topk(self.config.k, dim=-1, sorted=False)
+
+    def encode_sparse(self, u: torch.Tensor, modality: int = 0, keep: torch.Tensor | None = None):
+        """``(values, indices)`` of the K active latents per row."""
+        return self.topk(self.pre_activations(u, modality), keep)
+
+    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor, modality: int = 0) -> torch.Tensor:
+        """Decode from the K active latents only (gather of K atoms per row)."""
+        atoms = self.W_dec[indices]  # (B, K, d)
+        return torch.einsum("bk,bkd->bd", values, atoms) + self.b_pre[self._mod(modality)]
+
+    @staticmethod
+    def densify(values: torch.Tensor, indices: torch.Tensor, m: int) -> torch.Tensor:
+        return torch.zeros(values.shape[0], m, dtype=values.dtype, device=values.device).scatter(
+            1, indices, values)
+
+    # ------------------------------------------------------------------ interface
+    def encode(self, u: torch.Tensor, modality: int = 0) -> torch.Tensor:
+        vals, idx = self.encode_sparse(u, modality)
+        return self.densify(vals, idx, self.config.m)
+
+    def decode(self, z: torch.Tensor, modality: int = 0) -> torch.Tensor:
+        return z @ self.W_dec + self.b_pre[self._mod(modality)]
+
+    def decoder_atoms(self, modality: int = 0) -> torch.Tensor:
+        return self.W_dec
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.since_fired >= self.config.dead_after
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Pre-bias at the data mean (or geometric median) of each modality (pooled if one)."""
+        center = geometric_median if self.config.prebias_init == "geometric_median" else (lambda a: a.mean(0))
+        if self.config.prebias_init not in ("mean", "geometric_median", "zero"):
+            raise ValueError(f"unknown prebias_init {self.config.prebias_init!r}")
+        if self.config.prebias_init == "zero":
+            self.b_pre.zero_()
+        elif self.config.n_modalities == 1:
+            self.b_pre[0] = center(torch.cat([x, y]).float())
+        else:
+            self.b_pre[0] = center(x.float())
+            self.b_pre[1] = center(y.float())
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        # remove the gradient component parallel to each (unit) decoder atom
+        g = self.W_dec.grad
+        if g is not None:
+            g -= (g * self.W_dec).sum(dim=1, keepdim=True) * self.W_dec
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def _update_firing(self, *index_sets: torch.Tensor, n_samples: int) -> None:
+        fired = torch.zeros(self.config.m, dtype=torch.bool, device=self.since_fired.device)
+        for idx in index_sets:
+            fired[idx.reshape(-1)] = True
+        self.since_fired += n_samples
+        self.since_fired[fired] = 0
+
+    def _auxk(self, pre: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """AuxK term for one batch: top-k_aux dead pre-activations fit the residual."""
+        dead = self.dead_mask()
+        n_dead = int(dead.sum())
+        if self.config.auxk_coef <= 0 or n_dead == 0:
+            return pre.new_zeros(())
+        k_aux = min(self.config.k_aux or self.config.d // 2, n_dead)
+        vals, idx = pre.masked_fill(~dead, 0.0).topk(k_aux, dim=-1, sorted=False)
+        aux = torch.einsum("bk,bkd->bd", vals, self.W_dec[idx])
+        return auxk_loss(residual.detach(), aux)
+
+    def _branch(self, u: torch.Tensor, modality: int, keep: torch.Tensor | None = None):
+        pre = self.pre_activations(u, modality)
+        vals, idx = self.topk(pre, keep)
+        u_hat = self.decode_sparse(vals, idx, modality)
+        return pre, vals, idx, u_hat
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
+        """Pooled objective: ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK), no pair coupling."""
+        pre_x, vx, ix, x_hat = self._branch(x, 0)
+        pre_y, vy, iy, y_hat = self._branch(y, 1)
+        rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
+        loss = rec_x + rec_y
+        aux = self._auxk(torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]))
+        loss = loss + self.config.auxk_coef * aux
+        self._update_firing(ix, iy, n_samples=2 * x.shape[0])
+        return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))
+
+
+@torch.no_grad()
+def _stats(x, y, x_hat, y_hat, rec_x, rec_y, **extra) -> dict[str, torch.Tensor]:
+    """Per-step statistics kept as tensors (the loop syncs them only when it logs)."""
+    def ev(u, uh):
+        return 1.0 - (u - uh).pow(2).sum() / (u - u.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+    out = {"rec_x": rec_x.detach(), "rec_y": rec_y.detach(), "ev_x": ev(x, x_hat), "ev_y": ev(y, y_hat)}
+    out.update({k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in extra.items()})
+    return out
+

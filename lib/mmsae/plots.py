@@ -1,0 +1,347 @@
+"""One figure style for the paper and talks.
+
+* seaborn ``ticks`` style with a light grid, Okabe-Ito (colour-blind-safe) palette;
+* a fixed colour per model name (:data:`MODEL_COLORS`); unknown names get a palette colour
+  chosen deterministically from the name (stable across runs and processes);
+* fonts embedded as TrueType in PDF/PS (``pdf.fonttype = ps.fonttype = 42``);
+* :func:`save_figure` writes ``<name>.pdf`` and ``<name>.png`` (dpi 200) atomically.
+
+Every plotting function returns a :class:`matplotlib.figure.Figure` and never calls
+``plt.show``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+__all__ = [
+    "PALETTE",
+    "MODEL_COLORS",
+    "CATEGORY_COLORS",
+    "MMS_TITLES",
+    "set_style",
+    "model_color",
+    "save_figure",
+    "plot_neuron_categories",
+    "plot_mms_curves",
+    "plot_modality_histogram",
+    "plot_umap",
+    "plot_umap_grid",
+    "plot_steering",
+    "plot_metric_vs_param",
+]
+
+# Okabe & Ito (2008) colour-blind-safe palette, plus two neutral greys.
+PALETTE = [
+    "#0072B2",  # blue
+    "#D55E00",  # vermillion
+    "#009E73",  # bluish green
+    "#CC79A7",  # reddish purple
+    "#E69F00",  # orange
+    "#56B4E9",  # sky blue
+    "#F0E442",  # yellow
+    "#000000",  # black
+    "#999999",  # grey
+    "#666666",  # dark grey
+]
+
+MODEL_COLORS = {
+    "SAE": "#999999",
+    "BatchTopK": "#56B4E9",
+    "Matryoshka": "#F0E442",
+    "GSAE": "#0072B2",
+    "MGSAE": "#D55E00",
+    "ModalitySpecific": "#009E73",
+    "SharedSupport": "#CC79A7",
+    "paper": "#000000",
+}
+
+CATEGORY_COLORS = {
+    "image_only": "#E69F00",
+    "text_only": "#56B4E9",
+    "both": "#009E73",
+    "dead": "#999999",
+}
+CATEGORIES = ("image_only", "text_only", "both", "dead")
+CATEGORY_LABELS = {"image_only": "image-only", "text_only": "text-only", "both": "both",
+                   "dead": "dead"}
+MMS_TITLES = {"img_img": "image-image", "txt_txt": "text-text", "img_txt": "image-text"}
+MODALITY_LINESTYLES = ["-", "--", ":", "-."]
+
+_SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def set_style(context: str = "paper", font_scale: float = 1.0) -> None:
+    """Apply the project style (seaborn ``ticks`` + light grid, Okabe-Ito colours,
+    TrueType fonts in vector output).  ``context`` is a seaborn context ("paper", "talk")."""
+    sns.set_theme(context=context, style="ticks", palette=PALETTE, font_scale=font_scale)
+    matplotlib.rcParams.update({
+        "pdf.fonttype": 42,
+        "ps.fonttype": 42,
+        "axes.grid": True,
+        "grid.alpha": 0.35,
+        "grid.linewidth": 0.6,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "legend.frameon": False,
+        "figure.dpi": 100,
+        "savefig.bbox": "tight",
+        "savefig.dpi": 200,
+    })
+
+
+def model_color(name: str) -> str:
+    """Fixed colour of a model; unknown names map deterministically (md5 of the name) onto
+    :data:`PALETTE`."""
+    if name in MODEL_COLORS:
+        return MODEL_COLORS[name]
+    h = int(hashlib.md5(str(name).encode("utf-8")).hexdigest(), 16)
+    return PALETTE[h % len(PALETTE)]
+
+
+def save_figure(fig, name: str, figures_dir="figures") -> list[Path]:
+    """Save ``fig`` as ``<figures_dir>/<name>.pdf`` (vector) and ``<name>.png`` (dpi 200).
+
+    Each file is first written to a temporary file in the same directory and moved in place
+    with :func:`os.replace`, so readers never see a half-written figure.  ``name`` must be a
+    slug (letters, digits, ``_``, ``-``); otherwise :class:`ValueError`.  Returns the two
+    paths ``[pdf, png]``.
+    """
+    if not isinstance(name, str) or not _SLUG.match(name):
+        raise ValueError(f"figure name must match [A-Za-z0-9_-]+, got {name!r}")
+    d = Path(figures_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    matplotlib.rcParams["pdf.fonttype"] = 42
+    matplotlib.rcParams["ps.fonttype"] = 42
+    paths = []
+    for ext, kw in (("pdf", {}), ("png", {"dpi": 200})):
+        final = d / f"{name}.{ext}"
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".{ext}.tmp", dir=d)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fig.savefig(fh, format=ext, bbox_inches="tight", **kw)
+            os.replace(tmp, final)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        paths.append(final)
+    return paths
+
+
+# --------------------------------------------------------------------------- helpers
+def _stacked_bars(ax, df: pd.DataFrame, title: str | None) -> None:
+    models = list(df["model"])
+    x = np.arange(len(models))
+    width = 0.8 / len(CATEGORIES)
+    for j, cat in enumerate(CATEGORIES):
+        vals = df[cat].to_numpy(dtype=float) if cat in df else np.zeros(len(df))
+        err = df[f"{cat}_std"].to_numpy(dtype=float) if f"{cat}_std" in df else None
+        ax.bar(x + (j - (len(CATEGORIES) - 1) / 2) * width, vals, width,
+               yerr=err, capsize=2 if err is not None else 0,
+               color=CATEGORY_COLORS[cat], label=CATEGORY_LABELS[cat],
+               edgecolor="white", linewidth=0.5)
+    ax.set_xticks(x)
+    ax.set_xticklabels(models, rotation=20 if len(models) > 4 else 0)
+    ax.set_ylabel("number of latents")
+    ax.grid(axis="x", visible=False)
+    if title:
+        ax.set_title(title)
+
+
+def plot_neuron_categories(df: pd.DataFrame, paper_df: pd.DataFrame | None = None,
+                           title: str = "this work", paper_title: str = "paper"):
+    """Grouped bars of image-only / text-only / both / dead latents per model.
+
+    ``df`` has columns ``model, image_only, text_only, both, dead`` and optionally
+    ``<category>_std`` (error bars).  If ``paper_df`` (same columns) is given, a second panel
+    shows the paper's numbers side by side with a shared y axis.
+    """
+    ncols = 1 if paper_df is None else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.2), sharey=True, squeeze=False)
+    _stacked_bars(axes[0, 0], df, title if paper_df is not None else None)
+    if paper_df is not None:
+        _stacked_bars(axes[0, 1], paper_df, paper_title)
+        axes[0, 1].set_ylabel("")
+    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def _as_runs(v) -> np.ndarray:
+    """Array ``(n_seeds, m)`` from one array or a list of arrays (truncated to the shortest)."""
+    if isinstance(v, (list, tuple)) and len(v) and np.ndim(v[0]) == 1:
+        runs = [np.asarray(a, dtype=float) for a in v]
+    else:
+        a = np.asarray(v, dtype=float)
+        runs = [a] if a.ndim == 1 else list(a)
+    n = min(len(r) for r in runs)
+    return np.stack([r[:n] for r in runs])
+
+
+def plot_mms_curves(curves: Mapping[str, Mapping[str, object]],
+                    keys: Sequence[str] = ("img_img", "txt_txt", "img_txt"),
+                    band: str = "std"):
+    """MMS per latent, sorted in decreasing order, one panel per key.
+
+    ``curves[model][key]`` is an ``(m,)`` array or a list of arrays over seeds.  Each seed's
+    scores are sorted (NaN dropped) in decreasing order; x is the latent rank.  With several
+    seeds the line is the mean over seeds at each rank and the band +-1 std
+    (``band="std"``) or min-max (``band="minmax"``).
+    """
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), sharey=True,
+                             squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for model, d in curves.items():
+            if key not in d:
+                continue
+            runs = [np.sort(r[~np.isnan(r)])[::-1] for r in _as_runs(d[key])]
+            runs = _as_runs(runs)
+            x = np.arange(1, runs.shape[1] + 1)
+            mean = runs.mean(0)
+            c = model_color(model)
+            ax.plot(x, mean, color=c, label=model, lw=1.5)
+            if runs.shape[0] > 1:
+                if band == "minmax":
+                    lo, hi = runs.min(0), runs.max(0)
+                else:
+                    s = runs.std(0)
+                    lo, hi = mean - s, mean + s
+                ax.fill_between(x, lo, hi, color=c, alpha=0.25, lw=0)
+        ax.set_title(MMS_TITLES.get(key, key))
+        ax.set_xlabel("latent rank")
+    axes[0, 0].set_ylabel("MMS")
+    axes[0, -1].legend(loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_modality_histogram(scores: Mapping[str, np.ndarray], bins: int = 50,
+                            density: bool = False):
+    """Histogram of the modality score (0 = text-only, 1 = image-only), one step line per
+    model; NaN (never-firing latents) dropped."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.0))
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for model, s in scores.items():
+        a = np.asarray(s, dtype=float).ravel()
+        a = a[~np.isnan(a)]
+        ax.hist(a, bins=edges, histtype="step", lw=1.5, color=model_color(model),
+                label=model, density=density)
+    ax.set_xlabel("modality score  (0 = text only, 1 = image only)")
+    ax.set_ylabel("density" if density else "number of latents")
+    ax.set_xlim(0, 1)
+    ax.legend(loc="upper center")
+    fig.tight_layout()
+    return fig
+
+
+def _umap_embed(atoms, seed: int, n_neighbors: int) -> np.ndarray:
+    a = np.asarray(atoms, dtype=np.float32)
+    m = a.shape[0]
+    if m < 3:  # UMAP cannot embed 1-2 points: place them on a line
+        return np.stack([np.arange(m, dtype=float), np.zeros(m)], axis=1)
+    import umap  # heavy import, only when needed
+
+    nn = int(max(2, min(n_neighbors, m - 1)))
+    reducer = umap.UMAP(n_neighbors=nn, n_components=2, metric="cosine", random_state=seed, n_jobs=1,
+                        init="random" if m < 10 else "spectral")
+    return reducer.fit_transform(a)
+
+
+def _umap_scatter(ax, emb, categories, title) -> None:
+    cats = np.asarray(categories).astype(str)
+    order = [c for c in CATEGORIES if c in set(cats)] + sorted(set(cats) - set(CATEGORIES))
+    for c in order:
+        sel = cats == c
+        ax.scatter(emb[sel, 0], emb[sel, 1], s=3, alpha=0.7, linewidths=0,
+                   color=CATEGORY_COLORS.get(c, model_color(c)),
+                   label=CATEGORY_LABELS.get(c, c))
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+
+
+def plot_umap(atoms, categories, title: str = "", seed: int = 0, n_neighbors: int = 15):
+    """UMAP (cosine metric) of dictionary atoms ``(m, d)``, points coloured by category
+    (e.g. from :func:`mmsae.metrics.neuron_categories`).  ``n_neighbors`` is clipped to
+    ``m - 1``."""
+    fig, ax = plt.subplots(figsize=(4.0, 4.0))
+    _umap_scatter(ax, _umap_embed(atoms, seed, n_neighbors), categories, title)
+    ax.legend(loc="best", markerscale=3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_umap_grid(panels: Mapping[str, tuple], seed: int = 0, n_neighbors: int = 15):
+    """Row of UMAP panels: ``panels[model] = (atoms, categories)``, titled by model."""
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.8), squeeze=False)
+    for ax, (model, (atoms, cats)) in zip(axes[0], panels.items()):
+        _umap_scatter(ax, _umap_embed(atoms, seed, n_neighbors), cats, model)
+    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), markerscale=3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_steering(df: pd.DataFrame):
+    """Steering curves: panel 1 ``toward`` vs ``alpha`` (mean cosine move toward the concept),
+    panel 2 ``kept`` vs ``alpha`` (similarity kept to the original).  One colour per model,
+    one line style per modality; optional ``toward_std`` / ``kept_std`` shaded bands."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.0))
+    modalities = list(dict.fromkeys(df["modality"])) if "modality" in df else [None]
+    for model, g in df.groupby("model", sort=False):
+        for mod, h in (g.groupby("modality", sort=False) if "modality" in g else [(None, g)]):
+            h = h.sort_values("alpha")
+            ls = MODALITY_LINESTYLES[modalities.index(mod) % len(MODALITY_LINESTYLES)]
+            label = model if mod is None else f"{model} ({mod})"
+            for ax, col in zip(axes, ("toward", "kept")):
+                x, y = h["alpha"].to_numpy(float), h[col].to_numpy(float)
+                ax.plot(x, y, ls=ls, marker="o", ms=3, color=model_color(model), label=label)
+                if f"{col}_std" in h:
+                    s = h[f"{col}_std"].to_numpy(float)
+                    ax.fill_between(x, y - s, y + s, color=model_color(model), alpha=0.2, lw=0)
+    axes[0].set_ylabel("cosine move toward concept")
+    axes[1].set_ylabel("similarity to original")
+    for ax in axes:
+        ax.set_xlabel(r"steering strength $\alpha$")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def plot_metric_vs_param(df: pd.DataFrame, x: str, y: str, hue: str = "model",
+                         yerr: str | None = None, xlabel: str | None = None,
+                         ylabel: str | None = None, logx: bool = False, ax=None):
+    """Line plot of ``df[y]`` against ``df[x]``, one line per ``df[hue]`` value (model colours
+    when ``hue == "model"``), optional error bars from column ``yerr``."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    else:
+        fig = ax.figure
+    groups = df.groupby(hue, sort=False) if hue in df else [(y, df)]
+    for i, (name, g) in enumerate(groups):
+        g = g.sort_values(x)
+        color = model_color(name) if hue == "model" else PALETTE[i % len(PALETTE)]
+        err = g[yerr].to_numpy(float) if yerr and yerr in g else None
+        ax.errorbar(g[x].to_numpy(float), g[y].to_numpy(float), yerr=err, marker="o", ms=3,
+                    capsize=2, color=color, label=str(name))
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or y)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,273 @@
+"""The one training loop for every model in :mod:`mmsae.models`.
+
+Each step draws ``batch_size`` *pairs* (shuffled without replacement, epoch by epoch,
+from a seeded generator), calls ``model.training_loss(x, y, step)``, back-propagates,
+applies the model's decoder-norm hooks around a fused Adam step, and every
+``log_every`` steps records loss, explained variance per modality, the dead-latent
+count and throughput (shown live in a tqdm bar).
+
+Determinism: with the same seed, data and settings, CPU runs are bit-identical, and a
+run resumed from a checkpoint continues exactly as if it had not stopped (model,
+optimiser, sampler and RNG states are all checkpointed).
+
+Checkpoints: with ``checkpoint_dir`` set, ``<checkpoint_dir>/last/`` is written every
+``checkpoint_every`` steps and at the end (model folder + ``trainer_state.pt``), each
+time into a temporary folder renamed into place, so a crash never leaves a half-written
+checkpoint; ``resume=True`` continues from it. ``train_log.csv`` beside it holds the
+history.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .data import PairedEmbeddings
+from .models.base import CheckpointError, Dictionary, _replace_dir, load_model
+
+__all__ = ["TrainConfig", "TrainResult", "train", "seed_everything", "resolve_device"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Defaults: the paper's batch (128 pairs) and CLIP steps (25k);
+    Adam (Gao et al. 2024: betas 0.9/0.999, eps 6.25e-10), lr 4e-4, constant after a
+    short warm-up, linear decay over the last ``decay_fraction`` of training."""
+
+    steps: int = 25_000
+    batch_size: int = 128  # pairs per step
+    lr: float = 4e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 6.25e-10
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2
+    grad_clip: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 50
+    checkpoint_every: int = 0  # 0: only at the end
+    checkpoint_dir: str | None = None
+    resume: bool = True
+    progress: bool = True
+    desc: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: Dictionary
+    history: list[dict[str, float]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    pairs_per_s: float = 0.0
+    steps_done: int = 0
+    resumed_from: int = 0
+
+    def history_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.history)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _as_tensors(data, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(data, PairedEmbeddings):
+        x, y = data.x, data.y
+    else:
+        x, y = data
+    x = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
+    y = torch.as_tensor(np.ascontiguousarray(y, dtype=np.float32), device=device)
+    if x.shape != y.shape:
+        raise ValueError(f"unpaired training data: x {tuple(x.shape)} vs y {tuple(y.shape)}")
+    return x, y
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    f = 1.0
+    if cfg.warmup_steps > 0:
+        f = min(f, (step + 1) / cfg.warmup_steps)
+    n_decay = int(cfg.steps * cfg.decay_fraction)
+    if n_decay > 0 and step >= cfg.steps - n_decay:
+        f = min(f, (cfg.steps - step) / n_decay)
+    return f
+
+
+class _Sampler:
+    """Epoch-wise random permutation of pair indices from a seeded generator."""
+
+    def __init__(self, n: int, batch: int, seed: int, device: torch.device):
+        if batch > n:
+            raise ValueError(f"batch_size {batch} exceeds the {n} training pairs")
+        self.n, self.batch, self.device = n, batch, device
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.gen)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch > self.n:
+            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+        idx = self.perm[self.pos:self.pos + self.batch]
+        self.pos += self.batch
+        return idx.to(self.device, non_blocking=True)
+
+    def state(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load(self, s: dict[str, Any]) -> None:
+        self.gen.set_state(s["gen"])
+        self.perm, self.pos = s["perm"], int(s["pos"])
+
+
+def _save_checkpoint(ckpt_dir: Path, model: Dictionary, opt, sampler: _Sampler, step: int,
+                     history: list[dict[str, float]], cfg: TrainConfig) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".last.", dir=ckpt_dir))
+    try:
+        model.save(tmp / "model")
+        state = {
+            "step": step, "optimizer": opt.state_dict(), "sampler": sampler.state(),
+            "torch_rng": torch.get_rng_state(), "history": history, "train_config": cfg.to_dict(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        torch.save(state, tmp / "trainer_state.pt")
+        _replace_dir(tmp, ckpt_dir / "last")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_log(ckpt_dir / "train_log.csv", history)
+
+
+def _write_log(path: Path, history: list[dict[str, float]]) -> None:
+    if not history:
+        return
+    import pandas as pd
+
+    from .data import atomic_write
+
+    atomic_write(path, lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
+
+
+def train(
+    model: Dictionary,
+    data: PairedEmbeddings | tuple[Any, Any],
+    config: TrainConfig | None = None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train ``model`` on paired embeddings; returns the model, history and throughput.
+
+    ``data``: a :class:`PairedEmbeddings` or an ``(x, y)`` pair of ``(N, d)`` arrays.
+    Keyword ``overrides`` replace fields of ``config``.
+    """
+    cfg = config or TrainConfig()
+    if overrides:
+        cfg = TrainConfig(**{**cfg.to_dict(), **overrides})
+    device = resolve_device(cfg.device)
+    model.to(device)
+    x, y = _as_tensors(data, device)
+    if x.shape[1] != model.config.d:
+        raise ValueError(f"data dimension {x.shape[1]} != model dimension d={model.config.d}")
+
+    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    start, history = 0, []
+    torch.manual_seed(cfg.seed)
+    sampler = _Sampler(len(x), cfg.batch_size, cfg.seed, device)
+    opt_kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    if device.type == "cuda":
+        opt_kw["fused"] = True
+    else:
+        opt_kw["foreach"] = True
+    opt = torch.optim.Adam(model.parameters(), **opt_kw)
+
+    last = ckpt_dir / "last" if ckpt_dir else None
+    if last is not None and cfg.resume and (last / "trainer_state.pt").exists():
+        try:
+            saved = load_model(last / "model", map_location=device)
+            model.load_state_dict(saved.state_dict())
+            state = torch.load(last / "trainer_state.pt", map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"{last}: cannot resume from checkpoint ({e})") from e
+        opt.load_state_dict(state["optimizer"])
+        sampler.load(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        start, history = int(state["step"]), list(state["history"])
+    else:
+        model.init_from_data(x, y)
+
+    model.train()
+    t0 = time.perf_counter()
+    t_log, step_log = t0, start
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
+               desc=cfg.desc or model.arch, dynamic_ncols=True, mininterval=0.5)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * _lr_factor(step, cfg)
+        idx = sampler.next()
+        out = model.training_loss(x[idx], y[idx], step)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        model.before_optimizer_step()
+        opt.step()
+        model.after_optimizer_step()
+
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            now = time.perf_counter()
+            rec = {"step": done, "loss": float(out.loss)}
+            rec.update({k: float(v) for k, v in out.stats.items()})
+            dead = model.dead_mask()
+            rec["dead"] = int(dead.sum()) if dead is not None else -1
+            rec["pairs_per_s"] = (done - step_log) * cfg.batch_size / max(now - t_log, 1e-9)
+            rec["wall_s"] = now - t0
+            t_log, step_log = now, done
+            history.append(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", ev_x=f"{rec.get('ev_x', float('nan')):.3f}",
+                            ev_y=f"{rec.get('ev_y', float('nan')):.3f}", dead=rec["dead"], refresh=False)
+            if callback is not None:
+                callback(done, rec)
+            if not np.isfinite(rec["loss"]):
+                raise FloatingPointError(f"loss became {rec['loss']} at step {done}; lower the learning rate")
+        if ckpt_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            _save_checkpoint(ckpt_dir, model, opt, sampler, done, history, cfg)
+    bar.close()
+    wall = time.perf_counter() - t0
+    n_steps = cfg.steps - start
+    if ckpt_dir:
+        _save_checkpoint(ckpt_dir, model, opt, sampler, cfg.steps, history, cfg)
+        (ckpt_dir / "train_summary.json").write_text(json.dumps(
+            {"steps": cfg.steps, "resumed_from": start, "wall_time_s": wall,
+             "pairs_per_s": n_steps * cfg.batch_size / max(wall, 1e-9), "device": str(device),
+             "train_config": cfg.to_dict(), "model_config": model.config.to_dict()}, indent=2))
+    model.eval()
+    return TrainResult(model, history, wall, n_steps * cfg.batch_size / max(wall, 1e-9), cfg.steps, start)
