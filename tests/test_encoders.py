@@ -111,7 +111,6 @@ def test_clap_offline_missing_checkpoint_fails_fast(monkeypatch, tmp_path):
     msg = str(e.value)
     assert "music_audioset_epoch_15_esc_90.14.pt" in msg and str(tmp_path / "clap") in msg
     assert "huggingface-cli download lukewys/laion_clap" in msg
-    assert "laion_clap" not in sys.modules or True  # checked before any import
 
 
 def test_clap_offline_missing_tokenizer_fails_fast(monkeypatch, tmp_path):
@@ -147,7 +146,10 @@ def _tiny_tokenizer(folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_clap_random_extraction_on_synthetic_audio(monkeypatch, tmp_path):
-    pytest.importorskip("laion_clap")
+    import importlib.util
+
+    if importlib.util.find_spec("laion_clap") is None:  # not importorskip: a plain import retries the hub
+        pytest.skip("laion_clap is not installed")
     from mmsae import encoders
 
     # a 1-layer RoBERTa keeps random init fast; the width (768) is what CLAP's projection expects

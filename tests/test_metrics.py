@@ -188,10 +188,18 @@ def test_retrieval_hand():
     assert r["MRR"] == pytest.approx((1 + 1 / 3 + 1 / 2 + 1) / 4)  # = 17/24
 
 
-def test_retrieval_ties_are_optimistic():
-    keys = np.array([[1.0, 0], [2.0, 0]])  # identical cosine for a query along x
-    queries = np.array([[1.0, 0], [3.0, 0]])
-    np.testing.assert_array_equal(M.retrieval_ranks(queries, keys), [1, 1])
+def test_retrieval_ties_are_pessimistic():
+    keys = np.array([[1.0, 0], [2.0, 0], [0.0, 1.0]])  # k0, k1 tie for a query along x
+    queries = np.array([[1.0, 0], [3.0, 0], [0.0, 1.0]])
+    # q0, q1: the other key ties with the correct one -> rank 2; q2: unique best -> rank 1
+    np.testing.assert_array_equal(M.retrieval_ranks(queries, keys), [2, 2, 1])
+
+
+def test_retrieval_of_constant_codes_is_at_chance_floor():
+    z = np.zeros((20, 5))
+    z[:, 0] = 1.0  # every sample has the same code
+    r = M.retrieval_metrics(z, z)
+    assert r["R@1"] == 0.0 and r["MRR"] == pytest.approx(1 / 20)
 
 
 def test_retrieval_chunking_invariant():

@@ -308,11 +308,14 @@ def load_paired(
     except Exception as e:  # corrupt files: name them
         raise EmbeddingError(f"{path}: could not be read ({type(e).__name__}: {e})") from e
     data.source = str(path)
-    if data.meta.get("normalized") is None and expect_normalized is None:
-        # Unknown provenance: record what the data is rather than guess.
-        norms = np.linalg.norm(np.asarray(data.x[: min(len(data), 1000)], np.float32), axis=1)
-        data.meta["normalized"] = bool(np.all(np.abs(norms - 1) < 1e-2))
-    return data.validate(expect_normalized=expect_normalized, expected_dim=expected_dim)
+    data.validate(expect_normalized=expect_normalized, expected_dim=expected_dim)
+    if data.meta.get("normalized") is None:
+        if expect_normalized is not None:
+            data.meta["normalized"] = bool(expect_normalized)
+        else:  # unknown provenance: record what the data is rather than guess
+            norms = np.linalg.norm(np.asarray(data.x[: min(len(data), 1000)], np.float32), axis=1)
+            data.meta["normalized"] = bool(np.all(np.abs(norms - 1) < 1e-2))
+    return data
 
 
 @dataclass

@@ -232,7 +232,7 @@ class ClipEncoder(_Encoder):
             raise EncoderUnavailable("CLIP needs open_clip: pip install open_clip_torch torchvision") from e
         self.model_name, self.device = model, resolve_device(device)
         self.precision, self.batch_size, self.seed = precision, int(batch_size), int(seed)
-        if model not in open_clip.list_models():
+        if model not in open_clip.list_models() and not model.startswith(("hf-hub:", "local-dir:")):
             raise EncoderUnavailable(f"open_clip has no model {model!r}; known models include "
                                      f"{', '.join(m for m in open_clip.list_models() if m.startswith('ViT-B'))}, ...")
         self.random = _is_random(pretrained)
@@ -254,7 +254,7 @@ class ClipEncoder(_Encoder):
         else:
             self.pretrained = str(pretrained)
             tags = open_clip.list_pretrained_tags_by_model(model)
-            if self.pretrained not in tags:
+            if self.pretrained not in tags and not model.startswith(("hf-hub:", "local-dir:")):
                 raise EncoderUnavailable(f"open_clip knows no pretrained weights {self.pretrained!r} for {model}; "
                                          f"available: {', '.join(tags) or 'none'}")
             weights = self.pretrained

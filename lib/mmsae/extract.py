@@ -373,6 +373,7 @@ def extract_from_params(data: str, params: dict[str, Any], out_dir: str | os.Pat
     """
     out_dir = Path(out_dir)
     data = str(data)
+    params = _coerce_params(params)
     if data.startswith("embeddings:"):
         path = data.split(":", 1)[1]
         train = load_paired(path)
@@ -401,6 +402,26 @@ def extract_from_params(data: str, params: dict[str, Any], out_dir: str | os.Pat
         zs = build_zero_shot_sets(enc, zs_specs, out_dir, max_per_class=params.get("zeroshot_max_per_class"),
                                   workers=int(params.get("workers") or 0), progress=bool(params.get("progress", True)))
     return {"train": train, "val": val, "zeroshot": zs}
+
+
+_INT_KEYS = ("batch_size", "workers", "shard_size", "limit", "train_limit", "val_limit", "seed",
+             "zeroshot_max_per_class")
+_BOOL_KEYS = ("overwrite", "progress", "clap_fusion")
+
+
+def _coerce_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Command-line parameters arrive as strings: ints and booleans are converted, ''/none -> None."""
+    out = dict(params)
+    for k, v in params.items():
+        if isinstance(v, str) and v.strip().lower() in ("", "none", "null"):
+            out[k] = None
+        elif k in _INT_KEYS and isinstance(v, str):
+            out[k] = int(v)
+        elif k in _BOOL_KEYS and isinstance(v, str):
+            if v.strip().lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(f"parameter {k}={v!r}: expected true or false")
+            out[k] = v.strip().lower() in ("1", "true", "yes")
+    return out
 
 
 def extraction_help() -> str:

@@ -290,9 +290,11 @@ def reconstruction_metrics(u, u_hat) -> dict:
 def retrieval_ranks(queries, keys, chunk: int = 1024) -> np.ndarray:
     """Rank of the correct key for each query (query ``i``'s correct key is key ``i``).
 
-    Similarity is cosine.  ``rank_i = 1 + #{j : sim(q_i, k_j) > sim(q_i, k_i)}`` (strictly
-    greater), so keys tied with the correct key do *not* push it down (optimistic tie
-    handling).  Computed in chunks of ``chunk`` queries.  Returns int64 ``(N,)``.
+    Similarity is cosine.  ``rank_i = 1 + #{j != i : sim(q_i, k_j) >= sim(q_i, k_i)}``:
+    keys *tied* with the correct key rank above it (pessimistic tie handling), so a
+    degenerate representation (all-zero or constant codes, common with sparse codes)
+    scores at the bottom, not at the top.  Computed in chunks of ``chunk`` queries.
+    Returns int64 ``(N,)``.
     """
     q, k = _normalize_rows(to_tensor(queries)), _normalize_rows(to_tensor(keys))
     _check_2d("queries", q)
@@ -304,14 +306,15 @@ def retrieval_ranks(queries, keys, chunk: int = 1024) -> np.ndarray:
         sims = q[s:s + chunk] @ k.T  # (c, N)
         idx = torch.arange(s, min(s + chunk, q.shape[0]))
         correct = sims[torch.arange(len(idx)), idx]
-        ranks[s:s + len(idx)] = (1 + (sims > correct[:, None]).sum(1)).numpy()
+        # ">=" counts the correct key itself once; it is the "1 +" of the rank
+        ranks[s:s + len(idx)] = (sims >= correct[:, None]).sum(1).numpy()
     return ranks
 
 
 def retrieval_metrics(queries, keys, ks: Sequence[int] = (1, 5, 10), chunk: int = 1024) -> dict:
     """Paired retrieval: ``R@k`` = fraction of queries whose correct key has rank <= k,
-    ``MRR`` = mean of ``1 / rank``; ranks as in :func:`retrieval_ranks` (cosine, strict
-    ``>`` so ties favour the correct key)."""
+    ``MRR`` = mean of ``1 / rank``; ranks as in :func:`retrieval_ranks` (cosine; ties
+    count against the correct key)."""
     r = retrieval_ranks(queries, keys, chunk=chunk)
     out = {f"R@{k}": float((r <= k).mean()) for k in ks}
     out["MRR"] = float((1.0 / r).mean())

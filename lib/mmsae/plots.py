@@ -345,3 +345,33 @@ def plot_metric_vs_param(df: pd.DataFrame, x: str, y: str, hue: str = "model",
     ax.legend(loc="best")
     fig.tight_layout()
     return fig
+
+
+def plot_training_logs(models_dir, names, seeds, metrics=("loss", "ev_x", "ev_y", "dead")):
+    """Training curves from ``<models_dir>/<name>/seed<k>/**/train_log.csv`` (one line per model and seed)."""
+    models_dir = Path(models_dir)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 2.8))
+    axes = np.atleast_1d(axes)
+    found = 0
+    for name in names:
+        for s in seeds:
+            logs = sorted((models_dir / name / f"seed{s}").rglob("train_log.csv"))
+            if not logs:
+                continue
+            h = pd.read_csv(logs[0])
+            found += 1
+            for ax, key in zip(axes, metrics):
+                if key in h:
+                    ax.plot(h["step"], h[key], color=model_color(name), alpha=0.8,
+                            label=name if s == seeds[0] else None)
+    if found == 0:
+        plt.close(fig)
+        raise FileNotFoundError(f"{models_dir}: no train_log.csv for models {list(names)} and seeds {list(seeds)}")
+    titles = {"loss": "training loss", "ev_x": "explained variance (image)", "ev_y": "explained variance (text)",
+              "dead": "dead latents"}
+    for ax, key in zip(axes, metrics):
+        ax.set(title=titles.get(key, key), xlabel="step")
+    axes[0].set_yscale("log")
+    axes[-1].legend(frameon=False)
+    fig.tight_layout()
+    return fig

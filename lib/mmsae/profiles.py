@@ -41,6 +41,26 @@ PROFILES: dict[str, dict[str, Any]] = {
         "umap_max_atoms": 512,
         "steer_alphas": [0.0, 1.0, 2.0, 4.0, 8.0],
         "steer_samples": 256,
+        # method comparison and sweeps (mmsae.experiments; notebooks 03/04). Sized so the whole
+        # chain fits the smoke time budget on 2 CPU cores (see README "Time budget").
+        "methods": ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"],
+        "comparison_seeds": [0, 1, 2],  # seeds of the main comparison table
+        "sweep_seeds": [0, 1],  # seeds of every ablation and of the alpha sweep
+        "sweep_jobs": 1,  # worker processes (one torch thread each); 2 pays off only on idle cores
+        "ablation_steps": 300,  # training steps of each ablation model
+        "lambda_grid": [0.0, 0.01, 0.05, 0.2],
+        "lambda_methods": ["GSAE"],
+        "mask_grid": [0.0, 0.1, 0.2, 0.4],
+        "mask_modes": ["pair", "batch"],
+        "mask_methods": ["MGSAE"],
+        "expansion_grid": [2, 4, 8],  # m = expansion * d (d = 128: 256, 512, 1024 latents)
+        "k_grid": [4, 8, 16],  # paper's 16/32/64 scaled by K_smoke / K_paper
+        "width_k_methods": ["MGSAE"],
+        "width_k_lambda": 0.01,  # the paper's lambda in its width/K sweep
+        "alpha_grid": [0.0, 0.25, 0.5, 0.75, 1.0],
+        "alpha_methods": ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"],
+        "alpha_steps": 250,
+        "alpha_n_pairs": 4000,
     },
     "paper": {
         "n_pairs": 200_000,
@@ -63,6 +83,24 @@ PROFILES: dict[str, dict[str, Any]] = {
         "umap_max_atoms": 8192,
         "steer_alphas": [0.0, 1.0, 2.0, 4.0, 8.0, 16.0],
         "steer_samples": 2048,
+        "methods": ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"],
+        "comparison_seeds": [0, 1, 2],
+        "sweep_seeds": [0, 1, 2],
+        "sweep_jobs": 1,  # one process (GPU)
+        "ablation_steps": 10_000,
+        "lambda_grid": [0.0, 0.01, 0.02, 0.05, 0.1, 0.2],
+        "lambda_methods": ["GSAE", "MGSAE"],
+        "mask_grid": [0.0, 0.1, 0.2, 0.4],
+        "mask_modes": ["pair", "batch"],
+        "mask_methods": ["MGSAE"],
+        "expansion_grid": [4, 8, 16],  # m = expansion * d (d = 512: 2048, 4096, 8192 latents)
+        "k_grid": [16, 32, 64],
+        "width_k_methods": ["SAE", "GSAE", "MGSAE"],
+        "width_k_lambda": 0.01,
+        "alpha_grid": [0.0, 0.25, 0.5, 0.75, 1.0],
+        "alpha_methods": ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"],
+        "alpha_steps": 10_000,
+        "alpha_n_pairs": 100_000,
     },
 }
 

@@ -103,12 +103,16 @@ def load_audio(src: str | os.PathLike | bytes, sample_rate: int = CLAP_SAMPLE_RA
         wav = None
     if wav is None:  # formats libsndfile cannot read (some mp3/m4a): librosa/audioread
         try:
+            import warnings
+
             import librosa
 
-            if isinstance(src, (bytes, bytearray)):
-                wav, sr = librosa.load(io.BytesIO(src), sr=None, mono=True)
-            else:
-                wav, sr = librosa.load(str(src), sr=None, mono=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if isinstance(src, (bytes, bytearray)):
+                    wav, sr = librosa.load(io.BytesIO(src), sr=None, mono=True)
+                else:
+                    wav, sr = librosa.load(str(src), sr=None, mono=True)
         except Exception as e:
             raise BadRow(f"unreadable audio ({type(e).__name__})") from e
     wav = np.asarray(wav, dtype=np.float32)
@@ -117,10 +121,23 @@ def load_audio(src: str | os.PathLike | bytes, sample_rate: int = CLAP_SAMPLE_RA
     if not np.isfinite(wav).all():
         raise BadRow("audio has NaN/inf samples")
     if sr != sample_rate:
-        import librosa
-
-        wav = librosa.resample(wav, orig_sr=int(sr), target_sr=sample_rate).astype(np.float32)
+        wav = resample(wav, int(sr), sample_rate)
     return wav
+
+
+def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
+    """Band-limited resampling (soxr, which librosa uses; scipy's polyphase filter otherwise)."""
+    try:
+        import soxr
+
+        return np.asarray(soxr.resample(wav, sr, target), np.float32)
+    except ImportError:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        g = gcd(sr, target)
+        return resample_poly(wav, target // g, sr // g).astype(np.float32)
 
 
 def _clean_caption(c: Any) -> str | None:

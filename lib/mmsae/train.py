@@ -58,6 +58,14 @@ class TrainConfig:
     resume: bool = True
     progress: bool = True
     desc: str | None = None
+    # --- performance (see docs/performance.md) ---
+    path: str = "fast"  # "fast": sparse K-active path (mmsae.fast); "reference": dense autograd
+    bf16_select: bool | str = "auto"  # CUDA: bf16 encoder matmul for top-K *selection* (values stay fp32)
+    fused_adam: bool | str = "auto"  # fused Adam kernel (CUDA and CPU) when available, else foreach
+    stream: bool | None = None  # None: stream batches from a np.memmap / data over stream_threshold_gb
+    stream_threshold_gb: float = 4.0
+    prefetch: int = 8  # batches read ahead by the streaming thread
+    init_samples: int = 262_144  # pairs used by init_from_data when streaming
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +121,66 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     if n_decay > 0 and step >= cfg.steps - n_decay:
         f = min(f, (cfg.steps - step) / n_decay)
     return f
+
+
+def _make_adam(params, cfg: TrainConfig, device: torch.device):
+    opt_kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    if cfg.fused_adam is True or cfg.fused_adam == "auto":
+        try:
+            return torch.optim.Adam(params, fused=True, **opt_kw)
+        except (RuntimeError, TypeError, ValueError):
+            if cfg.fused_adam is True:
+                raise
+    return torch.optim.Adam(params, foreach=True, **opt_kw)
+
+
+def _is_memmap(a) -> bool:
+    return isinstance(a, np.memmap) or (isinstance(a, np.ndarray) and isinstance(a.base, np.memmap))
+
+
+class _Prefetcher:
+    """Background thread that gathers the batches of a sampler clone from (memory-mapped)
+    numpy arrays, ``depth`` steps ahead, into (pinned, on CUDA) tensors on ``device``.
+    It yields exactly the batches ``x[sampler.next()]`` of the in-memory path."""
+
+    def __init__(self, x, y, sampler: "_Sampler", n_steps: int, shard: slice, device: torch.device, depth: int):
+        import queue
+        import threading
+
+        self.q: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
+        self.device, self.stop = device, threading.Event()
+        clone = _Sampler(sampler.n, sampler.batch, 0, torch.device("cpu"))
+        clone.load({k: (v.clone() if torch.is_tensor(v) else v) for k, v in sampler.state().items()})
+
+        def work():
+            try:
+                pin = device.type == "cuda"
+                for _ in range(n_steps):
+                    if self.stop.is_set():
+                        return
+                    idx = clone.next()[shard].numpy()
+                    xb = torch.from_numpy(np.asarray(x[idx], dtype=np.float32))
+                    yb = torch.from_numpy(np.asarray(y[idx], dtype=np.float32))
+                    if pin:
+                        xb, yb = xb.pin_memory(), yb.pin_memory()
+                    self.q.put((xb, yb))
+            except BaseException as e:  # surfaced in the training thread
+                self.q.put(e)
+
+        self.thread = threading.Thread(target=work, daemon=True, name="mmsae-prefetch")
+        self.thread.start()
+
+    def next(self):
+        item = self.q.get()
+        if isinstance(item, BaseException):
+            raise item
+        xb, yb = item
+        return xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        self.stop.set()
+        while not self.q.empty():
+            self.q.get_nowait()
 
 
 class _Sampler:
@@ -187,22 +255,42 @@ def train(
     cfg = config or TrainConfig()
     if overrides:
         cfg = TrainConfig(**{**cfg.to_dict(), **overrides})
+    if cfg.path not in ("fast", "reference"):
+        raise ValueError(f"path must be 'fast' or 'reference', got {cfg.path!r}")
+    from . import distributed as ddp
+
+    world, rank = ddp.world_size(), ddp.rank()
+    shard = ddp.shard_slice(cfg.batch_size) if world > 1 else slice(None)
     device = resolve_device(cfg.device)
     model.to(device)
-    x, y = _as_tensors(data, device)
+    if hasattr(model, "fast_path"):
+        model.fast_path = cfg.path == "fast"
+        sel = cfg.bf16_select
+        use_bf16 = device.type == "cuda" and (sel is True or (sel == "auto" and torch.cuda.is_bf16_supported()))
+        model.fast_select_dtype = torch.bfloat16 if use_bf16 else None
+    if world > 1:
+        model.mask_row_offset = shard.start  # global pair indices for the index-form mask
+    raw_x, raw_y = (data.x, data.y) if isinstance(data, PairedEmbeddings) else data
+    stream = cfg.stream
+    if stream is None:
+        nbytes = getattr(raw_x, "nbytes", 0) + getattr(raw_y, "nbytes", 0)
+        stream = _is_memmap(raw_x) or nbytes > cfg.stream_threshold_gb * 2 ** 30
+    if stream and not isinstance(raw_x, np.ndarray):
+        raw_x, raw_y = np.asarray(raw_x), np.asarray(raw_y)
+    if stream:
+        if raw_x.shape != raw_y.shape:
+            raise ValueError(f"unpaired training data: x {tuple(raw_x.shape)} vs y {tuple(raw_y.shape)}")
+        x, y = raw_x, raw_y  # stay on disk / in the page cache
+    else:
+        x, y = _as_tensors(data, device)
     if x.shape[1] != model.config.d:
         raise ValueError(f"data dimension {x.shape[1]} != model dimension d={model.config.d}")
 
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     start, history = 0, []
     torch.manual_seed(cfg.seed)
-    sampler = _Sampler(len(x), cfg.batch_size, cfg.seed, device)
-    opt_kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    if device.type == "cuda":
-        opt_kw["fused"] = True
-    else:
-        opt_kw["foreach"] = True
-    opt = torch.optim.Adam(model.parameters(), **opt_kw)
+    sampler = _Sampler(len(x), cfg.batch_size, cfg.seed, torch.device("cpu") if stream else device)
+    opt = _make_adam(model.parameters(), cfg, device)
 
     last = ckpt_dir / "last" if ckpt_dir else None
     if last is not None and cfg.resume and (last / "trainer_state.pt").exists():
@@ -218,23 +306,44 @@ def train(
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         start, history = int(state["step"]), list(state["history"])
+    elif stream:
+        n_init = min(len(x), cfg.init_samples)
+        sel = np.arange(len(x)) if n_init == len(x) else np.sort(
+            np.random.default_rng(cfg.seed).choice(len(x), n_init, replace=False))
+        model.init_from_data(torch.as_tensor(np.asarray(x[sel], np.float32), device=device),
+                             torch.as_tensor(np.asarray(y[sel], np.float32), device=device))
     else:
         model.init_from_data(x, y)
+    ddp.broadcast_model(model)
+    has_firing = world > 1 and bool(ddp.firing_buffers(model))
+    is_main = rank == 0
+    if not is_main:
+        ckpt_dir = None
+    prefetch = _Prefetcher(x, y, sampler, cfg.steps - start, shard, device, cfg.prefetch) if stream else None
 
     model.train()
     t0 = time.perf_counter()
     t_log, step_log = t0, start
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (cfg.progress and is_main),
                desc=cfg.desc or model.arch, dynamic_ncols=True, mininterval=0.5)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, cfg)
         idx = sampler.next()
-        out = model.training_loss(x[idx], y[idx], step)
+        if prefetch is not None:
+            xb, yb = prefetch.next()
+        else:
+            idx = idx[shard]
+            xb, yb = x[idx], y[idx]
+        before = [b.clone() for b in ddp.firing_buffers(model)] if has_firing else None
+        out = model.training_loss(xb, yb, step)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
+        if world > 1:
+            ddp.allreduce_grads(model.parameters())
+            ddp.sync_firing(model, before)
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         model.before_optimizer_step()
@@ -244,8 +353,10 @@ def train(
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             now = time.perf_counter()
-            rec = {"step": done, "loss": float(out.loss)}
+            rec = {"step": done, "loss": float(out.loss.detach())}
             rec.update({k: float(v) for k, v in out.stats.items()})
+            if world > 1:
+                rec = {"step": done, **{k: v for k, v in ddp.allreduce_stats(rec).items() if k != "step"}}
             dead = model.dead_mask()
             rec["dead"] = int(dead.sum()) if dead is not None else -1
             rec["pairs_per_s"] = (done - step_log) * cfg.batch_size / max(now - t_log, 1e-9)
@@ -261,6 +372,8 @@ def train(
         if ckpt_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             _save_checkpoint(ckpt_dir, model, opt, sampler, done, history, cfg)
     bar.close()
+    if prefetch is not None:
+        prefetch.close()
     wall = time.perf_counter() - t0
     n_steps = cfg.steps - start
     if ckpt_dir:

@@ -56,10 +56,21 @@ class GroupSparseSAE(TopKSAE):
         rows = batch if self.config.mask_mode == "pair" else 1
         return torch.rand(rows, self.config.m, device=device, generator=generator) >= self.config.mask_rate
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
-        keep = None
-        if self.training and self.config.mask_rate > 0:
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, keep=None) -> LossOutput:
+        """``keep``: optional mask to use instead of a freshly drawn one, a bool tensor
+        ``(B, m)`` / ``(1, m)`` or an index-form :class:`mmsae.fast.HashMask`.
+
+        With ``fast_path`` (default) the sparse path of :mod:`mmsae.fast` computes the same
+        objective (index-form mask, l2,1 on the union of active sets); ``fast_path = False``
+        selects this dense reference code (mask drawn by :meth:`draw_mask`)."""
+        if self._use_fast(GroupSparseSAE) and type(self).draw_mask is GroupSparseSAE.draw_mask:
+            from ..fast import group_sparse_fast_loss
+
+            return group_sparse_fast_loss(self, x, y, keep, self.fast_select_dtype)
+        if keep is None and self.training and self.config.mask_rate > 0:
             keep = self.draw_mask(x.shape[0], x.device)
+        elif keep is not None and not torch.is_tensor(keep):  # HashMask -> dense
+            keep = keep.dense(x.shape[0], self.config.m, x.device)
         pre_x, vx, ix, x_hat = self._branch(x, 0, keep)
         pre_y, vy, iy, y_hat = self._branch(y, 1, keep)
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)

@@ -58,8 +58,26 @@ class TopKSAE(Dictionary):
         self.b_pre = nn.Parameter(torch.zeros(config.n_modalities, d))
         # samples since each latent last fired (training only), for AuxK / dead counts
         self.register_buffer("since_fired", torch.zeros(m, dtype=torch.long))
+        # training path: True = sparse fast path (mmsae.fast), False = dense reference path
+        self.fast_path = True
+        # dtype of the encoder matmul used only to *select* the top-K on the fast path
+        # (None = parameter dtype; the loop sets bfloat16 on CUDA); values stay float32
+        self.fast_select_dtype: torch.dtype | None = None
 
     # ------------------------------------------------------------------ helpers
+    _FAST_HELPERS = ("pre_activations", "topk", "encode_sparse", "decode_sparse", "_branch", "_auxk",
+                     "_update_firing", "dead_mask", "_mod")
+
+    def _use_fast(self, owner: type) -> bool:
+        """Whether the sparse path may replace ``owner.training_loss``: only if the fast path
+        is on and no subclass overrides ``training_loss`` or a helper it would bypass."""
+        if not self.fast_path or not self.training:
+            return False
+        cls = type(self)
+        if getattr(cls, "training_loss") is not getattr(owner, "training_loss"):
+            return False
+        return all(getattr(cls, n) is getattr(TopKSAE, n) for n in self._FAST_HELPERS)
+
     def _mod(self, modality: int) -> int:
         return 0 if self.config.n_modalities == 1 else int(modality)
 
@@ -129,11 +147,10 @@ class TopKSAE(Dictionary):
     # ------------------------------------------------------------------ training
     @torch.no_grad()
     def _update_firing(self, *index_sets: torch.Tensor, n_samples: int) -> None:
-        fired = torch.zeros(self.config.m, dtype=torch.bool, device=self.since_fired.device)
+        # index form (no (m,) bool mask, no boolean-mask indexing / device sync)
+        self.since_fired.add_(n_samples)
         for idx in index_sets:
-            fired[idx.reshape(-1)] = True
-        self.since_fired += n_samples
-        self.since_fired[fired] = 0
+            self.since_fired.index_fill_(0, idx.reshape(-1), 0)
 
     def _auxk(self, pre: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """AuxK term for one batch: top-k_aux dead pre-activations fit the residual."""
@@ -153,7 +170,14 @@ class TopKSAE(Dictionary):
         return pre, vals, idx, u_hat
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
-        """Pooled objective: ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK), no pair coupling."""
+        """Pooled objective: ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK), no pair coupling.
+
+        With ``fast_path`` (default) the same objective is computed by the sparse path of
+        :mod:`mmsae.fast`; ``fast_path = False`` selects this dense reference code."""
+        if self._use_fast(TopKSAE):
+            from ..fast import topk_fast_loss
+
+            return topk_fast_loss(self, x, y, self.fast_select_dtype)
         pre_x, vx, ix, x_hat = self._branch(x, 0)
         pre_y, vy, iy, y_hat = self._branch(y, 1)
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)

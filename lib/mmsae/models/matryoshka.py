@@ -1,0 +1,76 @@
+"""Matryoshka BatchTopK SAE (Bussmann et al. 2025; Nabeshima 2024), a baseline of the paper.
+
+A BatchTopK SAE (pooled embeddings, :mod:`.batchtopk`) whose dictionary is read as a
+sequence of nested prefixes ``m_1 < m_2 < ... < m_n = m`` (``extra["prefixes"]``,
+default ``m/8, m/4, m/2, m``). Every prefix must reconstruct on its own: with the one
+BatchTopK code ``z``,
+
+    x_hat^(j) = sum_{i < m_j} z_i W_dec[i] + b_pre,      L = sum_j ||x - x_hat^(j)||^2
+
+(summed over the prefixes by default; ``extra["prefix_reduce"] = "mean"`` averages
+them), for both modalities, plus AuxK on the full reconstruction. Early latents are
+pushed to carry the coarse, most general directions; later ones refine. Inference is
+the BatchTopK threshold code, decoded with all ``m`` latents
+(:meth:`MatryoshkaSAE.prefix_reconstructions` gives each prefix's reconstruction).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..losses import reconstruction_loss
+from .base import LossOutput, SAEConfig, register
+from .batchtopk import BatchTopKSAE
+from .topk import _stats
+
+__all__ = ["MatryoshkaSAE", "default_prefixes"]
+
+
+def default_prefixes(m: int) -> list[int]:
+    """``m/8, m/4, m/2, m`` (deduplicated, at least 1)."""
+    return sorted({max(1, m // 8), max(1, m // 4), max(1, m // 2), m})
+
+
+@register("matryoshka")
+class MatryoshkaSAE(BatchTopKSAE):
+    def __init__(self, config: SAEConfig):
+        super().__init__(config)
+        p = [int(v) for v in config.extra.get("prefixes") or default_prefixes(config.m)]
+        if p != sorted(set(p)) or p[0] < 1 or p[-1] != config.m:
+            raise ValueError(f"prefixes must be strictly increasing, >= 1 and end at m={config.m}; got {p}")
+        if config.extra.get("prefix_reduce", "sum") not in ("sum", "mean"):
+            raise ValueError("extra['prefix_reduce'] must be 'sum' or 'mean'")
+        self.prefixes = p
+
+    def _prefix_decodes(self, z: torch.Tensor, modality: int) -> list[torch.Tensor]:
+        """Reconstruction from latents ``< m_j`` for every prefix ``m_j`` (cumulative)."""
+        out, acc, start = [], self.b_pre[self._mod(modality)].expand(z.shape[0], -1), 0
+        for end in self.prefixes:
+            acc = acc + z[:, start:end] @ self.W_dec[start:end]
+            out.append(acc)
+            start = end
+        return out
+
+    @torch.no_grad()
+    def prefix_reconstructions(self, u: torch.Tensor, modality: int = 0) -> list[torch.Tensor]:
+        """Inference reconstructions of ``u`` by each prefix (same code, truncated)."""
+        return self._prefix_decodes(self.encode(u, modality), modality)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
+        b = x.shape[0]
+        pre, vals, flat_idx = self._pooled_sparse(x, y)
+        cols = flat_idx % self.config.m
+        terms, u_hat = [], None
+        for p in self.prefixes:
+            u_hat = self._decode_flat(vals, flat_idx, b, keep=cols < p if p < self.config.m else None)
+            terms.append(reconstruction_loss(x, u_hat[:b]) + reconstruction_loss(y, u_hat[b:]))
+        loss = torch.stack(terms).sum()
+        if self.config.extra.get("prefix_reduce", "sum") == "mean":
+            loss = loss / len(terms)
+        x_hat, y_hat = u_hat[:b], u_hat[b:]
+        rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
+        aux = self._auxk(pre, torch.cat([x - x_hat, y - y_hat]))
+        loss = loss + self.config.auxk_coef * aux
+        prefix_stats = {f"rec_prefix{p}": t for p, t in zip(self.prefixes, terms)}
+        return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
+                                       threshold=self.threshold.detach().clone(), **prefix_stats))

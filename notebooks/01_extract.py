@@ -1,0 +1,135 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Paired embeddings
+#
+# Every analysis in this project starts from **paired embeddings**: row *i* of `x` is an
+# image (or audio clip) and row *i* of `y` its caption, both embedded by the same
+# contrastive model (CLIP, CLAP) and L2-normalised.
+#
+# Sources (`data` parameter):
+#
+# * `synthetic` (default, offline): aligned multimodal embeddings with a known ground truth
+#   (shared concepts whose image and text directions have cosine `alpha`, image-only and
+#   text-only concepts, a CLIP-sized modality gap). See `mmsae.synthetic`.
+# * `embeddings:PATH`: precomputed pairs (`.npy` of shape `(2, N, d)`, `.safetensors`,
+#   `.npz` or an embedding-cache folder).
+# * `clip` / `clap`: encode an image/audio-caption data set with open_clip or LAION-CLAP
+#   (see `docs/real_data.md`; needs weights and data on disk).
+#
+# The notebook writes the train/validation split under `runs/<profile>-<data>/embeddings/`
+# and a short data summary to `results/data_summary.json`.
+
+# %% tags=["parameters"]
+profile = "smoke"  # "smoke" (fast, CI) or "paper" (the paper's settings)
+data = "synthetic"  # synthetic | embeddings:PATH | clip | clap
+out_dir = ".."  # project root: runs/, results/, figures/ are created below it
+seed = 0
+alpha = None  # synthetic: cosine between a concept's image and text direction (profile default)
+n_pairs = None  # synthetic: number of pairs (profile default)
+val_fraction = None  # held-out fraction when the source has no validation split
+extract_options = {}  # clip/clap: train_source, val_source, zeroshot_cifar10, clip_model, ... (docs/real_data.md)
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from mmsae import metrics, plots
+from mmsae.data import load_paired
+from mmsae.profiles import get_profile
+from mmsae.runs import RunPaths, write_json
+from mmsae.synthetic import SyntheticConfig, make_synthetic
+
+P = get_profile(profile, alpha=alpha, n_pairs=n_pairs, val_fraction=val_fraction)
+paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
+plots.set_style()
+print("run folder:", paths.root)
+
+# %% [markdown]
+# ## Build or load the pairs
+
+# %%
+if data == "synthetic":
+    cfg = SyntheticConfig(n_pairs=P["n_pairs"], d=P["synthetic_d"], n_shared=P["n_shared"],
+                          n_image_only=P["n_image_only"], n_text_only=P["n_text_only"], alpha=P["alpha"], seed=seed)
+    synth = make_synthetic(cfg)
+    perm = np.random.default_rng(seed).permutation(cfg.n_pairs)
+    n_val = int(round(cfg.n_pairs * P["val_fraction"]))
+    tr_idx, va_idx = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    train, val = synth.pairs.subset(tr_idx), synth.pairs.subset(va_idx)
+    train.save(paths.train_pairs)
+    val.save(paths.val_pairs)
+    synth_val = synth.subset(va_idx)
+    synth_val.save_truth(paths.truth)  # ground truth of the held-out pairs (MMS reference, recovery)
+    zs = synth_val.zero_shot_set("synthetic_classes")
+    zs.save(paths.embeddings / "zeroshot_synthetic_classes.safetensors")
+    paths.write_sources(paths.train_pairs, paths.val_pairs, truth=paths.truth)
+elif data.startswith("embeddings:") or data in ("clip", "clap"):
+    from mmsae.extract import extract_from_params
+
+    got = extract_from_params(data, {**dict(extract_options), "seed": seed}, paths.embeddings / "cache")
+    train, val = got["train"].validate(expect_normalized=True), got["val"]
+    if val is None:  # no validation source given: hold out a seeded random split
+        train, val = train.split(P["val_fraction"], seed=seed)
+        train.save(paths.train_pairs)
+        val.save(paths.val_pairs)
+        paths.write_sources(paths.train_pairs, paths.val_pairs)
+    else:
+        paths.write_sources(train.source, val.source)
+    for name, zs in got["zeroshot"].items():
+        zs.save(paths.embeddings / f"zeroshot_{name}.safetensors")
+else:
+    raise ValueError(f"unknown data source {data!r}: use synthetic, embeddings:PATH, clip or clap")
+
+print(f"train: {len(train)} pairs, val: {len(val)} pairs, d = {train.dim}")
+
+# %% [markdown]
+# ## What the space looks like
+#
+# Two numbers characterise an aligned multimodal space: the **modality gap** (distance
+# between the modality means; 0.85 for CLIP ViT-B/16 on COCO) and how well a caption
+# retrieves its image by plain cosine (the dense ceiling every SAE is compared to).
+
+# %%
+xv, yv = np.asarray(val.x), np.asarray(val.y)
+n_ret = min(len(val), 1000)
+summary = {
+    "profile": profile, "data": data, "n_train": len(train), "n_val": len(val), "d": train.dim,
+    "modality_gap": float(np.linalg.norm(xv.mean(0) - yv.mean(0))),
+    "pair_cosine": float((xv * yv).sum(1).mean()),
+    "random_pair_cosine": float((xv * np.roll(yv, 1, axis=0)).sum(1).mean()),
+    **{f"dense_{k}": v for k, v in metrics.cross_modal_retrieval(xv[:n_ret], yv[:n_ret]).items()},
+    "retrieval_pool": n_ret,
+}
+write_json(summary, paths.results / "data_summary.json")
+summary
+
+# %%
+from sklearn.decomposition import PCA
+
+pcs = PCA(2, random_state=seed).fit_transform(np.concatenate([xv[:2000], yv[:2000]]))
+n = min(len(xv), 2000)
+fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.2))
+axes[0].scatter(*pcs[:n].T, s=3, alpha=0.5, label=val.modalities[0], color=plots.model_color("SAE"))
+axes[0].scatter(*pcs[n:].T, s=3, alpha=0.5, label=val.modalities[1], color=plots.model_color("MGSAE"))
+axes[0].set(title="PCA of the embeddings", xlabel="PC1", ylabel="PC2")
+axes[0].legend(markerscale=4, frameon=False)
+axes[1].hist((xv * yv).sum(1), bins=50, alpha=0.7, label="matched pairs")
+axes[1].hist((xv * np.roll(yv, 1, axis=0)).sum(1), bins=50, alpha=0.7, label="random pairs")
+axes[1].set(title="image-text cosine", xlabel="cosine", ylabel="count")
+axes[1].legend(frameon=False)
+fig.tight_layout()
+plots.save_figure(fig, "data_overview", paths.figures)

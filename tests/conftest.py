@@ -1,0 +1,26 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def coco500_path() -> Path:
+    p = SHARED / "clip_vitb16_coco500.npy"
+    if not p.exists():
+        pytest.skip(f"{p} not found: the team's shared real-embedding data lies beside the project only in CI "
+                    "and on the team's machines")
+    return p
+
+
+@pytest.fixture(scope="session")
+def coco500_random_path() -> Path:
+    p = SHARED / "clip_vitb16_random_coco500.npy"
+    if not p.exists():
+        pytest.skip(f"{p} not found (shared negative-control data)")
+    return p

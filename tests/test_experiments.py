@@ -1,0 +1,119 @@
+"""mmsae.experiments: method table, train/evaluate, seed aggregation, tables, sweeps."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmsae import experiments as ex
+from mmsae.models import load_model
+from mmsae.profiles import get_profile
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    P = get_profile("smoke", synthetic_d=32, n_shared=16, n_image_only=4, n_text_only=4, m=48, k=4,
+                    steps=40, batch_size=32, alpha_n_pairs=500, dead_after=2000)
+    tr, va, sv = ex.synthetic_split(P, 0.7, n_pairs=500)
+    return P, tr, va, sv
+
+
+def test_methods_table_names_and_archs(tiny):
+    P = tiny[0]
+    assert list(ex.METHODS) == ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific",
+                                "SharedSupport"]
+    archs = {n: ex.method_config(n, P, d=32).arch for n in ex.METHODS}
+    assert archs == {"SAE": "topk", "BatchTopK": "batchtopk", "Matryoshka": "matryoshka", "GSAE": "group_sparse",
+                     "MGSAE": "group_sparse", "ModalitySpecific": "modality_specific",
+                     "SharedSupport": "shared_support"}
+    assert ex.method_config("MGSAE", P, d=32).mask_rate == P["mask_rate"]
+    assert ex.method_config("GSAE", P, d=32).mask_rate == 0.0
+    assert ex.method_config("GSAE", P, d=32, group_lambda=0.3).group_lambda == 0.3
+    assert ex.method_config("SAE", P, d=32, group_lambda=0.3).group_lambda == 0.0  # not an SAE setting
+    assert ex.method_config("Matryoshka", P, d=32).extra["prefixes"][-1] == P["m"]
+    with pytest.raises(ValueError):
+        ex.method_config("nope", P)
+
+
+def test_evaluate_model_returns_every_key(tiny, tmp_path):
+    P, tr, va, sv = tiny
+    zs = {"synthetic_classes": sv.zero_shot_set()}
+    for name in ("ModalitySpecific", "BatchTopK"):
+        model = ex.train_method(name, tr, P, seed=0, out_dir=tmp_path, steps=20, progress=False)
+        assert (tmp_path / name / "seed0" / "train_log.csv").exists()
+        summary = json.loads((tmp_path / name / "seed0" / "train_summary.json").read_text())
+        assert summary["wall_time_s"] > 0
+        r = ex.evaluate_model(model, va, zero_shot_sets=zs, truth=sv)
+        want = set(ex.COMPARISON_COLUMNS) | {
+            "frac_both", "zs_synthetic_classes_code", "zs_synthetic_classes_recon", "zs_synthetic_classes_dense",
+            "gt_recovery_x_mean", "gt_recovery_y_mean", "gt_collapse_rate", "gt_alignment_error", "mms_reference",
+            "code_x2y_R@5", "nmse_x", "cosine_y"}
+        assert want <= set(r), sorted(want - set(r))
+        assert r["image_only"] + r["text_only"] + r["both"] + r["dead"] == P["m"]
+        assert r["mms_reference"] == "ground_truth_codes"
+        assert all(np.isscalar(v) for v in r.values())
+    assert "n_matched" in ex.evaluate_model(load_model(tmp_path / "ModalitySpecific" / "seed0"), va)
+    # an identical second call loads the saved model instead of training
+    again = ex.train_method("BatchTopK", tr, P, seed=0, out_dir=tmp_path, steps=20, progress=False)
+    assert again.train_info["wall_time_s"] == summary["wall_time_s"]
+    changed = ex.train_method("BatchTopK", tr, P, seed=0, out_dir=tmp_path, steps=21, progress=False)
+    assert changed.train_info["steps"] == 21
+
+
+def test_aggregate_seeds_hand_example():
+    df = pd.DataFrame({"model": ["A", "A", "A", "B", "B", "C"], "seed": [0, 1, 2, 0, 1, 0],
+                       "x": [1.0, 2.0, 6.0, 10.0, 20.0, 5.0], "n": [1, 1, 1, 4, 2, 3], "note": list("abcdef")})
+    out = ex.aggregate_seeds(df, "model")
+    assert list(out["model"]) == ["A", "B", "C"]
+    assert list(out.columns) == ["model", "x", "x_std", "n", "n_std", "n_seeds"]
+    np.testing.assert_allclose(out["x"], [3.0, 15.0, 5.0])
+    np.testing.assert_allclose(out["x_std"][:2], [np.std([1, 2, 6], ddof=1), np.std([10, 20], ddof=1)])
+    assert np.isnan(out["x_std"][2])
+    assert list(out["n_seeds"]) == [3, 2, 1]
+    two = ex.aggregate_seeds(df.assign(p=[0.1, 0.1, 0.2, 0.1, 0.1, 0.1]), ["model", "p"])
+    assert len(two) == 4 and two.loc[(two.model == "A") & (two.p == 0.1), "x"].item() == 1.5
+
+
+def test_to_latex_writes_booktabs_and_csv(tmp_path):
+    df = ex.aggregate_seeds(pd.DataFrame({"model": ["A", "A"], "seed": [0, 1], "ev": [0.5, 0.7]}), "model")
+    csv, tex = ex.to_latex(df, tmp_path / "t.tex", caption="cap", label="tab:t")
+    assert csv == tmp_path / "t.csv" and tex == tmp_path / "t.tex"
+    body = tex.read_text()
+    assert "\\toprule" in body and "\\label{tab:t}" in body and "$\\pm$" in body
+    assert list(pd.read_csv(csv).columns) == ["model", "ev", "ev_std", "n_seeds"]
+
+
+def test_tiny_alpha_sweep(tiny, tmp_path):
+    P = tiny[0]
+    df = ex.sweep_alpha(P, alphas=[0.0, 1.0], methods=["GSAE", "ModalitySpecific"], seeds=[0], steps=15,
+                        models_dir=tmp_path, progress=False, n_jobs=1)
+    assert len(df) == 4 and set(df["alpha"]) == {0.0, 1.0}
+    for c in ("gt_recovery_x_mean", "gt_alignment_error", "gt_collapse_rate", "explained_variance_x"):
+        assert df[c].notna().all()
+    assert (tmp_path / "sweeps" / "alpha0").is_dir()
+    agg = ex.aggregate_seeds(df, ["model", "alpha"])
+    assert len(agg) == 4
+
+
+def test_tiny_mask_sweep_shares_identical_configs(tiny, tmp_path):
+    P, tr, va, sv = tiny
+    df = ex.run_sweep("mask_rate", tr, va, P, values=[0.0, 0.2], seeds=[0], steps=10, models_dir=tmp_path,
+                      truth=sv, progress=False, n_jobs=1)
+    assert list(df["mask_rate"]) == [0.0, 0.2] and "gt_recovery_x_mean" in df
+    lam = ex.run_sweep("lambda", tr, va, P, methods=["GSAE"], values=[P["group_lambda"]], seeds=[0], steps=10,
+                       models_dir=tmp_path, evaluate=False, progress=False, n_jobs=1)
+    # GSAE at the default lambda is MGSAE at mask rate 0: trained once, reused
+    assert lam["wall_time_s"].item() == df.loc[df.mask_rate == 0.0, "wall_time_s"].item()
+    wk = ex.run_sweep("width_k", tr, va, P, methods=["SAE"], values=[(1, 2), (2, 4)], seeds=[0], steps=10,
+                      progress=False, n_jobs=1)
+    assert list(wk["m"]) == [32, 64] and list(wk["k"]) == [2, 4]

@@ -1,0 +1,237 @@
+"""Defining behaviour of every method beyond TopK/GSAE: BatchTopK, Matryoshka,
+modality-specific SAEs + Hungarian alignment, shared support; save/load of each."""
+
+import numpy as np
+import pytest
+import torch
+
+from mmsae.models import (MODEL_REGISTRY, BatchTopKSAE, MatryoshkaSAE, ModalitySpecificSAE, SAEConfig,
+                          SharedSupportSAE, build_model, load_model)
+from mmsae.models.modality_specific import hungarian_match, pearson_cross_correlation
+from mmsae.synthetic import make_synthetic
+from mmsae.train import train
+
+
+def _pairs(n=64, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    y = torch.nn.functional.normalize(x + 0.3 * torch.randn(n, d, generator=g), dim=1)
+    return x, y
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny models: one thread is as fast, and much faster when the cores are shared
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def synth():
+    s = make_synthetic(n_pairs=1500, d=32, n_shared=24, n_image_only=8, n_text_only=8, seed=0)
+    return s.pairs
+
+
+# --------------------------------------------------------------------------- BatchTopK
+def test_batchtopk_keeps_exactly_batch_times_k_in_training():
+    torch.manual_seed(0)
+    cfg = SAEConfig(arch="batchtopk", d=16, m=64, k=4)
+    model = build_model(cfg).train()
+    x, y = _pairs(32)
+    model.init_from_data(x, y)
+    pre, z = model._pooled_codes(x, y)
+    assert z.shape == (64, 64)  # 2B pooled embeddings
+    assert int((z > 0).sum()) == 2 * 32 * 4
+    per_row = (z > 0).sum(1)
+    assert per_row.float().mean() == 4 and (per_row.max() > 4 or per_row.min() < 4)  # batch-level, not per row
+    # the kept entries are the largest of the batch
+    thr = z[z > 0].min()
+    assert int((pre > thr).sum()) <= 2 * 32 * 4
+    # threshold buffer initialised to the smallest kept activation
+    assert torch.isclose(model.threshold, thr)
+    out = model.training_loss(x, y)
+    assert torch.isfinite(out.loss) and "threshold" in out.stats
+
+
+def test_batchtopk_threshold_running_mean_and_inference():
+    torch.manual_seed(1)
+    model = build_model(SAEConfig(arch="batchtopk", d=16, m=64, k=4, extra={"threshold_momentum": 0.5})).train()
+    x, y = _pairs(32)
+    _, z1 = model._pooled_codes(x, y)
+    t1 = float(z1[z1 > 0].min().detach())
+    _, z2 = model._pooled_codes(x[:16], y[:16])
+    t2 = float(z2[z2 > 0].min().detach())
+    assert float(model.threshold) == pytest.approx(0.5 * t1 + 0.5 * t2, rel=1e-6)
+    model.eval()
+    pre = model.pre_activations(x, 0)
+    z = model.encode(x, 0)
+    assert torch.equal(z, pre * (pre > model.threshold))
+    # a fresh model (no threshold yet) falls back to per-sample TopK
+    fresh = build_model(SAEConfig(arch="batchtopk", d=16, m=64, k=4)).eval()
+    assert ((fresh.encode(x, 0) > 0).sum(1) <= 4).all()
+
+
+# --------------------------------------------------------------------------- Matryoshka
+def test_matryoshka_prefixes_each_reconstruct(synth):
+    torch.manual_seed(0)
+    cfg = SAEConfig(arch="matryoshka", d=32, m=64, k=4, dead_after=5000, extra={"prefixes": [8, 16, 32, 64]})
+    model = build_model(cfg)
+    x, y = torch.as_tensor(synth.x), torch.as_tensor(synth.y)
+    out = model.training_loss(x[:64], y[:64])
+    assert {f"rec_prefix{p}" for p in (8, 16, 32, 64)} <= set(out.stats)  # one loss term per prefix
+    train(model, synth, steps=250, batch_size=64, lr=3e-3, progress=False, log_every=50)
+    for u, mod in ((x, 0), (y, 1)):
+        base = float((u - u.mean(0)).pow(2).sum(1).mean())  # mean-prediction baseline
+        errs = [float((u - r).pow(2).sum(1).mean()) for r in model.prefix_reconstructions(u, mod)]
+        assert all(e < base for e in errs), (errs, base)
+        assert all(b <= a * 1.02 for a, b in zip(errs, errs[1:])), errs  # longer prefixes at least as good
+        assert errs[-1] < 0.8 * base
+
+
+def test_matryoshka_rejects_bad_prefixes():
+    with pytest.raises(ValueError):
+        build_model(SAEConfig(arch="matryoshka", d=8, m=32, k=2, extra={"prefixes": [16, 8, 32]}))
+    with pytest.raises(ValueError):
+        build_model(SAEConfig(arch="matryoshka", d=8, m=32, k=2, extra={"prefixes": [8, 16]}))
+
+
+# --------------------------------------------------------------------------- modality-specific
+def test_hungarian_recovers_planted_permutation_on_codes():
+    rng = np.random.default_rng(0)
+    n, m = 2000, 24
+    zx = rng.exponential(1.0, (n, m)) * (rng.random((n, m)) < 0.2)
+    q = rng.permutation(m)  # text latent j is image latent q[j]
+    zy = zx[:, q] + 0.05 * rng.random((n, m)) * (zx[:, q] > 0)
+    perm, matched = hungarian_match(pearson_cross_correlation(zx, zy))
+    assert matched.all()
+    np.testing.assert_array_equal(perm, np.argsort(q))
+    np.testing.assert_allclose(zy[:, perm], zx, atol=0.06)
+
+
+def test_hungarian_excludes_dead_latents():
+    rng = np.random.default_rng(1)
+    n, m = 1000, 10
+    zx = rng.exponential(1.0, (n, m)) * (rng.random((n, m)) < 0.3)
+    zx[:, 3] = 0.0  # dead image latent
+    q = rng.permutation(m)
+    zy = zx[:, q].copy()
+    alive_x, alive_y = (zx > 0).any(0), (zy > 0).any(0)
+    perm, matched = hungarian_match(pearson_cross_correlation(zx, zy), alive_x, alive_y)
+    assert sorted(perm) == list(range(m))
+    assert not matched[3] and matched.sum() == m - 1
+    inv = np.argsort(q)
+    assert all(perm[i] == inv[i] for i in range(m) if i != 3)
+
+
+def test_modality_specific_align_recovers_planted_permutation():
+    torch.manual_seed(0)
+    d, m = 16, 32
+    model = build_model(SAEConfig(arch="modality_specific", d=d, m=m, k=4)).eval()
+    q = torch.randperm(m)  # text SAE = image SAE with latents shuffled: text latent j = image latent q[j]
+    with torch.no_grad():
+        for name in ("W_enc", "W_dec", "b_enc"):
+            getattr(model.sae_y, name).copy_(getattr(model.sae_x, name)[q])
+        model.sae_x.b_enc[5] = -10.0  # image latent 5 never fires: dead, excluded from the matching
+        model.sae_y.b_enc[(q == 5).nonzero()[0, 0]] = -10.0
+    x, _ = _pairs(3000, d)
+    y = x + 1e-3 * torch.randn_like(x)
+    info = model.align(x.numpy(), y.numpy())
+    inv = torch.argsort(q)
+    alive = torch.ones(m, dtype=torch.bool)
+    alive[5] = False
+    assert torch.equal(model.permutation[alive], inv[alive])
+    assert not model.matched[5] and bool(model.matched[alive].all())
+    assert info["n_matched"] == m - 1 and bool(model.aligned)
+    # after alignment latent i means the same thing in both modalities
+    torch.testing.assert_close(model.encode(x, 1), model.encode(x, 0))
+    torch.testing.assert_close(model.decoder_atoms(1), model.decoder_atoms(0))
+    zx = model.encode(x, 0)
+    torch.testing.assert_close(model.decode(zx, 1), model.decode(zx, 0))
+
+
+def test_modality_specific_trains_each_sae_on_its_own_modality():
+    torch.manual_seed(0)
+    model = build_model(SAEConfig(arch="modality_specific", d=16, m=32, k=4))
+    x, y = _pairs(32)
+    out = model.training_loss(x, y)
+    out.loss.backward()
+    # the text reconstruction does not reach the image SAE: perturbing y leaves image grads unchanged
+    gx = model.sae_x.W_enc.grad.clone()
+    model.zero_grad()
+    model.training_loss(x, torch.flip(y, [0])).loss.backward()
+    torch.testing.assert_close(model.sae_x.W_enc.grad, gx)
+
+
+# --------------------------------------------------------------------------- shared support
+def test_shared_support_identical_supports_for_a_pair():
+    torch.manual_seed(0)
+    model = build_model(SAEConfig(arch="shared_support", d=16, m=64, k=5, n_modalities=2))
+    x, y = _pairs(40)
+    model.init_from_data(x, y)
+    idx = model.shared_support(x, y)
+    zx, zy = model.encode_pair(x, y)
+    support = torch.zeros_like(zx, dtype=torch.bool).scatter(1, idx, True)
+    assert (support.sum(1) == 5).all()
+    # each member's nonzeros lie on the one shared index set, and together they fill it
+    assert not ((zx > 0) & ~support).any() and not ((zy > 0) & ~support).any()
+    assert torch.equal((zx > 0) | (zy > 0), support)
+    # the set is TopK of the summed pre-activations
+    ref = (model.pre_activations(x, 0) + model.pre_activations(y, 1)).topk(5, dim=1).indices
+    assert torch.equal(torch.sort(idx, 1).values, torch.sort(ref, 1).values)
+    # single-modality inference: TopK of that modality's own pre-activations
+    pre = model.pre_activations(x, 0)
+    z = model.encode(x, 0)
+    assert ((z > 0).sum(1) <= 5).all()
+    assert torch.equal(z.topk(5, 1).indices.sort(1).values, pre.topk(5, 1).indices.sort(1).values)
+
+
+def test_shared_support_training_decodes_from_the_shared_set():
+    torch.manual_seed(0)
+    model = build_model(SAEConfig(arch="shared_support", d=16, m=64, k=5, n_modalities=2))
+    x, y = _pairs(40)
+    out = model.training_loss(x, y)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert model.W_enc.grad is not None and model.W_enc.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- persistence
+ARCH_CONFIGS = {
+    "batchtopk": SAEConfig(arch="batchtopk", d=16, m=32, k=4),
+    "matryoshka": SAEConfig(arch="matryoshka", d=16, m=32, k=4, extra={"prefixes": [4, 16, 32]}),
+    "modality_specific": SAEConfig(arch="modality_specific", d=16, m=32, k=4),
+    "shared_support": SAEConfig(arch="shared_support", d=16, m=32, k=4, n_modalities=2),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_CONFIGS))
+def test_save_load_round_trip(arch, tmp_path):
+    assert arch in MODEL_REGISTRY
+    torch.manual_seed(0)
+    model = build_model(ARCH_CONFIGS[arch])
+    x, y = _pairs(128)
+    train(model, (x.numpy(), y.numpy()), steps=5, batch_size=32, progress=False, log_every=5)
+    if arch == "modality_specific":
+        model.align(x.numpy(), y.numpy())
+        with torch.no_grad():  # make the permutation non-trivial so the round trip checks it
+            model.permutation.copy_(torch.roll(model.permutation, 3))
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert type(loaded) is type(model) and loaded.arch == arch
+    assert loaded.config == model.config
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    for mod in (0, 1):
+        torch.testing.assert_close(loaded.encode(x, mod), model.encode(x, mod))
+        torch.testing.assert_close(loaded(x, mod)[0], model(x, mod)[0])
+    if arch in ("batchtopk", "matryoshka"):
+        assert float(loaded.threshold) > 0
+
+
+def test_classes_registered():
+    assert MODEL_REGISTRY["batchtopk"] is BatchTopKSAE
+    assert MODEL_REGISTRY["matryoshka"] is MatryoshkaSAE
+    assert MODEL_REGISTRY["modality_specific"] is ModalitySpecificSAE
+    assert MODEL_REGISTRY["shared_support"] is SharedSupportSAE

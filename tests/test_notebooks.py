@@ -1,0 +1,68 @@
+"""Execute every notebook at the smoke profile through run_all.sh; fail on any cell error."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
+
+TABLES = ["neuron_categories", "reconstruction", "retrieval", "mms_summary", "zero_shot", "ground_truth", "steering"]
+FIGURES = ["data_overview", "training_SAE", "training_group_sparse", "neuron_categories", "mms_curves",
+           "modality_score_hist", "umap_decoder_atoms", "steering"]
+
+
+def _run_all(out: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MMSAE_PYTHON=sys.executable)  # the interpreter running the tests
+    return subprocess.run(["bash", str(ROOT / "run_all.sh"), "--out", str(out), "--no-readme", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    proc = _run_all(out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_every_notebook_runs_and_reports_its_time(smoke_run):
+    out, log = smoke_run
+    for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
+        assert f"{nb.stem}: " in log, f"{nb.stem} did not report a wall time"
+        assert (ROOT / "notebooks" / "executed" / f"{nb.stem}.ipynb").exists()
+    assert json.loads((out / "results" / "run_all.json").read_text())["profile"] == "smoke"
+
+
+def test_tables_and_figures_written(smoke_run):
+    out, _ = smoke_run
+    for t in TABLES:
+        assert (out / "results" / f"{t}.csv").stat().st_size > 0, t
+        assert "\\toprule" in (out / "results" / f"{t}.tex").read_text(), t
+    for f in FIGURES:
+        assert (out / "figures" / f"{f}.pdf").read_bytes()[:4] == b"%PDF", f
+        assert (out / "figures" / f"{f}.png").read_bytes()[:4] == b"\x89PNG", f
+    cats = pd.read_csv(out / "results" / "neuron_categories.csv")
+    assert {"model", "image_only", "text_only", "both", "dead"} <= set(cats.columns)
+    assert {"SAE", "GSAE", "MGSAE"} <= set(cats["model"])
+    # categories partition the dictionary
+    m = json.loads((out / "results" / "headline.json").read_text())
+    assert m["profile"] == "smoke"
+
+
+def test_source_notebooks_stay_clean():
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        cells = json.loads(nb.read_text())["cells"]
+        assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), nb
+
+
+def test_failing_notebook_is_named_and_stops_the_run(tmp_path):
+    proc = _run_all(tmp_path, "--only", "02")  # no 01 before it: no embeddings
+    assert proc.returncode == 1
+    assert "FAILED: notebook 02_train_baseline" in proc.stderr
+    assert "run notebooks/01_extract first" in proc.stderr
