@@ -37,6 +37,11 @@ mms_reference_path = None  # paired embeddings of the same val pairs from a seco
 threshold = 0.0  # a latent "fires" when its activation exceeds this
 min_count = 1  # ... on at least this many held-out samples
 umap_seed = 0
+comparison_seeds = None  # seeds of the method comparison (profile default; smoke: 0, 1, 2)
+sweep_seeds = None  # seeds of the ablations and the alpha sweep (profile default)
+ablation_steps = None  # must match notebook 03 to reuse its ablation models
+run_ablations = True
+run_alpha_sweep = None  # None: only when data == "synthetic"
 
 # %%
 from pathlib import Path
@@ -51,7 +56,8 @@ from mmsae.models import load_model
 from mmsae.profiles import get_profile
 from mmsae.runs import RunPaths, load_run_data, write_json, write_table
 
-P = get_profile(profile, seeds=seeds)
+P = get_profile(profile, seeds=seeds, comparison_seeds=comparison_seeds, sweep_seeds=sweep_seeds,
+                ablation_steps=ablation_steps)
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
 train, val, truth, zero_shot = load_run_data(paths)
 plots.set_style()
@@ -198,3 +204,160 @@ headline = {n: {c: float(per_seed.loc[per_seed.model == n, c].mean())
 write_json({"profile": profile, "data": data, "seeds": P["seeds"], "mms_reference": ref_kind,
             "models": headline}, paths.results / "headline.json")
 pd.DataFrame(headline).T.round(3)
+
+# %% [markdown]
+# ## 6 · Every method side by side
+#
+# The seven methods of notebook 03 (`mmsae.experiments.METHODS`) on the same held-out
+# pairs with the same metrics, mean $\pm$ std over `comparison_seeds` seeds
+# (`mmsae.experiments.evaluate_model`, the metrics above plus the training-side dead
+# count). Codes of a single modality are used throughout: the SharedSupport SAE encodes
+# a lone image or caption with its own pre-activations (a query has no partner), the
+# modality-specific SAEs use their text code re-indexed by the Hungarian matching, so
+# latent *i* is "the matched pair" in both modalities. Retrieval here is from the
+# reconstructions (the competing paper's choice; codes in `comparison_full.csv`),
+# zero-shot both from codes and from reconstructions.
+#
+# Written: `results/comparison.csv` + `.tex` (the table), `results/comparison_full.csv`
+# (every metric), `results/comparison_per_seed.csv`, `results/comparison.md` (for the
+# README), `figures/mms_curves_all_methods.pdf`.
+
+# %%
+from mmsae import experiments as ex
+
+cmp_names = [n for n in P["methods"] if all((paths.model_dir(n, s) / "config.json").exists()
+                                            for s in P["comparison_seeds"])]
+missing = sorted(set(P["methods"]) - set(cmp_names))
+if missing:
+    print("not trained for every comparison seed (run notebook 03):", missing)
+cmp_analyses, cmp_rows = {}, []
+for name in tqdm(cmp_names, desc="comparison"):
+    for s in P["comparison_seeds"]:
+        det = {}
+        r = ex.evaluate_model(load_model(paths.model_dir(name, s)), val, ref_x, ref_y, zero_shot, truth, details=det,
+                              threshold=threshold, min_count=min_count)
+        cmp_analyses[(name, s)] = det["analysis"]
+        cmp_rows.append({"model": name, "seed": s, **r, "mms_reference": ref_kind})
+cmp_per_seed = ex.add_derived(pd.DataFrame(cmp_rows))
+cmp_per_seed.to_csv(paths.results / "comparison_per_seed.csv", index=False)
+cmp_full = ex.comparison_table(cmp_per_seed)
+cmp_full.to_csv(paths.results / "comparison_full.csv", index=False)
+
+zs_names = sorted(zero_shot)
+table_cols = (["image_only", "text_only", "both", "dead", "mms_img_txt_mean", "explained_variance_x",
+               "explained_variance_y"]
+              + [f"recon_{d}_{k}" for d in ("x2y", "y2x") for k in ("R@1", "R@10", "MRR")]
+              + [f"zs_{z}_{w}" for z in zs_names for w in ("code", "recon")])
+table_cols = [c for c in table_cols if c in cmp_full.columns]
+cmp = cmp_full[["model"] + [c for col in table_cols for c in (col, f"{col}_std")] + ["n_seeds"]]
+ex.to_latex(cmp, paths.results / "comparison.tex", label="tab:comparison",
+            caption=(f"Every method on held-out pairs ({profile} profile, {data}; mean $\\pm$ std over "
+                     f"{len(P['comparison_seeds'])} seeds). Neuron categories; MMS image-text (reference: {ref_kind}); "
+                     "explained variance per modality; retrieval from reconstructions; zero-shot through the SAE."))
+headers = {"image_only": "img-only", "text_only": "txt-only", "mms_img_txt_mean": "MMS img-txt",
+           "explained_variance_x": "EV img", "explained_variance_y": "EV txt"}
+md = ex.markdown_table(cmp_full, table_cols, headers=headers)
+(paths.results / "comparison.md").write_text(md)
+print(md)
+
+# %%
+curves_all = {n: {k: [cmp_analyses[(n, s)].mms[k] for s in P["comparison_seeds"]] for k in mms_keys}
+              for n in cmp_names}
+fig = plots.plot_mms_curves(curves_all)
+plots.save_figure(fig, "mms_curves_all_methods", paths.figures)
+if "gt_recovery_mean" in cmp_full:
+    print(cmp_full[["model", "gt_recovery_mean", "gt_recovery_mean_std", "gt_alignment_error",
+                    "gt_collapse_rate"]].round(3).to_string(index=False))
+
+# %% [markdown]
+# ## 7 · Ablations
+#
+# Each ablation model (trained by notebook 03, reused here) is evaluated on the same
+# held-out pairs; tables give mean $\pm$ std over `sweep_seeds` seeds, figures the mean
+# with $\pm 1$ std error bars. `ablation_steps` training steps per model, so absolute
+# numbers sit below the main table's at the smoke profile; compare within a sweep.
+#
+# * `ablation_lambda`: the l2,1 weight (0 = no group penalty);
+# * `ablation_mask_rate`: MGSAE's drop rate (0 = GSAE);
+# * `ablation_mask_mode`: one mask per pair vs one per batch;
+# * `ablation_width_k`: dictionary width (expansion x d) x K, lambda = `width_k_lambda`.
+
+# %%
+abl_metrics = {k: v for k, v in ex.SWEEP_METRICS.items() if truth is not None or not k.startswith("gt_")}
+abl_cols = (["both", "dead", "frac_both", "mms_img_txt_mean", "explained_variance_x", "explained_variance_y",
+             "recon_x2y_R@1", "recon_y2x_R@1"] + [f"zs_{z}_recon" for z in zs_names]
+            + ["gt_recovery_mean", "gt_alignment_error", "wall_time_s"])
+sweep_x = {"lambda": ("group_lambda", "$\\lambda$"), "mask_rate": ("mask_rate", "mask rate"),
+           "mask_mode": ("mask_mode", "mask drawn per"), "width_k": ("expansion", "expansion (m / d)")}
+ablations = {}
+if run_ablations:
+    for sweep, (xcol, xlabel) in sweep_x.items():
+        raw = ex.add_derived(ex.run_sweep(sweep, train, val, P, models_dir=paths.root / "models", truth=truth,
+                                          zero_shot_sets=zero_shot, ref_x=ref_x, ref_y=ref_y))
+        raw.to_csv(paths.results / f"ablation_{sweep}_per_seed.csv", index=False)
+        by = ["model", "expansion", "k", "m"] if sweep == "width_k" else ["model", xcol]
+        agg = ex.aggregate_seeds(raw, by)
+        cols = [c for c in abl_cols if c in agg.columns]
+        tab = agg[by + [c for col in cols for c in (col, f"{col}_std")] + ["n_seeds"]]
+        ex.to_latex(tab, paths.results / f"ablation_{sweep}.tex", label=f"tab:ablation_{sweep}",
+                    caption=(f"Ablation: {xlabel} ({profile} profile, {data}, {P['ablation_steps']} steps; mean "
+                             f"$\\pm$ std over {len(P['sweep_seeds'])} seeds)."))
+        if sweep == "width_k":
+            agg = agg.assign(series=[f"{mo} K={k}" if agg["model"].nunique() > 1 else f"K={k}"
+                                     for mo, k in zip(agg["model"], agg["k"])])
+            fig = ex.plot_sweep(agg, "expansion", abl_metrics, hue="series", xlabel=xlabel)
+        else:
+            fig = ex.plot_sweep(agg, xcol, abl_metrics, xlabel=xlabel)
+        plots.save_figure(fig, f"ablation_{sweep}", paths.figures)
+        ablations[sweep] = tab
+        print(f"== {sweep}")
+        print(tab[by + [c for c in ("frac_both", "mms_img_txt_mean", "explained_variance_x", "recon_x2y_R@1",
+                                    "gt_recovery_mean") if c in tab]].round(3).to_string(index=False))
+
+# %% [markdown]
+# ## 8 · The alpha sweep: where each design wins
+#
+# For each concept-direction cosine alpha the synthetic data are regenerated and every
+# method retrained (notebook 03). Against the ground truth:
+#
+# * **atom recovery**: best cosine of each true image atom to the image-side decoder and of
+#   each true text atom to the text-side decoder (mean of the two);
+# * **alignment error**: 1 - the fraction of shared concepts tracked by one and the same
+#   latent in both modalities (by activation correlation);
+# * **collapse rate**: shared concepts whose best image atom and best text atom are the
+#   same decoder column. For a shared dictionary at alpha < 1 this is the competing
+#   paper's failure mode (one column for two directions); for the aligned
+#   modality-specific SAEs "same column" means "matched to each other", so read it there
+#   as alignment success.
+#
+# The modality-specific design should recover the separate directions when alpha is
+# small; shared designs should align concepts (low alignment error) and lose nothing
+# when alpha approaches 1. `results/alpha_sweep.csv`/`.tex`, `figures/alpha_sweep.pdf`.
+
+# %%
+if run_alpha_sweep is None:
+    run_alpha_sweep = data == "synthetic"
+if run_alpha_sweep:
+    alpha_raw = ex.add_derived(ex.sweep_alpha(P, models_dir=paths.root / "models"))
+    alpha_raw.to_csv(paths.results / "alpha_sweep_per_seed.csv", index=False)
+    alpha_agg = ex.aggregate_seeds(alpha_raw, ["model", "alpha"])
+    a_cols = ["gt_recovery_x_mean", "gt_recovery_y_mean", "gt_recovery_mean", "gt_alignment_error",
+              "gt_collapse_rate", "explained_variance_x", "explained_variance_y", "recon_x2y_R@1", "both"]
+    a_cols = [c for c in a_cols if c in alpha_agg]
+    alpha_tab = alpha_agg[["model", "alpha"] + [c for col in a_cols for c in (col, f"{col}_std")] + ["n_seeds"]]
+    ex.to_latex(alpha_tab, paths.results / "alpha_sweep.tex", label="tab:alpha_sweep",
+                caption=(f"Synthetic alpha sweep ({profile} profile, {P['alpha_n_pairs']} pairs, "
+                         f"{P['alpha_steps']} steps; mean $\\pm$ std over {len(P['sweep_seeds'])} seeds)."))
+    fig = ex.plot_sweep(alpha_agg, "alpha", ex.ALPHA_METRICS, xlabel="alpha = cos(image dir., text dir.)")
+    plots.save_figure(fig, "alpha_sweep", paths.figures)
+    best = []
+    for a, g in alpha_agg.groupby("alpha"):
+        best.append({"alpha": a,
+                     "best_recovery": g.loc[g["gt_recovery_mean"].idxmax(), "model"],
+                     "best_recovery_value": g["gt_recovery_mean"].max(),
+                     "lowest_alignment_error": g.loc[g["gt_alignment_error"].idxmin(), "model"],
+                     "lowest_alignment_error_value": g["gt_alignment_error"].min()})
+    winners = pd.DataFrame(best)
+    ex.to_latex(winners, paths.results / "alpha_sweep_winners.tex", label="tab:alpha_winners",
+                caption="Which method wins at each alpha (mean over seeds).")
+    print(winners.round(3).to_string(index=False))

@@ -117,3 +117,20 @@ def test_tiny_mask_sweep_shares_identical_configs(tiny, tmp_path):
     wk = ex.run_sweep("width_k", tr, va, P, methods=["SAE"], values=[(1, 2), (2, 4)], seeds=[0], steps=10,
                       progress=False, n_jobs=1)
     assert list(wk["m"]) == [32, 64] and list(wk["k"]) == [2, 4]
+
+
+def test_sweep_figure_and_markdown(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    raw = pd.DataFrame({"model": ["GSAE"] * 4 + ["MGSAE"] * 4, "seed": [0, 1] * 4,
+                        "group_lambda": [0.0, 0.0, 0.1, 0.1] * 2, "frac_both": np.linspace(0.1, 0.8, 8),
+                        "explained_variance_x": 0.5, "explained_variance_y": 0.7, "both": [10, 12] * 4})
+    agg = ex.aggregate_seeds(ex.add_derived(raw), ["model", "group_lambda"])
+    assert np.allclose(agg["ev_mean"], 0.6)
+    fig = ex.plot_sweep(agg, "group_lambda", {"frac_both": "both", "ev_mean": "EV"})
+    assert len(fig.axes) == 2
+    bars = ex.plot_sweep(agg.assign(mode=["pair", "batch"] * 2), "mode", {"frac_both": "both"})
+    assert len(bars.axes) == 1
+    md = ex.markdown_table(agg, ["both", "frac_both"])
+    assert md.splitlines()[0] == "| model | both | frac_both |" and "11 ± 1.4" in md

@@ -302,3 +302,22 @@ def test_ground_truth_report():
     r3 = M.ground_truth_report(tx, ty, kind, codes_x, codes_y, z_x, z_y, dic, dic_y)
     assert r3["collapse_rate"] == pytest.approx(0.0)
     assert r3["recovery_y_mean"] == pytest.approx(1.0)
+
+
+def test_shared_concept_corr_rewards_one_latent_for_both_modalities():
+    rng = np.random.default_rng(0)
+    n = 200
+    c = rng.exponential(size=(n, 1)) * (rng.random((n, 1)) < 0.5)
+    kind = np.array([0])
+    atoms = np.array([[1.0, 0.0]])
+    # shared model: latent 0 tracks the concept in both modalities
+    z_shared = np.concatenate([c, rng.random((n, 1)) * 0.01], axis=1)
+    # split model: latent 0 on images, latent 1 on captions
+    zx_split = np.concatenate([c, np.zeros((n, 1))], axis=1)
+    zy_split = np.concatenate([np.zeros((n, 1)), c], axis=1)
+    dic = np.eye(2)
+    shared = M.ground_truth_report(atoms, atoms, kind, c, c, z_shared, z_shared, dic, dic)
+    split = M.ground_truth_report(atoms, atoms, kind, c, c, zx_split, zy_split, dic, dic)
+    assert shared["shared_concept_corr"] == pytest.approx(1.0)
+    assert split["shared_concept_corr"] < 0.7  # half the pooled samples are missed by either latent
+    assert shared["single_latent_fraction"] == 1.0 and split["single_latent_fraction"] == 0.0

@@ -477,6 +477,11 @@ def ground_truth_report(true_atoms_x, true_atoms_y, concept_kind, codes_x, codes
       concepts;
     * ``single_latent_fraction``: :func:`single_latent_fraction` with activation-based
       indices over shared concepts; ``alignment_error = 1 - single_latent_fraction``;
+    * ``shared_concept_corr``: mean over shared concepts of the best Pearson correlation
+      between ONE latent and the concept's coefficient with images and captions pooled
+      (``[z_x; z_y]`` vs ``[codes_x; codes_y]``): how well a single latent tracks the
+      concept in both modalities at once. Unlike the argmax-based fraction above it does
+      not flip when two latents are almost equally good;
     * ``n_shared``, ``n_image_only``, ``n_text_only``.
     """
     kind = np.asarray(to_tensor(concept_kind, torch.int64))
@@ -496,6 +501,13 @@ def ground_truth_report(true_atoms_x, true_atoms_y, concept_kind, codes_x, codes
     act_x = best_latent_by_activation(codes_x, z_x)
     act_y = best_latent_by_activation(codes_y, z_y)
     slf = single_latent_fraction(act_x, act_y, shared)
+    if shared.any():
+        sh = torch.as_tensor(shared)
+        pooled_codes = torch.cat([to_tensor(codes_x)[:, sh], to_tensor(codes_y)[:, sh]])
+        _, pooled_corr = activation_correlation_best(pooled_codes, torch.cat([to_tensor(z_x), to_tensor(z_y)]))
+        shared_corr = float(np.mean(pooled_corr))
+    else:
+        shared_corr = float("nan")
     return {
         "recovery_x_mean": _mean(rec_x),
         "recovery_y_mean": _mean(rec_y),
@@ -505,6 +517,7 @@ def ground_truth_report(true_atoms_x, true_atoms_y, concept_kind, codes_x, codes
         "collapse_rate": collapse_rate(dec_x, dec_y, shared),
         "single_latent_fraction": slf,
         "alignment_error": 1.0 - slf,
+        "shared_concept_corr": shared_corr,
         "n_shared": int(shared.sum()),
         "n_image_only": int((kind == 1).sum()),
         "n_text_only": int((kind == 2).sum()),

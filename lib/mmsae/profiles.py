@@ -46,8 +46,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "methods": ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"],
         "comparison_seeds": [0, 1, 2],  # seeds of the main comparison table
         "sweep_seeds": [0, 1],  # seeds of every ablation and of the alpha sweep
-        "sweep_jobs": 1,  # worker processes (one torch thread each); 2 pays off only on idle cores
-        "ablation_steps": 300,  # training steps of each ablation model
+        "sweep_jobs": 2,  # worker processes, one torch thread each (2 cores)
+        "ablation_steps": 250,  # training steps of each ablation model
         "lambda_grid": [0.0, 0.01, 0.05, 0.2],
         "lambda_methods": ["GSAE"],
         "mask_grid": [0.0, 0.1, 0.2, 0.4],
@@ -59,8 +59,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "width_k_lambda": 0.01,  # the paper's lambda in its width/K sweep
         "alpha_grid": [0.0, 0.25, 0.5, 0.75, 1.0],
         "alpha_methods": ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"],
-        "alpha_steps": 250,
-        "alpha_n_pairs": 4000,
+        "alpha_steps": 200,
+        "alpha_n_pairs": 3000,
     },
     "paper": {
         "n_pairs": 200_000,

@@ -8,9 +8,13 @@ activation over a reference set of codes) and decode:
 
 and measure, per alpha,
 
-* ``toward``: mean cosine of ``u'`` to the concept target (by default the mean of the
-  concept's *caption* embeddings, the paper's "move toward the concept's captions")
-  minus the same cosine at ``alpha = 0`` (so the curve starts at 0);
+* ``toward``: mean cosine of ``u'`` to the concept target *of the same modality* (the
+  mean embedding of the samples of that modality that carry the concept) minus the same
+  cosine at ``alpha = 0`` (so the curve starts at 0);
+* ``toward_captions``: the same gain toward the concept's *caption* embeddings (the
+  paper's "move toward the concept's captions"). For image codes this target sits
+  across the modality gap, so any latent carrying the text offset moves images toward
+  it; ``toward`` is the cleaner measure of concept movement and both are reported;
 * ``kept``: mean cosine of ``u'`` to the original embedding ``u`` (similarity kept).
 
 Steering image codes and text codes with the same latent tells whether one latent
@@ -56,19 +60,22 @@ def concept_target(emb: np.ndarray, has_concept: np.ndarray) -> np.ndarray:
 
 
 def steering_curve(model: Dictionary, u: np.ndarray, modality: int, latent: int, alphas: Sequence[float],
-                   sigma: float, target: np.ndarray) -> list[dict]:
-    """One record per alpha: ``alpha``, ``toward`` (cosine gain toward ``target``), ``kept``."""
+                   sigma: float, target: np.ndarray, caption_target: np.ndarray | None = None) -> list[dict]:
+    """One record per alpha: ``alpha``, ``toward`` (cosine gain toward ``target``),
+    ``toward_captions`` (gain toward ``caption_target``, when given) and ``kept``."""
     u = l2_normalize(u)
-    target = l2_normalize(np.asarray(target)[None])[0]
-    base = None
+    targets = {"toward": target}
+    if caption_target is not None:
+        targets["toward_captions"] = caption_target
+    T = l2_normalize(np.stack([np.asarray(t, np.float32) for t in targets.values()]))
+    base = (steer(model, u, modality, latent, 0.0) @ T.T).mean(0)
     rows = []
     for a in alphas:
         us = steer(model, u, modality, latent, float(a) * sigma)
-        cos_t = float((us @ target).mean())
-        if base is None:
-            base = float((steer(model, u, modality, latent, 0.0) @ target).mean())
-        rows.append({"alpha": float(a), "cos_target": cos_t, "toward": cos_t - base,
-                     "kept": float((us * u).sum(1).mean())})
+        gain = (us @ T.T).mean(0) - base
+        rec = {"alpha": float(a), **{k: float(g) for k, g in zip(targets, gain)}}
+        rec["kept"] = float((us * u).sum(1).mean())
+        rows.append(rec)
     return rows
 
 
