@@ -46,6 +46,9 @@ esac
 
 py="$(scripts/setup_env.sh)"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+# Smoke-sized models are too small to gain from several intra-op threads, and OpenMP
+# spinning makes them erratically slow when cores are shared; set OMP_NUM_THREADS to override.
+if [[ "$profile" == smoke ]]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; fi
 # Weights: on disk, or fetched once from the hub where it can be reached (docs/real_data.md);
 # offline, the encoders fail fast with the expected location instead of retrying.
 

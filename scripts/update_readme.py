@@ -116,6 +116,20 @@ def comparison_section() -> str:
     return head + ".\n\n" + _md(out)
 
 
+def steering_section() -> str:
+    st = json.loads((RES / "steering_summary.json").read_text())
+    rows = []
+    for name, lat in st["latents"].items():
+        gain = st["toward_at_max_alpha"].get(name, {})
+        rows.append({"model": name, "latent": lat["latent"], "fires on images": lat["fires_on_images"],
+                     "fires on texts": lat["fires_on_texts"],
+                     **{f"gain toward concept ({k})": _fmt(v) for k, v in gain.items()},
+                     "moves both": "yes" if st["moves_both"].get(name) else "no"})
+    return (f"Concept: {st['concept']}; steering strength alpha = {st['alpha']} activation stds; gain = "
+            "cosine increase toward the concept in the steered modality (from `results/steering_summary.json`)."
+            "\n\n" + _md(pd.DataFrame(rows)))
+
+
 def runtime_section() -> str:
     f = RES / "run_all.json"
     if not f.exists():
@@ -126,7 +140,7 @@ def runtime_section() -> str:
 
 
 SECTIONS = {"categories": categories_section, "headline": headline_section, "comparison": comparison_section,
-            "runtime": runtime_section}
+            "steering": steering_section, "runtime": runtime_section}
 
 
 def main() -> None:

@@ -2,8 +2,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The test models are tiny: one intra-op thread is as fast and immune to the erratic
+# slow-downs of OpenMP spinning when the 2 cores are shared with other processes.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
