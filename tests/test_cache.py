@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +21,7 @@ FUNCS = [skdata.astronaut, skdata.chelsea, skdata.coffee, skdata.rocket, skdata.
          skdata.immunohistochemistry, skdata.retina]
 
 
-TINY = "mmsae-test-tiny-vit"
-
-
-def register_tiny_clip(tmp_path_factory) -> str:
-    """A tiny ViT config (random weights only) so CPU tests stay fast."""
-    if TINY not in open_clip.list_models():
-        d = tmp_path_factory.mktemp("oc_cfg")
-        cfg = {"embed_dim": 64,
-               "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-               "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
-        (d / f"{TINY}.json").write_text(json.dumps(cfg))
-        open_clip.add_model_config(d / f"{TINY}.json")
-    return TINY
+from clip_helpers import TINY, register_tiny_clip  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .cache import EmbeddingCache, load_arrays, load_cache
 from .data import EmbeddingError, PairedEmbeddings, ZeroShotSet, l2_normalize, load_paired
-from .encoders import ClapEncoder, ClipEncoder, EncoderUnavailable
+from .encoders import ClapEncoder, ClipEncoder
 from .prompts import PromptSet, available_prompt_sets, get_prompt_set
 from .sources import CifarSource, LabelledFolder, Source, open_source
 
