@@ -31,8 +31,7 @@
 profile = "smoke"
 data = "synthetic"
 out_dir = ".."
-models = None  # model names to analyse (default: every trained model in the run folder)
-seeds = None
+models = None  # model names to analyse (default: every method of the profile trained for every seed)
 mms_reference_path = None  # paired embeddings of the same val pairs from a second encoder (real data)
 threshold = 0.0  # a latent "fires" when its activation exceeds this
 min_count = 1  # ... on at least this many held-out samples
@@ -50,34 +49,45 @@ import numpy as np
 import pandas as pd
 
 from mmsae import paper, plots
-from mmsae.analysis import analyze, mms_reference
+from mmsae.analysis import mms_reference
 from mmsae.data import load_paired
 from mmsae.models import load_model
 from mmsae.profiles import get_profile
 from mmsae.runs import RunPaths, load_run_data, write_json, write_table
 
-P = get_profile(profile, seeds=seeds, comparison_seeds=comparison_seeds, sweep_seeds=sweep_seeds,
-                ablation_steps=ablation_steps)
+P = get_profile(profile, comparison_seeds=comparison_seeds, sweep_seeds=sweep_seeds, ablation_steps=ablation_steps)
+SEEDS = P["comparison_seeds"]  # every table: mean and std over these seeds
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
 train, val, truth, zero_shot = load_run_data(paths)
 plots.set_style()
-ORDER = ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"]
-names = models or [n for n in ORDER if (paths.root / "models" / n).exists()]
+names = [n for n in (models or P["methods"])
+         if all((paths.model_dir(n, s) / "config.json").exists() for s in SEEDS)]
+missing = sorted(set(models or P["methods"]) - set(names))
+if missing:
+    print("not trained for every seed (run notebooks 02 and 03):", missing)
 ref = load_paired(mms_reference_path) if mms_reference_path else None
 ref_x, ref_y, ref_kind = mms_reference(val, truth, ref)
-print("models:", names, "| seeds:", P["seeds"], "| MMS reference:", ref_kind)
+print("models:", names, "| seeds:", SEEDS, "| MMS reference:", ref_kind)
+
+# %% [markdown]
+# Each model is encoded once; every metric below derives from those codes
+# (`mmsae.experiments.evaluate_model` = `mmsae.analysis.analyze` plus training-side
+# counts).
 
 # %%
 from tqdm.auto import tqdm
 
+from mmsae import experiments as ex
+
 analyses, rows = {}, []
 for name in tqdm(names, desc="models"):
-    for s in P["seeds"]:
-        model = load_model(paths.model_dir(name, s))
-        a = analyze(model, val, ref_x, ref_y, zero_shot, truth, threshold=threshold, min_count=min_count)
-        analyses[(name, s)] = a
-        rows.append({"model": name, "seed": s, **a.summary})
-per_seed = pd.DataFrame(rows)
+    for s in SEEDS:
+        det = {}
+        r = ex.evaluate_model(load_model(paths.model_dir(name, s)), val, ref_x, ref_y, zero_shot, truth, details=det,
+                              threshold=threshold, min_count=min_count)
+        analyses[(name, s)] = det["analysis"]
+        rows.append({"model": name, "seed": s, **r, "mms_reference": ref_kind})
+per_seed = ex.add_derived(pd.DataFrame(rows))
 per_seed.to_csv(paths.results / "per_seed_metrics.csv", index=False)
 
 
@@ -113,7 +123,7 @@ cats
 
 # %%
 mms_keys = ["img_img", "txt_txt", "img_txt"]
-curves = {n: {k: [analyses[(n, s)].mms[k] for s in P["seeds"]] for k in mms_keys} for n in names}
+curves = {n: {k: [analyses[(n, s)].mms[k] for s in SEEDS] for k in mms_keys} for n in names}
 fig = plots.plot_mms_curves(curves)
 plots.save_figure(fig, "mms_curves", paths.figures)
 mms_cols = [f"mms_{k}_{stat}" for k in mms_keys for stat in ("mean", "median", "frac_gt_0.5")]
@@ -129,7 +139,7 @@ mms_tab
 # seed) shows whether image-only and text-only atoms form separate regions.
 
 # %%
-s0 = P["seeds"][0]
+s0 = SEEDS[0]
 fig = plots.plot_modality_histogram({n: analyses[(n, s0)].modality_score for n in names})
 plots.save_figure(fig, "modality_score_hist", paths.figures)
 
@@ -201,7 +211,7 @@ headline = {n: {c: float(per_seed.loc[per_seed.model == n, c].mean())
                 for c in ["both", "dead", "frac_both", "mms_img_txt_mean", "explained_variance_x",
                           "explained_variance_y", "code_x2y_R@1", "code_y2x_R@1"] + zs_cols}
             for n in names}
-write_json({"profile": profile, "data": data, "seeds": P["seeds"], "mms_reference": ref_kind,
+write_json({"profile": profile, "data": data, "seeds": SEEDS, "mms_reference": ref_kind,
             "models": headline}, paths.results / "headline.json")
 pd.DataFrame(headline).T.round(3)
 
@@ -219,28 +229,11 @@ pd.DataFrame(headline).T.round(3)
 # zero-shot both from codes and from reconstructions.
 #
 # Written: `results/comparison.csv` + `.tex` (the table), `results/comparison_full.csv`
-# (every metric), `results/comparison_per_seed.csv`, `results/comparison.md` (for the
-# README), `figures/mms_curves_all_methods.pdf`.
+# (every metric), `results/per_seed_metrics.csv`, `results/comparison.md` (for the
+# README); the MMS curves of every method are `figures/mms_curves` above.
 
 # %%
-from mmsae import experiments as ex
-
-cmp_names = [n for n in P["methods"] if all((paths.model_dir(n, s) / "config.json").exists()
-                                            for s in P["comparison_seeds"])]
-missing = sorted(set(P["methods"]) - set(cmp_names))
-if missing:
-    print("not trained for every comparison seed (run notebook 03):", missing)
-cmp_analyses, cmp_rows = {}, []
-for name in tqdm(cmp_names, desc="comparison"):
-    for s in P["comparison_seeds"]:
-        det = {}
-        r = ex.evaluate_model(load_model(paths.model_dir(name, s)), val, ref_x, ref_y, zero_shot, truth, details=det,
-                              threshold=threshold, min_count=min_count)
-        cmp_analyses[(name, s)] = det["analysis"]
-        cmp_rows.append({"model": name, "seed": s, **r, "mms_reference": ref_kind})
-cmp_per_seed = ex.add_derived(pd.DataFrame(cmp_rows))
-cmp_per_seed.to_csv(paths.results / "comparison_per_seed.csv", index=False)
-cmp_full = ex.comparison_table(cmp_per_seed)
+cmp_full = ex.comparison_table(per_seed)
 cmp_full.to_csv(paths.results / "comparison_full.csv", index=False)
 
 zs_names = sorted(zero_shot)
@@ -261,10 +254,6 @@ md = ex.markdown_table(cmp_full, table_cols, headers=headers)
 print(md)
 
 # %%
-curves_all = {n: {k: [cmp_analyses[(n, s)].mms[k] for s in P["comparison_seeds"]] for k in mms_keys}
-              for n in cmp_names}
-fig = plots.plot_mms_curves(curves_all)
-plots.save_figure(fig, "mms_curves_all_methods", paths.figures)
 if "gt_recovery_mean" in cmp_full:
     print(cmp_full[["model", "gt_recovery_mean", "gt_recovery_mean_std", "gt_alignment_error",
                     "gt_collapse_rate"]].round(3).to_string(index=False))

@@ -96,7 +96,7 @@ def headline_section() -> str:
 
 
 def comparison_section() -> str:
-    f = RES / "comparison.csv"
+    f = RES / "comparison_full.csv"
     if not f.exists():
         return "_Not generated yet: run `./run_all.sh`._"
     df = pd.read_csv(f)
@@ -104,13 +104,14 @@ def comparison_section() -> str:
             ("explained_variance_y", 3), ("code_x2y_R@1", 3), ("code_x2y_R@10", 3), ("code_x2y_MRR", 3),
             ("code_y2x_R@1", 3), ("code_y2x_MRR", 3)]
     want += [(c, 3) for c in df.columns if c.startswith("zs_") and c.endswith("_code")]
-    want += [(c, 3) for c in ("gt_recovered_frac", "gt_collapse_rate", "gt_shared_concept_corr") if c in df]
+    want += [(c, 3) for c in ("gt_recovery_mean", "gt_collapse_rate", "gt_shared_concept_corr") if c in df]
     out = pd.DataFrame({"model": df["model"]})
     for c, dg in want:
         if c in df:
             out[c] = _pm(df, c, dg)
     n = json.loads((RES / "comparison_meta.json").read_text()) if (RES / "comparison_meta.json").exists() else {}
-    head = "Mean ± std over seeds (from `results/comparison.csv`)"
+    head = ("Mean ± std over seeds (from `results/comparison_full.csv`; retrieval and zero-shot from SAE codes; "
+            "gt_*: against the synthetic ground truth)")
     if n:
         head += f"; {', '.join(f'{k}: {v}' for k, v in n.items())}"
     return head + ".\n\n" + _md(out)

@@ -90,6 +90,17 @@ def test_matryoshka_prefixes_each_reconstruct(synth):
         assert errs[-1] < 0.8 * base
 
 
+def test_matryoshka_sparse_prefix_decodes_match_truncated_codes():
+    torch.manual_seed(0)
+    model = build_model(SAEConfig(arch="matryoshka", d=16, m=64, k=4)).train()
+    x, y = _pairs(8)
+    pre, vals, idx = model._pooled_sparse(x, y)
+    recs = model._prefix_decodes_flat(vals, idx, 8)
+    z = torch.zeros_like(pre).reshape(-1).scatter(0, idx, vals).reshape(pre.shape)
+    for j, p in enumerate(model.prefixes):
+        torch.testing.assert_close(recs[j], z[:, :p] @ model.W_dec[:p] + model.b_pre[0], atol=1e-5, rtol=1e-5)
+
+
 def test_matryoshka_rejects_bad_prefixes():
     with pytest.raises(ValueError):
         build_model(SAEConfig(arch="matryoshka", d=8, m=32, k=2, extra={"prefixes": [16, 8, 32]}))

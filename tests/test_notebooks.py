@@ -12,9 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
 
-TABLES = ["neuron_categories", "reconstruction", "retrieval", "mms_summary", "zero_shot", "ground_truth", "steering"]
-FIGURES = ["data_overview", "training_SAE", "training_group_sparse", "neuron_categories", "mms_curves",
-           "modality_score_hist", "umap_decoder_atoms", "steering"]
+SWEEPS = ["ablation_lambda", "ablation_mask_rate", "ablation_mask_mode", "ablation_width_k", "alpha_sweep"]
+TABLES = ["neuron_categories", "reconstruction", "retrieval", "mms_summary", "zero_shot", "ground_truth", "steering",
+          "comparison"] + SWEEPS
+FIGURES = ["data_overview", "training_SAE", "training_group_sparse", "training_all_methods", "neuron_categories",
+           "mms_curves", "modality_score_hist", "umap_decoder_atoms", "steering"] + SWEEPS
+METHODS = {"SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"}
 
 
 def _run_all(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -49,10 +52,15 @@ def test_tables_and_figures_written(smoke_run):
         assert (out / "figures" / f"{f}.png").read_bytes()[:4] == b"\x89PNG", f
     cats = pd.read_csv(out / "results" / "neuron_categories.csv")
     assert {"model", "image_only", "text_only", "both", "dead"} <= set(cats.columns)
-    assert {"SAE", "GSAE", "MGSAE"} <= set(cats["model"])
-    # categories partition the dictionary
+    assert set(cats["model"]) == METHODS
+    # the four categories partition the dictionary of every model
+    per_seed = pd.read_csv(out / "results" / "per_seed_metrics.csv")
+    assert (per_seed[["image_only", "text_only", "both", "dead"]].sum(axis=1) == per_seed["m"]).all()
+    assert per_seed.groupby("model")["seed"].nunique().min() == 3  # mean and spread over 3 seeds
+    comparison = pd.read_csv(out / "results" / "comparison.csv")
+    assert set(comparison["model"]) == METHODS and comparison["both_std"].notna().all()
     m = json.loads((out / "results" / "headline.json").read_text())
-    assert m["profile"] == "smoke"
+    assert m["profile"] == "smoke" and set(m["models"]) == METHODS
 
 
 def test_source_notebooks_stay_clean():

@@ -19,26 +19,26 @@ PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         # synthetic data
         "n_pairs": 12_000,
-        "synthetic_d": 128,
-        "n_shared": 96,
-        "n_image_only": 32,
-        "n_text_only": 32,
+        "synthetic_d": 64,
+        "n_shared": 64,
+        "n_image_only": 24,
+        "n_text_only": 24,
         "alpha": 0.7,
         "val_fraction": 0.2,
         # models
-        "m": 512,
-        "k": 8,
+        "m": 256,
+        "k": 6,
         "group_lambda": 0.05,
         "mask_rate": 0.2,
         "mask_mode": "pair",
         "dead_after": 20_000,
         # training
-        "steps": 1500,
+        "steps": 1000,
         "batch_size": 128,
         "lr": 1e-3,
         "seeds": [0],
         # analysis
-        "umap_max_atoms": 512,
+        "umap_max_atoms": 256,
         "steer_alphas": [0.0, 1.0, 2.0, 4.0, 8.0],
         "steer_samples": 256,
         # method comparison and sweeps (mmsae.experiments; notebooks 03/04). Sized so the whole
@@ -47,14 +47,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "comparison_seeds": [0, 1, 2],  # seeds of the main comparison table
         "sweep_seeds": [0, 1],  # seeds of every ablation and of the alpha sweep
         "sweep_jobs": 2,  # worker processes, one torch thread each (2 cores)
-        "ablation_steps": 250,  # training steps of each ablation model
+        "ablation_steps": 200,  # training steps of each ablation model
         "lambda_grid": [0.0, 0.01, 0.05, 0.2],
         "lambda_methods": ["GSAE"],
         "mask_grid": [0.0, 0.1, 0.2, 0.4],
         "mask_modes": ["pair", "batch"],
         "mask_methods": ["MGSAE"],
-        "expansion_grid": [2, 4, 8],  # m = expansion * d (d = 128: 256, 512, 1024 latents)
-        "k_grid": [4, 8, 16],  # paper's 16/32/64 scaled by K_smoke / K_paper
+        "expansion_grid": [2, 4, 8],  # m = expansion * d (d = 64: 128, 256, 512 latents)
+        "k_grid": [3, 6, 12],  # paper's 16/32/64 scaled by K_smoke / K_paper
         "width_k_methods": ["MGSAE"],
         "width_k_lambda": 0.01,  # the paper's lambda in its width/K sweep
         "alpha_grid": [0.0, 0.25, 0.5, 0.75, 1.0],

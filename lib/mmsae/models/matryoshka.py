@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import reconstruction_loss
 from .base import LossOutput, SAEConfig, register
 from .batchtopk import BatchTopKSAE
 from .topk import _stats
@@ -56,19 +55,32 @@ class MatryoshkaSAE(BatchTopKSAE):
         """Inference reconstructions of ``u`` by each prefix (same code, truncated)."""
         return self._prefix_decodes(self.encode(u, modality), modality)
 
+    def _prefix_decodes_flat(self, vals: torch.Tensor, flat_idx: torch.Tensor, b: int) -> torch.Tensor:
+        """Reconstructions ``(n_prefixes, 2B, d)`` of the pooled batch by every prefix, from the
+        sparse BatchTopK entries: one gather of the kept atoms, one ``index_add`` into
+        per-group partial sums, a cumulative sum over the groups."""
+        m, d = self.config.m, self.config.d
+        rows, cols = flat_idx // m, flat_idx % m
+        bounds = torch.as_tensor(self.prefixes, device=cols.device)
+        group = torch.bucketize(cols, bounds, right=True)  # latent < prefixes[0] -> group 0, ...
+        contrib = vals[:, None] * self.W_dec[cols]
+        parts = torch.zeros(len(self.prefixes) * 2 * b, d, dtype=contrib.dtype, device=contrib.device)
+        parts = parts.index_add(0, group * (2 * b) + rows, contrib).reshape(len(self.prefixes), 2 * b, d)
+        bias = torch.cat([self.b_pre[self._mod(0)].expand(b, -1), self.b_pre[self._mod(1)].expand(b, -1)])
+        return parts.cumsum(0) + bias
+
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
         b = x.shape[0]
         pre, vals, flat_idx = self._pooled_sparse(x, y)
-        cols = flat_idx % self.config.m
-        terms, u_hat = [], None
-        for p in self.prefixes:
-            u_hat = self._decode_flat(vals, flat_idx, b, keep=cols < p if p < self.config.m else None)
-            terms.append(reconstruction_loss(x, u_hat[:b]) + reconstruction_loss(y, u_hat[b:]))
-        loss = torch.stack(terms).sum()
+        recs = self._prefix_decodes_flat(vals, flat_idx, b)  # (n_prefixes, 2B, d)
+        u = torch.cat([x, y])
+        per = (u[None] - recs).pow(2).sum(-1)  # (n_prefixes, 2B)
+        terms = per[:, :b].mean(1) + per[:, b:].mean(1)  # ||x - x_hat_j||^2 + ||y - y_hat_j||^2
+        loss = terms.sum()
         if self.config.extra.get("prefix_reduce", "sum") == "mean":
-            loss = loss / len(terms)
-        x_hat, y_hat = u_hat[:b], u_hat[b:]
-        rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
+            loss = loss / len(self.prefixes)
+        x_hat, y_hat = recs[-1, :b], recs[-1, b:]
+        rec_x, rec_y = per[-1, :b].mean(), per[-1, b:].mean()
         aux = self._auxk(pre, torch.cat([x - x_hat, y - y_hat]))
         loss = loss + self.config.auxk_coef * aux
         prefix_stats = {f"rec_prefix{p}": t for p, t in zip(self.prefixes, terms)}
