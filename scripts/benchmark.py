@@ -347,9 +347,11 @@ def _targets(df) -> list[str]:
 def _write_markdown(path: Path, df, table, device_desc, load, args, argv) -> None:
     begin, end = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
     cmd = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    how = (f"Rendered from `{Path(args.from_csv).name}` (no new measurement); measured"
+           if args.from_csv else f"Measured by `{cmd}`")
     body = "\n".join([
         begin,
-        f"Measured by `{cmd}` on: {device_desc}; torch {torch.__version__}; "
+        f"{how} on: {device_desc}; torch {df['torch'].iloc[0] if 'torch' in df else torch.__version__}; "
         f"shape d={args.d}, m={args.m}, K={args.k}; load average at start {load:.1f}. "
         f"{args.repeats} timed repeats after one warm-up; ratios use medians.",
         "",

@@ -52,7 +52,7 @@ def _md(df: pd.DataFrame) -> str:
 def categories_section() -> str:
     ours = pd.read_csv(RES / "neuron_categories.csv")
     run = json.loads((RES / "headline.json").read_text())
-    m = int(sum(ours.loc[0, c] for c in ("image_only", "text_only", "both", "dead")))
+    m = int(round(sum(ours.loc[0, c] for c in ("image_only", "text_only", "both", "dead"))))
     pp = paper.neuron_categories()
     rows = []
     for _, r in ours.iterrows():
