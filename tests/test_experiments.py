@@ -5,19 +5,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from mmsae import experiments as ex
 from mmsae.models import load_model
 from mmsae.profiles import get_profile
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

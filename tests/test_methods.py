@@ -19,15 +19,6 @@ def _pairs(n=64, d=16, seed=0):
     return x, y
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: one thread is as fast, and much faster when the cores are shared
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def synth():
     s = make_synthetic(n_pairs=1500, d=32, n_shared=24, n_image_only=8, n_text_only=8, seed=0)

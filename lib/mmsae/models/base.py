@@ -143,28 +143,21 @@ class Dictionary(nn.Module):
         return self.config.m
 
     @torch.no_grad()
+    def _map_numpy(self, fn, u, width: int, batch_size: int):
+        import numpy as np
+
+        dev = next(self.parameters()).device
+        out = [fn(torch.as_tensor(np.asarray(u[i:i + batch_size], np.float32), device=dev)).float().cpu().numpy()
+               for i in range(0, len(u), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
     def encode_numpy(self, u, modality: int = 0, batch_size: int = 4096):
         """Codes for a (N, d) array, batched, as a float32 numpy array."""
-        import numpy as np
+        return self._map_numpy(lambda ub: self.encode(ub, modality), u, self.num_latents, batch_size)
 
-        dev = next(self.parameters()).device
-        out = []
-        for i in range(0, len(u), batch_size):
-            ub = torch.as_tensor(np.asarray(u[i:i + batch_size], np.float32), device=dev)
-            out.append(self.encode(ub, modality).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.num_latents), np.float32)
-
-    @torch.no_grad()
     def reconstruct_numpy(self, u, modality: int = 0, batch_size: int = 4096):
         """Reconstructions for a (N, d) array, batched, as float32 numpy."""
-        import numpy as np
-
-        dev = next(self.parameters()).device
-        out = []
-        for i in range(0, len(u), batch_size):
-            ub = torch.as_tensor(np.asarray(u[i:i + batch_size], np.float32), device=dev)
-            out.append(self(ub, modality)[0].float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, u.shape[1]), np.float32)
+        return self._map_numpy(lambda ub: self(ub, modality)[0], u, self.config.d, batch_size)
 
     # --- persistence -----------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
