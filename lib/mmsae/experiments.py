@@ -526,6 +526,7 @@ def run_sweep(sweep: str, train_pairs, val_pairs, profile: Mapping[str, Any], *,
     values = list(values if values is not None else spec["grid"](profile))
     seeds = list(seeds if seeds is not None else profile.get("sweep_seeds", profile["seeds"]))
     steps = int(steps or profile.get("ablation_steps", profile["steps"]))
+    sweep_lr = float(profile.get("sweep_lr", profile["lr"]))  # short sweep runs may use a larger step size
     d = _as_pairs(train_pairs).dim
     jobs = []
     for mth in methods:
@@ -533,7 +534,8 @@ def run_sweep(sweep: str, train_pairs, val_pairs, profile: Mapping[str, Any], *,
             cfg = method_config(mth, profile, d=d, **spec["overrides"](v, profile, d))
             param = spec["param"]
             for s in seeds:
-                tc = _train_config(profile, s, {"steps": steps, "progress": False, **train_overrides})
+                tc = _train_config(profile, s, {"steps": steps, "lr": sweep_lr, "progress": False,
+                                                **train_overrides})
                 meta: dict[str, Any] = {"sweep": sweep, "model": mth}
                 if isinstance(param, tuple):
                     meta.update(dict(zip(param, v)))
@@ -579,6 +581,7 @@ def sweep_alpha(profile: Mapping[str, Any], *, alphas: Sequence[float] | None = 
     methods = list(methods or profile.get("alpha_methods") or profile.get("methods") or METHOD_ORDER)
     seeds = list(seeds if seeds is not None else profile.get("sweep_seeds", profile["seeds"]))
     steps = int(steps or profile.get("alpha_steps", profile.get("ablation_steps", profile["steps"])))
+    sweep_lr = float(profile.get("sweep_lr", profile["lr"]))
     data, jobs = {}, []
     for a in alphas:
         key = f"alpha{a:g}"
@@ -588,7 +591,8 @@ def sweep_alpha(profile: Mapping[str, Any], *, alphas: Sequence[float] | None = 
         for mth in methods:
             cfg = method_config(mth, profile, d=tr.dim)
             for s in seeds:
-                tc = _train_config(profile, s, {"steps": steps, "progress": False, **train_overrides})
+                tc = _train_config(profile, s, {"steps": steps, "lr": sweep_lr, "progress": False,
+                                                **train_overrides})
                 jobs.append(_job(mth, cfg, tc, _sweep_path(models_dir, key, cfg, tc), key,
                                  {"sweep": "alpha", "model": mth, "alpha": float(a), "seed": s}, evaluate))
     rows = run_jobs(jobs, data, n_jobs or int(profile.get("sweep_jobs", 1)), threads, progress, "alpha sweep")

@@ -142,40 +142,45 @@ def save_figure(fig, name: str, figures_dir="figures") -> list[Path]:
 
 
 # --------------------------------------------------------------------------- helpers
-def _stacked_bars(ax, df: pd.DataFrame, title: str | None) -> None:
+def _category_bars(ax, df: pd.DataFrame, title: str | None, fraction: bool) -> None:
     models = list(df["model"])
     x = np.arange(len(models))
     width = 0.8 / len(CATEGORIES)
+    total = sum(df[c].to_numpy(dtype=float) for c in CATEGORIES if c in df) if fraction else 1.0
     for j, cat in enumerate(CATEGORIES):
-        vals = df[cat].to_numpy(dtype=float) if cat in df else np.zeros(len(df))
-        err = df[f"{cat}_std"].to_numpy(dtype=float) if f"{cat}_std" in df else None
+        vals = df[cat].to_numpy(dtype=float) / total if cat in df else np.zeros(len(df))
+        err = df[f"{cat}_std"].to_numpy(dtype=float) / total if f"{cat}_std" in df else None
         ax.bar(x + (j - (len(CATEGORIES) - 1) / 2) * width, vals, width,
                yerr=err, capsize=2 if err is not None else 0,
                color=CATEGORY_COLORS[cat], label=CATEGORY_LABELS[cat],
                edgecolor="white", linewidth=0.5)
     ax.set_xticks(x)
-    ax.set_xticklabels(models, rotation=20 if len(models) > 4 else 0)
-    ax.set_ylabel("number of latents")
+    ax.set_xticklabels(models, rotation=30 if len(models) > 4 else 0, ha="right" if len(models) > 4 else "center")
+    ax.set_ylabel("fraction of latents" if fraction else "number of latents")
     ax.grid(axis="x", visible=False)
     if title:
         ax.set_title(title)
 
 
 def plot_neuron_categories(df: pd.DataFrame, paper_df: pd.DataFrame | None = None,
-                           title: str = "this work", paper_title: str = "paper"):
+                           title: str = "this work", paper_title: str = "paper", fraction: bool = True):
     """Grouped bars of image-only / text-only / both / dead latents per model.
 
     ``df`` has columns ``model, image_only, text_only, both, dead`` and optionally
-    ``<category>_std`` (error bars).  If ``paper_df`` (same columns) is given, a second panel
-    shows the paper's numbers side by side with a shared y axis.
+    ``<category>_std`` (error bars).  With ``fraction=True`` (default) each model's counts
+    are divided by its dictionary size, so dictionaries of different widths (ours and the
+    paper's 8192 latents) share one y axis.  If ``paper_df`` (same columns) is given, a
+    second panel shows the paper's numbers side by side.
     """
     ncols = 1 if paper_df is None else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.2), sharey=True, squeeze=False)
-    _stacked_bars(axes[0, 0], df, title if paper_df is not None else None)
+    widths = [max(len(df), 2)] + ([max(len(paper_df), 2)] if paper_df is not None else [])
+    fig, axes = plt.subplots(1, ncols, figsize=(1.0 * sum(widths) + 2.2, 3.4), sharey=fraction, squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    _category_bars(axes[0, 0], df, title if paper_df is not None else None, fraction)
     if paper_df is not None:
-        _stacked_bars(axes[0, 1], paper_df, paper_title)
+        _category_bars(axes[0, 1], paper_df, paper_title, fraction)
         axes[0, 1].set_ylabel("")
-    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 

@@ -48,6 +48,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sweep_seeds": [0, 1],  # seeds of every ablation and of the alpha sweep
         "sweep_jobs": 2,  # worker processes, one torch thread each (2 cores)
         "ablation_steps": 200,  # training steps of each ablation model
+        "sweep_lr": 3e-3,  # learning rate of the short ablation / alpha-sweep runs
         "lambda_grid": [0.0, 0.01, 0.05, 0.2],
         "lambda_methods": ["GSAE"],
         "mask_grid": [0.0, 0.1, 0.2, 0.4],
@@ -88,6 +89,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sweep_seeds": [0, 1, 2],
         "sweep_jobs": 1,  # one process (GPU)
         "ablation_steps": 10_000,
+        "sweep_lr": 4e-4,
         "lambda_grid": [0.0, 0.01, 0.02, 0.05, 0.1, 0.2],
         "lambda_methods": ["GSAE", "MGSAE"],
         "mask_grid": [0.0, 0.1, 0.2, 0.4],

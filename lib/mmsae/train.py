@@ -40,14 +40,15 @@ __all__ = ["TrainConfig", "TrainResult", "train", "seed_everything", "resolve_de
 class TrainConfig:
     """Optimisation settings. Defaults: the paper's batch (128 pairs) and CLIP steps (25k);
     Adam (Gao et al. 2024: betas 0.9/0.999, eps 6.25e-10), lr 4e-4, constant after a
-    short warm-up, linear decay over the last ``decay_fraction`` of training."""
+    linear warm-up (default ``min(100, steps // 10)`` steps), linear decay over the last
+    ``decay_fraction`` of training."""
 
     steps: int = 25_000
     batch_size: int = 128  # pairs per step
     lr: float = 4e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 6.25e-10
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None: min(100, steps // 10)
     decay_fraction: float = 0.2
     grad_clip: float | None = None
     seed: int = 0
@@ -115,8 +116,9 @@ def _as_tensors(data, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
     f = 1.0
-    if cfg.warmup_steps > 0:
-        f = min(f, (step + 1) / cfg.warmup_steps)
+    warmup = min(100, cfg.steps // 10) if cfg.warmup_steps is None else cfg.warmup_steps
+    if warmup > 0:
+        f = min(f, (step + 1) / warmup)
     n_decay = int(cfg.steps * cfg.decay_fraction)
     if n_decay > 0 and step >= cfg.steps - n_decay:
         f = min(f, (cfg.steps - step) / n_decay)
