@@ -205,6 +205,19 @@ class _Encoder:
     def encode_media(self, items: Sequence) -> np.ndarray:
         return self.encode_images(items) if self.modality == "image" else self.encode_audio(items)
 
+    def _encode_batches(self, items: Sequence, batch_size: int, encode_chunk) -> np.ndarray:
+        """``encode_chunk(list) -> tensor`` over batches (no grad, autocast on CUDA); (N, d) unit rows."""
+        import torch
+
+        out = []
+        for chunk in _batched(list(items), batch_size):
+            with torch.no_grad(), _autocast(self.device, self.precision):
+                e = encode_chunk(list(chunk))
+            out.append(e.float().cpu().numpy())
+        if not out:
+            return np.zeros((0, getattr(self, "dim", 0)), np.float32)
+        return l2_normalize(np.concatenate(out))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.identity()})"
 
@@ -361,31 +374,16 @@ class ClipEncoder(_Encoder):
         """Images (PIL, paths, HWC uint8 arrays or preprocessed tensors) -> (N, d) unit rows."""
         import torch
 
-        bs = batch_size or self.batch_size
-        out = []
-        for chunk in _batched(list(images), bs):
+        def chunk_fn(chunk):
             x = torch.stack([self.prepare(im) for im in chunk]).to(self.device, non_blocking=True)
-            with torch.no_grad(), _autocast(self.device, self.precision):
-                e = self.model.encode_image(x)
-            out.append(e.float().cpu().numpy())
-        if not out:
-            return np.zeros((0, getattr(self, "dim", 0)), np.float32)
-        return l2_normalize(np.concatenate(out))
+            return self.model.encode_image(x)
+
+        return self._encode_batches(images, batch_size or self.batch_size, chunk_fn)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """Captions/prompts -> (N, d) unit rows (open_clip tokenizer, context 77)."""
-        import torch
-
-        bs = batch_size or max(self.batch_size, 256)
-        out = []
-        for chunk in _batched(list(texts), bs):
-            tok = self.tokenizer(list(chunk)).to(self.device)
-            with torch.no_grad(), _autocast(self.device, self.precision):
-                e = self.model.encode_text(tok)
-            out.append(e.float().cpu().numpy())
-        if not out:
-            return np.zeros((0, getattr(self, "dim", 0)), np.float32)
-        return l2_normalize(np.concatenate(out))
+        return self._encode_batches(texts, batch_size or max(self.batch_size, 256),
+                                    lambda chunk: self.model.encode_text(self.tokenizer(chunk).to(self.device)))
 
 
 # --------------------------------------------------------------------------- CLAP
@@ -643,39 +641,24 @@ class ClapEncoder(_Encoder):
         import torch
         from laion_clap.training.data import get_audio_features
 
-        bs = batch_size or self.batch_size
-        out = []
-        for chunk in _batched(list(audio), bs):
-            feats = []
+        def chunk_fn(chunk):
             np.random.seed(self.seed)  # fusion picks random chunks of long audio
-            for a in chunk:
-                w = torch.from_numpy(self.prepare(a))
-                feats.append(get_audio_features({}, w, CLAP_MAX_SAMPLES,
-                                                data_truncating="fusion" if self.enable_fusion else "rand_trunc",
-                                                data_filling="repeatpad", audio_cfg=self.model_cfg["audio_cfg"]))
-            with torch.no_grad(), _autocast(self.device, self.precision):
-                e = self.model.get_audio_embedding(feats)
-            out.append(e.float().cpu().numpy())
-        if not out:
-            return np.zeros((0, getattr(self, "dim", 0)), np.float32)
-        return l2_normalize(np.concatenate(out))
+            feats = [get_audio_features({}, torch.from_numpy(self.prepare(a)), CLAP_MAX_SAMPLES,
+                                        data_truncating="fusion" if self.enable_fusion else "rand_trunc",
+                                        data_filling="repeatpad", audio_cfg=self.model_cfg["audio_cfg"])
+                     for a in chunk]
+            return self.model.get_audio_embedding(feats)
+
+        return self._encode_batches(audio, batch_size or self.batch_size, chunk_fn)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """Captions/prompts -> (N, d) unit rows (RoBERTa tokenizer, 77 tokens, like laion_clap)."""
-        import torch
+        def chunk_fn(chunk):
+            tok = self.tokenizer(chunk, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
+            return self.model.get_text_embedding({k: v for k, v in tok.items()
+                                                  if k in ("input_ids", "attention_mask")})
 
-        bs = batch_size or max(self.batch_size, 64)
-        out = []
-        for chunk in _batched(list(texts), bs):
-            tok = self.tokenizer(list(chunk), padding="max_length", truncation=True, max_length=77,
-                                 return_tensors="pt")
-            tok = {k: v for k, v in tok.items() if k in ("input_ids", "attention_mask")}
-            with torch.no_grad(), _autocast(self.device, self.precision):
-                e = self.model.get_text_embedding(tok)
-            out.append(e.float().cpu().numpy())
-        if not out:
-            return np.zeros((0, getattr(self, "dim", 0)), np.float32)
-        return l2_normalize(np.concatenate(out))
+        return self._encode_batches(texts, batch_size or max(self.batch_size, 64), chunk_fn)
 
 
 def _dist_version(name: str) -> str | None:

@@ -537,7 +537,22 @@ class WebDatasetSource(Source):
 
 
 # --------------------------------------------------------------------------- labelled sets
-class LabelledFolder(Source):
+class _LabelledFiles(Source):
+    """A list ``_items`` of ``(path, label)`` with ``class_names``; a missing file is a bad row."""
+
+    _items: list
+
+    def num_rows(self):
+        n = len(self._items)
+        return n if self.limit is None else min(n, self.limit)
+
+    def _raw(self, start):
+        for i in range(start, len(self._items)):
+            p, lab = self._items[i]
+            yield i, (p if p.is_file() else BadRow(f"missing file {p.name}")), self.class_names[lab], lab
+
+
+class LabelledFolder(_LabelledFiles):
     """``root/<class>/<file>``: one row per file, label = class position, caption = class name.
 
     Classes are the sorted sub-folders; pass ``class_names`` (e.g. a prompt set's
@@ -587,14 +602,6 @@ class LabelledFolder(Source):
         self.modality = modality
         self.max_per_class = max_per_class
 
-    def num_rows(self):
-        n = len(self._items)
-        return n if self.limit is None else min(n, self.limit)
-
-    def _raw(self, start):
-        for i in range(start, len(self._items)):
-            p, lab = self._items[i]
-            yield i, p, self.class_names[lab], lab
 
     def describe(self):
         return {"kind": "folder", "root": str(self.root.resolve()), "modality": self.modality,
@@ -664,7 +671,7 @@ class CifarSource(Source):
                 "rows": int(len(self._y)), "limit": self.limit}
 
 
-class NSynthSource(Source):
+class NSynthSource(_LabelledFiles):
     """An NSynth split folder: ``examples.json`` (note -> ``instrument_family``) and ``audio/<note>.wav``."""
 
     paired = False
@@ -691,14 +698,6 @@ class NSynthSource(Source):
             self._items.append((self.root / "audio" / f"{note}.wav", fam))
         self.max_per_class = max_per_class
 
-    def num_rows(self):
-        n = len(self._items)
-        return n if self.limit is None else min(n, self.limit)
-
-    def _raw(self, start):
-        for i in range(start, len(self._items)):
-            p, lab = self._items[i]
-            yield i, (p if p.is_file() else BadRow(f"missing file {p.name}")), self.class_names[lab], lab
 
     def describe(self):
         return {"kind": "nsynth", "root": str(self.root.resolve()), "rows": len(self._items),
