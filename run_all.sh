@@ -84,8 +84,10 @@ for src in notebooks/[0-9][0-9]_*.py; do
 done
 elapsed=$(( $(date +%s) - total_start ))
 echo "all notebooks done in ${elapsed} s; tables in $out/results, figures in $out/figures"
-"$py" -c "import json,sys; json.dump({'profile':sys.argv[1],'data':sys.argv[2],'wall_time_s':int(sys.argv[3])}, open(sys.argv[4],'w'))" \
-  "$profile" "$data" "$elapsed" "$out/results/run_all.json"
+if [[ -z "$only" ]]; then  # the full chain's wall time (a partial run must not overwrite it)
+  "$py" -c "import json,sys; json.dump({'profile':sys.argv[1],'data':sys.argv[2],'wall_time_s':int(sys.argv[3])}, open(sys.argv[4],'w'))" \
+    "$profile" "$data" "$elapsed" "$out/results/run_all.json"
+fi
 if [[ $readme -eq 1 && "$out" == "$root" && "$profile" == smoke && "$data" == synthetic && -z "$only" && ${#params[@]} -eq 0 ]]; then
   "$py" scripts/update_readme.py
 fi

@@ -92,12 +92,8 @@ per_seed.to_csv(paths.results / "per_seed_metrics.csv", index=False)
 
 
 def mean_std(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
-    """Mean and std over seeds per model (std is NaN with one seed)."""
-    g = df.groupby("model", sort=False)[cols]
-    out = g.mean().join(g.std(ddof=1 if df["seed"].nunique() > 1 else 0).add_suffix("_std")).reset_index()
-    if df["seed"].nunique() == 1:
-        out[[c + "_std" for c in cols]] = np.nan
-    return out
+    """Mean and std over seeds per model for ``cols`` (``mmsae.experiments.aggregate_seeds``)."""
+    return ex.aggregate_seeds(df[["model", "seed", *cols]], "model").drop(columns="n_seeds")
 
 
 # %% [markdown]
