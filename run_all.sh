@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate every table (results/) and figure (figures/) by running the notebooks in order.
 #
-#   ./run_all.sh                               smoke profile on the synthetic default (offline, < 15 min)
+#   ./run_all.sh                               the synthetic study (smoke profile, offline, < 15 min), then
+#                                              the same notebooks on the shipped CLIP embeddings of 500 COCO pairs
 #   ./run_all.sh --profile paper               the paper's settings (GPU recommended)
 #   ./run_all.sh --data PATH.npy               your own paired embeddings (.npy (2,N,d) / .safetensors / .npz / cache)
 #   ./run_all.sh --data clip --extract train_source=/data/cc3m/{00000..00331}.tar --extract zeroshot_cifar10=/data/cifar
@@ -9,40 +10,64 @@
 # Options:
 #   --profile smoke|paper     run profile (default smoke)
 #   --data SOURCE             synthetic (default) | clip | clap | embeddings:PATH | PATH
-#   --param KEY=VALUE         notebook parameter for every notebook (e.g. --param steps=500)
-#   --extract KEY=VALUE       option for 01_extract's extract_options (clip/clap sources)
+#   --param KEY=VALUE         a parameter of the notebooks that declare KEY; VALUE is a YAML/JSON
+#                             literal (--param steps=500 --param "seeds=[0,1]" --param run_ablations=false);
+#                             a KEY no selected notebook declares is an error
+#   --extract KEY=VALUE       option for 01_extract's extract_options (clip/clap/embeddings sources; text)
 #   --out DIR                 where runs/, results/, figures/ go (default: this folder)
-#   --only LIST               comma-separated notebook numbers to run (e.g. 04,05)
+#   --only LIST               comma-separated notebook numbers to run (e.g. 4,5 or 04,05)
+#   --real / --no-real        also run the notebooks on data/clip_vitb16_coco500.npy (real CLIP, no
+#                             ablations); default: on when neither --data nor --only is given
 #   --no-readme               do not refresh the measured numbers in README.md
 #
-# Executed notebooks are written to notebooks/executed/ (the sources stay clean). Each
-# notebook's wall time is printed; the first failing notebook stops the run and is named;
-# results written by earlier notebooks stay as they are.
+# Tables and figures of the synthetic default go to results/ and figures/; those of any other
+# data source to results/<slug>/ and figures/<slug>/ (slug: clip, clap, or the file's stem).
+# Everything else a run writes lives in its own folder runs/<profile>-<slug>/ (not tracked):
+# converted notebooks and their parameter files, logs/, executed/ copies (the sources stay
+# clean), run_all.json (each notebook's wall time) and the lock that refuses a second run into
+# the same folder. Each notebook's wall time is printed; the first failing notebook stops the
+# run and is named; results written by earlier notebooks stay as they are. The notebooks run
+# in this folder: relative paths in --param / --extract values are relative to it.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cd "$root"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+caller="$(pwd)"
 
-profile=smoke; data=synthetic; out="$root"; only=""; readme=1
+die() { echo "run_all.sh: $*" >&2; exit 2; }
+need() {  # need OPTION "$#" VALUE: the option's value must be present and not another option
+  if [[ $2 -lt 2 || -z "$3" || "$3" == --* ]]; then
+    case "$1" in
+      --profile) die "--profile needs a value: smoke or paper" ;;
+      --data) die "--data needs a value: synthetic, clip, clap, embeddings:PATH or a path to embeddings" ;;
+      --param) die "--param needs KEY=VALUE (a notebook parameter, e.g. --param steps=500)" ;;
+      --extract) die "--extract needs KEY=VALUE (an extraction option, see docs/real_data.md)" ;;
+      --out) die "--out needs a folder" ;;
+      --only) die "--only needs comma-separated notebook numbers, e.g. --only 4,5" ;;
+    esac
+  fi
+}
+
+profile=smoke; data=synthetic; data_given=0; out="$root"; only=""; only_given=0; readme=1; real=auto
 params=(); extract=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --profile) profile="$2"; shift 2 ;;
-    --data) data="$2"; shift 2 ;;
-    --param) params+=("$2"); shift 2 ;;
-    --extract) extract+=("$2"); shift 2 ;;
-    --out) out="$(mkdir -p "$2" && cd "$2" && pwd)"; shift 2 ;;
-    --only) only="$2"; shift 2 ;;
+    --profile) need "$1" $# "${2-}"; profile="$2"; shift 2 ;;
+    --data) need "$1" $# "${2-}"; data="$2"; data_given=1; shift 2 ;;
+    --param) need "$1" $# "${2-}"; params+=("$2"); shift 2 ;;
+    --extract) need "$1" $# "${2-}"; extract+=("$2"); shift 2 ;;
+    --out) need "$1" $# "${2-}"; if [[ "$2" == /* ]]; then out="$2"; else out="$caller/$2"; fi; shift 2 ;;
+    --only) need "$1" $# "${2-}"; only="$2"; only_given=1; shift 2 ;;
+    --real) real=on; shift ;;
+    --no-real) real=off; shift ;;
     --no-readme) readme=0; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
-    *) echo "run_all.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
   esac
 done
-case "$profile" in smoke|paper) ;; *) echo "run_all.sh: --profile must be smoke or paper" >&2; exit 2 ;; esac
-case "$data" in
-  synthetic|clip|clap|embeddings:*) ;;
-  *) if [[ -e "$data" ]]; then data="embeddings:$(cd "$(dirname "$data")" && pwd)/$(basename "$data")";
-     else echo "run_all.sh: --data $data: no such file (expected synthetic, clip, clap, embeddings:PATH or a path)" >&2; exit 2; fi ;;
-esac
+case "$profile" in smoke|paper) ;; *) die "--profile must be smoke or paper, not '$profile'" ;; esac
+if [[ "$real" == auto ]]; then
+  if [[ $data_given -eq 0 && $only_given -eq 0 ]]; then real=auto; else real=off; fi
+fi
+cd "$root"
 
 py="$(scripts/setup_env.sh)"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
@@ -52,42 +77,106 @@ if [[ "$profile" == smoke ]]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}
 # Weights: on disk, or fetched once from the hub where it can be reached (docs/real_data.md);
 # offline, the encoders fail fast with the expected location instead of retrying.
 
-build="$root/build/notebooks"; executed="$root/notebooks/executed"
-mkdir -p "$build" "$executed"
-pm_args=(-p profile "$profile" -p data "$data" -p out_dir "$out")
-for kv in "${params[@]+"${params[@]}"}"; do pm_args+=(-p "${kv%%=*}" "${kv#*=}"); done
-extract_yaml=""
-if [[ ${#extract[@]} -gt 0 ]]; then
-  extract_yaml="$build/extract_options.yaml"
-  { echo "extract_options:"; for kv in "${extract[@]}"; do printf '  %s: %s\n' "${kv%%=*}" "$("$py" -c 'import json,sys; print(json.dumps(sys.argv[1]))' "${kv#*=}")"; done; } > "$extract_yaml"
-fi
+# ---------------------------------------------------------------- clean-up, signals, locks
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/run_all.XXXXXX")"
+lock_dirs=(); child=""
+cleanup() {
+  rm -rf "$tmp"
+  for d in "${lock_dirs[@]+"${lock_dirs[@]}"}"; do rm -rf "$d"; done
+}
+trap cleanup EXIT
+on_signal() {
+  if [[ -n "$child" ]]; then kill "$child" 2>/dev/null || true; wait "$child" 2>/dev/null || true; fi
+  echo "run_all.sh: interrupted" >&2
+  exit 130
+}
+trap on_signal INT TERM
 
-echo "profile=$profile data=$data out=$out python=$py"
-total_start=$(date +%s)
-for src in notebooks/[0-9][0-9]_*.py; do
-  name="$(basename "$src" .py)"; num="${name%%_*}"
-  if [[ -n "$only" && ",$only," != *",$num,"* ]]; then continue; fi
-  "$py" -m jupytext --quiet --to ipynb --output "$build/$name.ipynb" "$src"
-  extra=()
-  if [[ "$num" == "01" && -n "$extract_yaml" ]]; then extra=(-f "$extract_yaml"); fi
-  start=$(date +%s)
-  echo "=== $name"
-  if ! "$py" -m papermill --cwd notebooks --kernel python3 --no-progress-bar --log-output \
-        "$build/$name.ipynb" "$executed/$name.ipynb" "${pm_args[@]}" "${extra[@]+"${extra[@]}"}" \
-        > "$build/$name.log" 2>&1; then
-    tail -n 40 "$build/$name.log" >&2
-    echo "FAILED: notebook $name (full log: $build/$name.log; executed copy: $executed/$name.ipynb)" >&2
-    echo "Results already written by earlier notebooks are left as they are." >&2
-    exit 1
+alive() { kill -0 "$1" 2>/dev/null || [[ -d "/proc/$1" ]]; }
+
+# lock_run DIR: hold DIR/run.lock until this script (and any notebook it started) has exited.
+# flock(1) where available (released by the kernel however the process ends); otherwise a
+# lock folder holding our PID, removed on exit and taken over only when that PID is dead
+# (RUN_ALL_LOCK=mkdir forces this fallback).
+lock_run() {
+  local dir="$1" holder
+  mkdir -p "$dir"
+  if [[ "${RUN_ALL_LOCK:-flock}" != mkdir ]] && command -v flock >/dev/null 2>&1; then
+    local fd
+    exec {fd}>>"$dir/run.lock"
+    if ! flock -n "$fd"; then
+      holder="$(cat "$dir/run.lock.pid" 2>/dev/null || true)"
+      if [[ -n "$holder" ]] && ! alive "$holder"; then holder="$holder, which has exited; a notebook it started is still running"; fi
+      echo "run_all.sh: $dir is locked by another run_all.sh (pid ${holder:-unknown}) with the same --out, profile and data; wait for it to finish or choose another --out" >&2
+      exit 3
+    fi
+    echo $$ > "$dir/run.lock.pid"
+  else
+    local ld="$dir/run.lock.d"
+    if ! mkdir "$ld" 2>/dev/null; then
+      holder="$(cat "$ld/pid" 2>/dev/null || true)"
+      if [[ -n "$holder" ]] && ! alive "$holder"; then
+        echo "run_all.sh: taking over the stale lock $ld of pid $holder, which is no longer running" >&2
+        rm -rf "$ld"
+        mkdir "$ld" 2>/dev/null || { echo "run_all.sh: $dir was locked by another run_all.sh just now; wait for it to finish or choose another --out" >&2; exit 3; }
+      else
+        echo "run_all.sh: $dir is locked by another run_all.sh (pid ${holder:-unknown}, lock $ld) with the same --out, profile and data; wait for it to finish or choose another --out" >&2
+        exit 3
+      fi
+    fi
+    echo $$ > "$ld/pid"; lock_dirs+=("$ld")
   fi
-  echo "    $name: $(( $(date +%s) - start )) s"
+}
+
+# ---------------------------------------------------------------- check options, prepare
+prep=(prepare --root "$root" --cwd "$caller" --out "$out" --profile "$profile" --data "$data" --only "$only"
+      --real "$real" --work "$tmp/prepared")
+for kv in "${params[@]+"${params[@]}"}"; do prep+=(--param "$kv"); done
+for kv in "${extract[@]+"${extract[@]}"}"; do prep+=(--extract "$kv"); done
+"$py" -m mmsae.runs "${prep[@]}" > "$tmp/plan.tsv" || exit 2
+mapfile -t chains < "$tmp/plan.tsv"
+
+mkdir -p "$out"; out="$(cd "$out" && pwd -P)"
+for line in "${chains[@]}"; do
+  IFS=$'\t' read -r _ run_dir _ _ <<< "$line"
+  lock_run "$run_dir"
 done
-elapsed=$(( $(date +%s) - total_start ))
-echo "all notebooks done in ${elapsed} s; tables in $out/results, figures in $out/figures"
-if [[ -z "$only" ]]; then  # the full chain's wall time (a partial run must not overwrite it)
-  "$py" -c "import json,sys; json.dump({'profile':sys.argv[1],'data':sys.argv[2],'wall_time_s':int(sys.argv[3])}, open(sys.argv[4],'w'))" \
-    "$profile" "$data" "$elapsed" "$out/results/run_all.json"
-fi
+
+# ---------------------------------------------------------------- run
+echo "profile=$profile out=$out python=$py"
+for line in "${chains[@]}"; do
+  IFS=$'\t' read -r work run_dir chain_data results_dir <<< "$line"
+  nbdir="$run_dir/notebooks"
+  rm -rf "$nbdir"; mkdir -p "$nbdir/logs" "$nbdir/executed"
+  cp "$work"/* "$nbdir/"
+  echo "### data=$chain_data (run folder $run_dir)"
+  chain_start=$(date +%s); times=()
+  for yaml in "$nbdir"/*.yaml; do
+    name="$(basename "$yaml" .yaml)"
+    start=$(date +%s)
+    echo "=== $name"
+    "$py" -m papermill --cwd "$root" --kernel python3 --no-progress-bar --log-output \
+        "$nbdir/$name.ipynb" "$nbdir/executed/$name.ipynb" -f "$yaml" > "$nbdir/logs/$name.log" 2>&1 &
+    child=$!
+    if ! wait "$child"; then
+      child=""
+      tail -n 40 "$nbdir/logs/$name.log" >&2
+      echo "FAILED: notebook $name (data $chain_data; full log: $nbdir/logs/$name.log; executed copy: $nbdir/executed/$name.ipynb)" >&2
+      echo "Results already written by earlier notebooks are left as they are." >&2
+      exit 1
+    fi
+    child=""
+    t=$(( $(date +%s) - start )); times+=("$name=$t")
+    echo "    $name: $t s"
+  done
+  elapsed=$(( $(date +%s) - chain_start ))
+  echo "data=$chain_data: notebooks done in ${elapsed} s; tables in $results_dir"
+  # wall times stay in the untracked run folder (results/ must not change between identical reruns)
+  "$py" -c 'import json,sys; p,d,o,w,f,*t=sys.argv[1:]; nb={k:int(v) for k,v in (x.split("=") for x in t)}
+json.dump({"profile":p,"data":d,"only":o,"wall_time_s":int(w),"notebooks":nb},open(f,"w"),indent=2)' \
+    "$profile" "$chain_data" "$only" "$elapsed" "$run_dir/run_all.json" "${times[@]}"
+done
+
 if [[ $readme -eq 1 && "$out" == "$root" && "$profile" == smoke && "$data" == synthetic && -z "$only" && ${#params[@]} -eq 0 ]]; then
-  "$py" scripts/update_readme.py
+  "$py" scripts/update_readme.py  # the measured numbers; the runtime line only with --runtime
 fi

@@ -64,7 +64,12 @@ print("run folder:", paths.root)
 # %%
 if data == "synthetic":
     cfg = SyntheticConfig(n_pairs=P["n_pairs"], d=P["synthetic_d"], n_shared=P["n_shared"],
-                          n_image_only=P["n_image_only"], n_text_only=P["n_text_only"], alpha=P["alpha"], seed=seed)
+                          n_image_only=P["n_image_only"], n_text_only=P["n_text_only"], alpha=P["alpha"],
+                          mean_shared=P["mean_shared"], mean_image_only=P["mean_image_only"],
+                          mean_text_only=P["mean_text_only"], n_classes=P["n_classes"], class_boost=P["class_boost"],
+                          offset_scale=P["offset_scale"], mean_cos=P["mean_cos"], private_rank=P["private_rank"],
+                          private_scale=P["private_scale"], noise=P["noise"], concept_zipf=P["concept_zipf"],
+                          seed=seed)  # every generator key of the profile (mmsae.synthetic.config_from_profile)
     synth = make_synthetic(cfg)
     perm = np.random.default_rng(seed).permutation(cfg.n_pairs)
     n_val = int(round(cfg.n_pairs * P["val_fraction"]))
@@ -94,6 +99,13 @@ elif data.startswith("embeddings:") or data in ("clip", "clap"):
 else:
     raise ValueError(f"unknown data source {data!r}: use synthetic, embeddings:PATH, clip or clap")
 
+MIN_PAIRS = 50  # below this no SAE comparison is meaningful (and 05's label-free clusters need ~5 captions each)
+if len(train) + len(val) < MIN_PAIRS or len(val) < 10:
+    from mmsae.data import EmbeddingError
+
+    raise EmbeddingError(f"{train.source}: {len(train)} training and {len(val)} held-out pairs; the notebooks need at "
+                         f"least {MIN_PAIRS} pairs in all and 10 held-out pairs (pass more pairs, or a larger "
+                         f"val_fraction)")
 print(f"train: {len(train)} pairs, val: {len(val)} pairs, d = {train.dim}")
 
 # %% [markdown]
@@ -102,10 +114,26 @@ print(f"train: {len(train)} pairs, val: {len(val)} pairs, d = {train.dim}")
 # Two numbers characterise an aligned multimodal space: the **modality gap** (distance
 # between the modality means; 0.85 for CLIP ViT-B/16 on COCO) and how well a caption
 # retrieves its image by plain cosine (the dense ceiling every SAE is compared to).
+#
+# `mmsae.geometry.embedding_geometry` adds the rest of the picture: how far each modality
+# sits in its cone (norm of its mean), the cosine between the two means, matched- and
+# random-pair cosines before and after centring, the overlap of the top-20 principal
+# subspaces of image and text, the per-sample variance and the effective rank. The table
+# `geometry` sets these beside the same statistics of 500 real CLIP ViT-B/16 COCO pairs
+# (`data/clip_vitb16_coco500.npy`), on the same number of pairs (the first `n` of each):
+# the synthetic default is calibrated so that every statistic is within 15 % (0.05
+# absolute below 0.3) of real CLIP.
 
 # %%
+import pandas as pd
+
+from mmsae.geometry import COUNT_KEYS, GEOMETRY_LABELS, REAL_CLIP_REFERENCE, compare_geometry, embedding_geometry, \
+    real_clip_geometry
+from mmsae.runs import write_table
+
 xv, yv = np.asarray(val.x), np.asarray(val.y)
 n_ret = min(len(val), 1000)
+geometry = embedding_geometry(xv, yv, top=min(20, len(val) - 1, train.dim), retrieval_pool=n_ret)
 summary = {
     "profile": profile, "data": data, "n_train": len(train), "n_val": len(val), "d": train.dim,
     "modality_gap": float(np.linalg.norm(xv.mean(0) - yv.mean(0))),
@@ -113,8 +141,30 @@ summary = {
     "random_pair_cosine": float((xv * np.roll(yv, 1, axis=0)).sum(1).mean()),
     **{f"dense_{k}": v for k, v in metrics.cross_modal_retrieval(xv[:n_ret], yv[:n_ret]).items()},
     "retrieval_pool": n_ret,
+    "geometry": geometry,  # every held-out pair (R@1 on the first retrieval_pool)
 }
+
+# beside real CLIP on the same number of pairs (statistics such as R@1 and effective rank depend on it)
+n_cmp = min(len(val), 500)
+ours_cmp = embedding_geometry(xv[:n_cmp], yv[:n_cmp], top=min(20, n_cmp - 1, train.dim))
+if REAL_CLIP_REFERENCE.is_file():
+    cmp = compare_geometry(ours_cmp, real_clip_geometry(top=ours_cmp["top"], n=n_cmp))
+    geo_table = pd.DataFrame({"statistic": cmp["statistic"].map(GEOMETRY_LABELS), "this data": cmp["ours"],
+                              "real CLIP": cmp["reference"], "rel. difference": cmp["rel_diff"],
+                              "tolerance": cmp["tolerance"], "within": cmp["within"]})
+    summary["geometry_vs_real_clip"] = {
+        "n_pairs": n_cmp, "n_within": int(cmp["within"].sum()), "n_statistics": len(cmp),
+        "all_within": bool(cmp["within"].all()), "outside": cmp.loc[~cmp["within"], "statistic"].tolist()}
+    caption = (f"Embedding geometry of the first {n_cmp} held-out pairs beside {n_cmp} real CLIP ViT-B/16 "
+               "COCO pairs; within: 15\\% relative difference (0.05 absolute where the real value is below 0.3).")
+else:
+    print(f"{REAL_CLIP_REFERENCE}: not found, so the geometry is shown without the real-CLIP reference")
+    keys = [k for k in ours_cmp if k not in COUNT_KEYS]
+    geo_table = pd.DataFrame({"statistic": [GEOMETRY_LABELS[k] for k in keys], "this data": [ours_cmp[k] for k in keys]})
+    caption = f"Embedding geometry of the first {n_cmp} held-out pairs."
+write_table(geo_table, "geometry", paths.results, caption=caption)
 write_json(summary, paths.results / "data_summary.json")
+print(geo_table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 summary
 
 # %%

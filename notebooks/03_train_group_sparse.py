@@ -152,5 +152,5 @@ if run_alpha_sweep:
     runs = sweep_alpha(P, models_dir=paths.root / "models", evaluate=False, device=device)
     timings["alpha_sweep"] = time.perf_counter() - t0
     print(f"alpha sweep: {len(runs)} models, {timings['alpha_sweep']:.0f} s")
-write_json({"profile": profile, "data": data, "wall_time_s": timings}, paths.results / "train_timings_methods.json")
+write_json({"profile": profile, "data": data, "wall_time_s": timings}, paths.root / "train_timings_methods.json")  # untracked
 timings

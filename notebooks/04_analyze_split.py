@@ -34,7 +34,12 @@ out_dir = ".."
 models = None  # model names to analyse (default: every method of the profile trained for every seed)
 mms_reference_path = None  # paired embeddings of the same val pairs from a second encoder (real data)
 threshold = 0.0  # a latent "fires" when its activation exceeds this
-min_count = 1  # ... on at least this many held-out samples
+min_count = "scaled"  # ... on at least this many held-out samples: an int (paper: 1) or "scaled" (stable in N)
+min_frac = 0.2  # "scaled": the share of a latent's expected firings (N * K / m) it needs on a modality
+split_sizes = None  # held-out pair counts for the "both"-vs-N figure (default: 100, 250, 500, 1000, ... all)
+vocabulary_path = None  # real data: a text file of words to name latents with (one per line)
+text_encoder = "ViT-B-16"  # open_clip model that embeds the vocabulary (must be the encoder of the data)
+text_encoder_pretrained = "openai"  # its weights ("random" for a test)
 umap_seed = 0
 comparison_seeds = None  # seeds of the method comparison (profile default; smoke: 0, 1, 2)
 sweep_seeds = None  # seeds of the ablations and the alpha sweep (profile default)
@@ -60,11 +65,13 @@ SEEDS = P["comparison_seeds"]  # every table: mean and std over these seeds
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
 train, val, truth, zero_shot = load_run_data(paths)
 plots.set_style()
-names = [n for n in (models or P["methods"])
-         if all((paths.model_dir(n, s) / "config.json").exists() for s in SEEDS)]
-missing = sorted(set(models or P["methods"]) - set(names))
-if missing:
-    print("not trained for every seed (run notebooks 02 and 03):", missing)
+names = list(models or P["methods"])
+missing = sorted({f"{n} (seed {s})" for n in names for s in SEEDS
+                  if not (paths.model_dir(n, s) / "config.json").exists()})
+if missing:  # this notebook only analyses what 02 and 03 trained; it never trains
+    raise FileNotFoundError(f"not trained in {paths.root / 'models'}: {', '.join(missing)}. Run notebooks "
+                            f"02_train_baseline and 03_train_group_sparse first with profile={profile!r}, data={data!r} "
+                            f"(./run_all.sh --only 02,03 with the same --profile/--data/--param comparison_seeds)")
 ref = load_paired(mms_reference_path) if mms_reference_path else None
 ref_x, ref_y, ref_kind = mms_reference(val, truth, ref)
 print("models:", names, "| seeds:", SEEDS, "| MMS reference:", ref_kind)
@@ -84,7 +91,7 @@ for name in tqdm(names, desc="models"):
     for s in SEEDS:
         det = {}
         r = ex.evaluate_model(load_model(paths.model_dir(name, s)), val, ref_x, ref_y, zero_shot, truth, details=det,
-                              threshold=threshold, min_count=min_count)
+                              threshold=threshold, min_count=min_count, min_frac=min_frac)
         analyses[(name, s)] = det["analysis"]
         rows.append({"model": name, "seed": s, **r, "mms_reference": ref_kind})
 per_seed = ex.add_derived(pd.DataFrame(rows))
@@ -97,19 +104,64 @@ def mean_std(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
 
 
 # %% [markdown]
-# ## 1 · Neuron categories
+# ## 1 · Neuron categories and the split measure
 # A latent fires on a modality when its activation exceeds `threshold` on at least
-# `min_count` held-out samples of that modality. The paper's counts (CLIP ViT-B/16,
-# CC3M validation, 8192 latents) are shown beside ours for the direction of the effect.
+# `min_count` held-out samples of that modality. The paper counts any firing
+# (`min_count = 1`); that rule turns leakage into "both" as the number of held-out pairs
+# grows, so by default we ask for a fixed *share* (`min_frac`) of a latent's expected
+# firings `N K / m` (`min_count = "scaled"`, `mmsae.metrics.category_min_count`). The rule
+# is written into every table (`category_rule`). For the modality-specific SAEs, "both"
+# counts matched latent pairs, true by construction (`both_rule = matched`). The paper's
+# counts (CLIP ViT-B/16, CC3M validation, 8192 latents) are shown beside ours.
 
 # %%
 cat_cols = ["image_only", "text_only", "both", "dead"]
+RULE = per_seed["category_rule"].iloc[0]
 cats = mean_std(per_seed, cat_cols)
+cats.insert(1, "category_rule", RULE)
+cats.insert(2, "both_rule", [per_seed.loc[per_seed.model == n, "both_rule"].iloc[0] for n in cats["model"]])
 write_table(cats, "neuron_categories", paths.results,
-            caption=f"Neuron categories on held-out pairs ({profile} profile, {data}; mean $\\pm$ std over seeds).")
+            caption=(f"Neuron categories on {len(val)} held-out pairs ({profile} profile, {data}; mean $\\pm$ std over "
+                     f"seeds). Rule: {RULE}."))
 fig = plots.plot_neuron_categories(cats, paper_df=paper.neuron_categories())
 plots.save_figure(fig, "neuron_categories", paths.figures)
 cats
+
+# %% [markdown]
+# **The split measure** (primary, stable in N): among latents with enough firings, the
+# share whose modality score is <= 0.1 or >= 0.9 (`unimodal_share`), its two ends, and
+# quantiles of the score distribution (`mmsae.metrics.split_measures`).
+
+# %%
+split_cols = ["unimodal_share", "image_share", "text_share", "score_balance", "score_q10", "score_q50", "score_q90",
+              "n_scored"]
+split_tab = mean_std(per_seed, split_cols)
+split_tab.insert(1, "category_rule", RULE)
+write_table(split_tab, "split_measures", paths.results,
+            caption=(f"Split measure on {len(val)} held-out pairs: share of scored latents with modality score "
+                     f"$\\le 0.1$ or $\\ge 0.9$, and score quantiles ({profile} profile, {data}). Rule: {RULE}."))
+split_tab.round(3)
+
+# %% [markdown]
+# **How the rule depends on the number of held-out pairs.** For SAE, GSAE and MGSAE
+# (first seed), random subsets of the held-out pairs: the fraction of "both" under the
+# paper's fixed rule drifts with N, the scaled rule and the unimodal share do not.
+
+# %%
+from mmsae.analysis import split_vs_sample_size
+
+sizes = split_sizes or [n for n in (100, 250, 500, 1000, 2000, 4000, 8000) if n < len(val)] + [len(val)]
+vs_n = pd.concat([split_vs_sample_size(analyses[(n, SEEDS[0])].z_x, analyses[(n, SEEDS[0])].z_y, sizes,
+                                       seed=SEEDS[0], threshold=threshold, min_frac=min_frac).assign(model=n)
+                  for n in ("SAE", "GSAE", "MGSAE") if n in names], ignore_index=True)
+vs_n_tab = vs_n.groupby(["model", "rule", "n_pairs"], sort=False)[["frac_both", "unimodal_share", "min_count"]] \
+    .mean().reset_index()
+write_table(vs_n_tab, "split_vs_sample_size", paths.results, mean_std=False,
+            caption="Fraction of ``both'' latents and unimodal share against the number of held-out pairs, per rule "
+                    "(mean over random subsets).")
+fig = plots.plot_split_vs_sample_size(vs_n)
+plots.save_figure(fig, "split_vs_sample_size", paths.figures)
+vs_n_tab.round(3)
 
 # %% [markdown]
 # ## 2 · Multimodal monosemanticity (MMS)
@@ -122,7 +174,7 @@ mms_keys = ["img_img", "txt_txt", "img_txt"]
 curves = {n: {k: [analyses[(n, s)].mms[k] for s in SEEDS] for k in mms_keys} for n in names}
 fig = plots.plot_mms_curves(curves)
 plots.save_figure(fig, "mms_curves", paths.figures)
-mms_cols = [f"mms_{k}_{stat}" for k in mms_keys for stat in ("mean", "median", "frac_gt_0.5")]
+mms_cols = [f"mms_{k}_{stat}" for k in mms_keys for stat in ("mean_alive", "mean_all", "auc", "median", "frac_gt_0.5")]
 mms_tab = mean_std(per_seed, mms_cols)
 mms_tab.insert(1, "reference", ref_kind)
 write_table(mms_tab, "mms_summary", paths.results, caption=f"MMS summary (reference: {ref_kind}).")
@@ -177,6 +229,11 @@ write_table(ret, "retrieval", paths.results,
             caption=f"Cross-modal retrieval through the SAE on {n_pool} held-out pairs (dense = raw embeddings).")
 
 zs_cols = [c for c in per_seed.columns if c.startswith("zs_")]
+if not zs_cols:
+    print("zero-shot through the SAE is skipped: this run has no zero-shot set (no labels or class prompts in "
+          "notebook 01's data); no zero_shot table is written")
+    for ext in ("csv", "tex"):  # a table left by an earlier run on other data would be read as this run's
+        (paths.results / f"zero_shot.{ext}").unlink(missing_ok=True)
 if zs_cols:
     zs_tab = mean_std(per_seed, zs_cols)
     write_table(zs_tab, "zero_shot", paths.results, caption="Zero-shot accuracy through the SAE (dense = raw).")
@@ -202,13 +259,86 @@ if gt_cols:
     write_table(gt, "ground_truth", paths.results, caption="Recovery of the synthetic ground truth.")
     gt.round(3)
 
+# %% [markdown]
+# ## 5b · Concept naming and probe decomposition (paper metrics 5 and 6)
+#
+# *Naming*: latent *i* is named by the vocabulary word whose text embedding is closest
+# (cosine) to its text-side decoder atom. On synthetic data the vocabulary is the true
+# concepts' text directions, so naming can be scored: an alive latent is named
+# correctly when its word is the concept it encodes (the concept whose true coefficients
+# correlate best with its activations, `mmsae.concepts.latent_concepts`).
+# *Probe decomposition*: a logistic-regression probe for one class, trained on the image
+# embeddings only, is decomposed over the image-side atoms (NNLS over the 64 atoms most
+# aligned with it); the generator correlates that class with another concept (the
+# paper's "blond hair" and "woman"), and we ask whether the named top atoms expose it.
+# On real data, naming runs when `vocabulary_path` is given (words embedded by
+# `text_encoder`); without ground truth it is a table of names, not a score.
+
 # %%
-headline = {n: {c: float(per_seed.loc[per_seed.model == n, c].mean())
-                for c in ["both", "dead", "frac_both", "mms_img_txt_mean", "explained_variance_x",
-                          "explained_variance_y", "code_x2y_R@1", "code_y2x_R@1"] + zs_cols}
-            for n in names}
-write_json({"profile": profile, "data": data, "seeds": SEEDS, "mms_reference": ref_kind,
-            "models": headline}, paths.results / "headline.json")
+from mmsae import concepts
+
+naming_rows, probe_rows = [], []
+if truth is not None:
+    kind = np.asarray(truth["concept_kind"])
+    vocab_concept = np.nonzero(kind != 1)[0]  # image-only concepts (kind 1) have no words
+    vocab_emb = np.asarray(truth["atoms_y"])[vocab_concept]
+    words = np.array([f"concept_{c}" for c in range(len(kind))])
+    corr = truth["config"].get("correlated")  # [class concept, correlated concept, probability] or None
+    for n in names:
+        for s in SEEDS:
+            a = analyses[(n, s)]
+            model = load_model(paths.model_dir(n, s))
+            with torch.no_grad():
+                atoms_txt = model.decoder_atoms(1).detach().float().cpu().numpy()
+                atoms_img = model.decoder_atoms(0).detach().float().cpu().numpy()
+            lc, _ = concepts.latent_concepts(a.z_x, a.z_y, truth["codes_x"], truth["codes_y"])
+            naming_rows.append({"model": n, "seed": s, **concepts.naming_accuracy(
+                atoms_txt, vocab_emb, vocab_concept, lc, alive=a.categories != "dead")})
+            if corr:
+                latent_names, _ = concepts.name_latents(atoms_txt, vocab_emb, list(words[vocab_concept]))
+                w = concepts.fit_probe(np.asarray(val.x), np.asarray(val.labels) == int(corr[0]), seed=s)
+                r = concepts.probe_report(w, atoms_img, latent_names, watch=f"concept_{int(corr[1])}", top=5)
+                probe_rows.append({"model": n, "seed": s, "probe_class": f"concept_{int(corr[0])}",
+                                   "correlated": f"concept_{int(corr[1])}", "watch_in_top5": r["watch_in_top"],
+                                   "watch_rank": r["watch_rank"], "top_names": " ".join(r["top_names"])})
+    naming = ex.aggregate_seeds(pd.DataFrame(naming_rows), "model")
+    write_table(naming, "concept_naming", paths.results,
+                caption="Concept naming accuracy against the synthetic truth (alive latents whose concept has a word).")
+    print(naming.round(3).to_string(index=False))
+    if probe_rows:
+        probe = pd.DataFrame(probe_rows)
+        write_table(probe, "probe_decomposition", paths.results, mean_std=False,
+                    caption="Probe decomposition: does a class probe's top named atom list expose the concept "
+                            "correlated with the class? (rank 0: not among the candidates)")
+        print(probe.to_string(index=False))
+elif vocabulary_path:
+    from mmsae.encoders import ClipEncoder
+
+    vocab_words = concepts.load_vocabulary(vocabulary_path)
+    vocab_emb = concepts.encode_vocabulary(vocab_words, ClipEncoder(text_encoder, text_encoder_pretrained))
+    if vocab_emb.shape[1] != val.dim:
+        raise ValueError(f"{vocabulary_path}: {text_encoder}/{text_encoder_pretrained} embeds words in d = "
+                         f"{vocab_emb.shape[1]}, the data has d = {val.dim}; use the data's encoder")
+    for n in names:
+        a = analyses[(n, SEEDS[0])]
+        with torch.no_grad():
+            atoms_txt = load_model(paths.model_dir(n, SEEDS[0])).decoder_atoms(1).detach().float().cpu().numpy()
+        nm, cs = concepts.name_latents(atoms_txt, vocab_emb, vocab_words)
+        fires = (a.z_x > threshold).sum(0) + (a.z_y > threshold).sum(0)
+        for i in np.argsort(-fires)[:20]:
+            naming_rows.append({"model": n, "latent": int(i), "name": nm[i], "cosine": float(cs[i]),
+                                "category": a.categories[i], "firings": int(fires[i])})
+    write_table(pd.DataFrame(naming_rows), "concept_names", paths.results, mean_std=False,
+                caption=f"Names of each model's 20 most frequent latents (vocabulary: {Path(vocabulary_path).name}).")
+else:
+    print("concept naming skipped: no ground truth and no vocabulary_path")
+
+# %%
+from mmsae.analysis import headline_summary
+
+headline = headline_summary(per_seed, names)
+write_json({"profile": profile, "data": data, "seeds": SEEDS, "mms_reference": ref_kind, "n_val": len(val),
+            "category_rule": RULE, "models": headline}, paths.results / "headline.json")
 pd.DataFrame(headline).T.round(3)
 
 # %% [markdown]
@@ -233,7 +363,7 @@ cmp_full = ex.comparison_table(per_seed)
 cmp_full.to_csv(paths.results / "comparison_full.csv", index=False)
 
 zs_names = sorted(zero_shot)
-table_cols = (["image_only", "text_only", "both", "dead", "mms_img_txt_mean", "explained_variance_x",
+table_cols = (["image_only", "text_only", "both", "dead", "mms_img_txt_mean_alive", "explained_variance_x",
                "explained_variance_y"]
               + [f"recon_{d}_{k}" for d in ("x2y", "y2x") for k in ("R@1", "R@10", "MRR")]
               + [f"zs_{z}_{w}" for z in zs_names for w in ("code", "recon")])
@@ -243,7 +373,7 @@ ex.to_latex(cmp, paths.results / "comparison.tex", label="tab:comparison",
             caption=(f"Every method on held-out pairs ({profile} profile, {data}; mean $\\pm$ std over "
                      f"{len(P['comparison_seeds'])} seeds). Neuron categories; MMS image-text (reference: {ref_kind}); "
                      "explained variance per modality; retrieval from reconstructions; zero-shot through the SAE."))
-headers = {"image_only": "img-only", "text_only": "txt-only", "mms_img_txt_mean": "MMS img-txt",
+headers = {"image_only": "img-only", "text_only": "txt-only", "mms_img_txt_mean_alive": "MMS img-txt",
            "explained_variance_x": "EV img", "explained_variance_y": "EV txt"}
 md = ex.markdown_table(cmp_full, table_cols, headers=headers)
 (paths.results / "comparison.md").write_text(md)
@@ -269,9 +399,10 @@ if "gt_recovery_mean" in cmp_full:
 
 # %%
 abl_metrics = {k: v for k, v in ex.SWEEP_METRICS.items() if truth is not None or not k.startswith("gt_")}
-abl_cols = (["both", "dead", "frac_both", "mms_img_txt_mean", "explained_variance_x", "explained_variance_y",
+abl_cols = (["both", "dead", "frac_both", "mms_img_txt_mean_alive", "explained_variance_x", "explained_variance_y",
              "recon_x2y_R@1", "recon_y2x_R@1"] + [f"zs_{z}_recon" for z in zs_names]
-            + ["gt_recovery_mean", "gt_alignment_error", "wall_time_s"])
+            + ["gt_recovery_mean", "gt_alignment_error"])
+TIMING = ["wall_time_s"]  # machine-dependent: kept in the untracked run folder, never in results/
 sweep_x = {"lambda": ("group_lambda", "$\\lambda$"), "mask_rate": ("mask_rate", "mask rate"),
            "mask_mode": ("mask_mode", "mask drawn per"), "width_k": ("expansion", "expansion (m / d)")}
 ablations = {}
@@ -279,7 +410,8 @@ if run_ablations:
     for sweep, (xcol, xlabel) in sweep_x.items():
         raw = ex.add_derived(ex.run_sweep(sweep, train, val, P, models_dir=paths.root / "models", truth=truth,
                                           zero_shot_sets=zero_shot, ref_x=ref_x, ref_y=ref_y))
-        raw.to_csv(paths.results / f"ablation_{sweep}_per_seed.csv", index=False)
+        raw.drop(columns=TIMING, errors="ignore").to_csv(paths.results / f"ablation_{sweep}_per_seed.csv", index=False)
+        raw.to_csv(paths.root / f"ablation_{sweep}_per_seed_with_timings.csv", index=False)
         by = ["model", "expansion", "k", "m"] if sweep == "width_k" else ["model", xcol]
         agg = ex.aggregate_seeds(raw, by)
         cols = [c for c in abl_cols if c in agg.columns]
@@ -296,7 +428,7 @@ if run_ablations:
         plots.save_figure(fig, f"ablation_{sweep}", paths.figures)
         ablations[sweep] = tab
         print(f"== {sweep}")
-        print(tab[by + [c for c in ("frac_both", "mms_img_txt_mean", "explained_variance_x", "recon_x2y_R@1",
+        print(tab[by + [c for c in ("frac_both", "mms_img_txt_mean_alive", "explained_variance_x", "recon_x2y_R@1",
                                     "gt_recovery_mean") if c in tab]].round(3).to_string(index=False))
 
 # %% [markdown]
@@ -324,7 +456,8 @@ if run_alpha_sweep is None:
     run_alpha_sweep = data == "synthetic"
 if run_alpha_sweep:
     alpha_raw = ex.add_derived(ex.sweep_alpha(P, models_dir=paths.root / "models"))
-    alpha_raw.to_csv(paths.results / "alpha_sweep_per_seed.csv", index=False)
+    alpha_raw.drop(columns=TIMING, errors="ignore").to_csv(paths.results / "alpha_sweep_per_seed.csv", index=False)
+    alpha_raw.to_csv(paths.root / "alpha_sweep_per_seed_with_timings.csv", index=False)
     alpha_agg = ex.aggregate_seeds(alpha_raw, ["model", "alpha"])
     a_cols = ["gt_recovery_x_mean", "gt_recovery_y_mean", "gt_recovery_mean", "gt_alignment_error",
               "gt_collapse_rate", "explained_variance_x", "explained_variance_y", "recon_x2y_R@1", "both"]

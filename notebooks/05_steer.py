@@ -29,7 +29,7 @@
 # concept's latent belongs to one modality, so steering the other modality with it does
 # little; a shared latent (GSAE/MGSAE) should move both. On synthetic data the concept is
 # known (class concept `concept`); on real data it is the class prompt `concept` of the
-# first zero-shot set.
+# first zero-shot set, and on data without labels a cluster of the caption embeddings.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -37,7 +37,8 @@ data = "synthetic"
 out_dir = ".."
 models = None
 seed = 0  # which trained seed to steer
-concept = 0  # synthetic: concept index; real data: class index of the first zero-shot set
+concept = 0  # synthetic: concept index; real data: class index of the first zero-shot set, else caption cluster
+n_clusters = 8  # label-free data (no truth, no zero-shot set): k-means clusters of the held-out captions
 alphas = None  # steering strengths in units of the latent's std (profile default)
 n_samples = None  # samples without the concept to steer (profile default)
 
@@ -56,54 +57,43 @@ P = get_profile(profile, steer_alphas=alphas, steer_samples=n_samples)
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
 train, val, truth, zero_shot = load_run_data(paths)
 plots.set_style()
-ORDER = ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"]
-names = models or [n for n in ORDER if paths.model_dir(n, seed).exists()]
+names = list(models or P["methods"])
+missing = [n for n in names if not (paths.model_dir(n, seed) / "config.json").exists()]
+if missing:
+    raise FileNotFoundError(f"models {missing} (seed {seed}) are not trained in {paths.root / 'models'}: run "
+                            f"notebooks 02_train_baseline and 03_train_group_sparse first with profile={profile!r}, "
+                            f"data={data!r} (./run_all.sh --only 02,03 with the same --profile/--data)")
 x, y = np.asarray(val.x), np.asarray(val.y)
 
 # %% [markdown]
 # ## The concept: who carries it, and where it points
+#
+# `mmsae.steering.choose_concept` uses the best information the run has: the synthetic
+# ground truth (true concept `concept`), else class `concept` of the first zero-shot set,
+# else, for a user's embeddings without labels, a **label-free concept**: cluster
+# `concept` of a k-means clustering (`n_clusters`) of the held-out caption embeddings
+# (after removing their mean); a pair carries it when its caption is in the cluster.
 
 # %%
-if truth is not None:
-    c_x, c_y = truth["codes_x"][:, concept], truth["codes_y"][:, concept]
-    carries = (c_x > 0) | (c_y > 0)
-    target = steering.concept_target(y, c_y > 0)  # the concept's captions
-    targets = {0: steering.concept_target(x, c_x > 0), 1: target}
-    concept_name = f"synthetic concept {concept}"
-elif zero_shot:
-    zs = next(iter(zero_shot.values()))
-    target = zs.class_emb[concept]  # the class prompt stands in for the concept's captions
-    in_class = zs.labels == concept
-    targets = {0: steering.concept_target(zs.emb, in_class) if in_class.any() else target, 1: target}
-    concept_name = f"{zs.name}: {zs.class_names[concept]}"
-    carries = None  # decided per model: samples on which the chosen latent fires
-else:
-    raise ValueError("steering needs a known concept: synthetic data or a zero-shot set from notebook 01")
-print("concept:", concept_name)
+C = steering.choose_concept(x, y, truth=truth, zero_shot=zero_shot, concept=concept, n_clusters=n_clusters,
+                            seed=seed)
+print("concept:", C.name, "| source:", C.source)
 
 # %%
 rows, chosen = [], {}
-rng = np.random.default_rng(seed)
 for name in names:
     model = load_model(paths.model_dir(name, seed))
     z_x, z_y = model.encode_numpy(x, 0), model.encode_numpy(y, 1)
-    if truth is not None:
-        latent = steering.pick_latent_by_codes(z_x, z_y, c_x, c_y)
-        without = ~carries
-    else:
-        import torch
-
-        with torch.no_grad():
-            latent = steering.pick_latent_by_direction(model.decoder_atoms(1).cpu().numpy(), target)
-        without = (z_x[:, latent] <= 0) & (z_y[:, latent] <= 0)
-    idx = np.nonzero(without)[0]
-    idx = rng.choice(idx, size=min(P["steer_samples"], len(idx)), replace=False)
+    latent = C.pick_latent(model, z_x, z_y)
+    carries = C.carries
+    without = ~carries if carries is not None else (z_x[:, latent] <= 0) & (z_y[:, latent] <= 0)
+    idx = steering.steering_samples(without, P["steer_samples"], seed=seed)
     sigma = steering.latent_std(np.concatenate([z_x, z_y]), latent)
     chosen[name] = {"latent": latent, "sigma": sigma, "fires_on_images": int((z_x[:, latent] > 0).sum()),
                     "fires_on_texts": int((z_y[:, latent] > 0).sum()), "n_steered": int(len(idx))}
     for modality, u in ((0, x), (1, y)):
         for r in steering.steering_curve(model, u[idx], modality, latent, P["steer_alphas"], sigma,
-                                         targets[modality], caption_target=target):
+                                         C.targets[modality], caption_target=C.caption_target):
             rows.append({"model": name, "modality": val.modalities[modality], **r})
 curves = pd.DataFrame(rows)
 pd.DataFrame(chosen).T
@@ -112,7 +102,7 @@ pd.DataFrame(chosen).T
 # ## Steering curves
 
 # %%
-write_table(curves, "steering", paths.results, caption=f"Steering toward {concept_name}: cosine gain toward the "
+write_table(curves, "steering", paths.results, caption=f"Steering toward {C.name}: cosine gain toward the "
             "concept (same modality; and toward its captions) and similarity kept to the original, per modality "
             "and alpha.")
 fig = plots.plot_steering(curves)
@@ -127,7 +117,7 @@ plots.save_figure(fig, "steering", paths.figures)
 top = curves[curves.alpha == max(P["steer_alphas"])]
 both = top.pivot(index="model", columns="modality", values="toward")
 both["moves_both"] = (both.min(axis=1) > 0.05)
-write_json({"concept": concept_name, "alpha": max(P["steer_alphas"]), "latents": chosen,
+write_json({"concept": C.name, "concept_source": C.source, "alpha": max(P["steer_alphas"]), "latents": chosen,
             "toward_at_max_alpha": both.drop(columns="moves_both").to_dict(orient="index"),
             "moves_both": both["moves_both"].to_dict()}, paths.results / "steering_summary.json")
 both

@@ -2,11 +2,16 @@
 
 Fills the sections between ``<!-- results:NAME:begin -->`` and ``<!-- results:NAME:end -->``
 markers, and the benchmark section (rendered by scripts/benchmark.py --from-csv).
-Run by ./run_all.sh after the default run; safe to run by hand.
+Run by ./run_all.sh after the default run; safe to run by hand. The tables come from
+``results/`` (synthetic default) and ``results/<slug>/`` (other data, :class:`mmsae.runs.RunPaths`).
+The runtime line is rewritten only with ``--runtime``: wall times vary between identical runs,
+so they are kept in the untracked ``runs/<profile>-<slug>/run_all.json`` and a plain rerun
+leaves README.md unchanged.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -20,8 +25,9 @@ sys.path.insert(0, str(ROOT / "lib"))
 
 from mmsae import paper  # noqa: E402
 from mmsae.data import atomic_write  # noqa: E402
+from mmsae.runs import DEFAULT_DATA, REAL_CLIP_RUN, RunPaths  # noqa: E402
 
-RES = ROOT / "results"
+RES = RunPaths(ROOT, "smoke", DEFAULT_DATA).results  # tables of the synthetic default: results/
 
 
 def _fmt(v, digits=3):
@@ -49,50 +55,102 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _real_results() -> Path:
+    """Where the default run's real-CLIP run (500 COCO pairs) writes its tables."""
+    from mmsae.runs import REAL_CLIP_RUN, RunPaths  # noqa: E402
+
+    return RunPaths(ROOT, "smoke", REAL_CLIP_RUN["data"]).results
+
+
+def _headline(res: Path) -> dict | None:
+    f = res / "headline.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def _cell(h: dict | None, model: str, col: str, digits: int = 2, frac_of_m: bool = False) -> str:
+    if h is None or model not in h["models"] or col not in h["models"][model]:
+        return "–"
+    v = h["models"][model][col]
+    if frac_of_m:
+        v = v / h["models"][model]["m"]
+    mark = "†" if col == "both" and h["models"][model].get("both_rule") == "matched" else ""
+    return _fmt(float(v), digits) + mark
+
+
+def _rule_note(h: dict | None, label: str) -> str:
+    if h is None:
+        return f"{label}: not generated yet (run `./run_all.sh`)"
+    m = int(round(next(iter(h["models"].values()))["m"]))
+    return (f"{label}: `{h['profile']}` profile, `{Path(h['data'].split(':', 1)[-1]).name}`, {m} latents, "
+            f"{h.get('n_val', '?')} held-out pairs, seeds {h.get('seeds')}; category rule: {h.get('category_rule', '?')}")
+
+
 def categories_section() -> str:
-    ours = pd.read_csv(RES / "neuron_categories.csv")
-    run = json.loads((RES / "headline.json").read_text())
-    m = int(round(sum(ours.loc[0, c] for c in ("image_only", "text_only", "both", "dead"))))
-    pp = paper.neuron_categories()
+    syn, real = _headline(RES), _headline(_real_results())
+    if syn is None:
+        raise FileNotFoundError(2, "missing", str(RES / "headline.json"))
+    pp = paper.neuron_categories().set_index("model")
     rows = []
-    for _, r in ours.iterrows():
-        name = r["model"]
-        p = pp[pp.model == name]
+    for name in syn["models"]:
         row = {"model": name}
-        for c in ("image_only", "text_only", "both", "dead"):
-            mine = f"{r[c] / m:.2f}"
-            row[f"{c} (paper)"] = f"{p[c].iloc[0] / 8192:.2f}" if len(p) else "–"
-            row[f"{c} (ours)"] = mine
+        for c, label in (("both", "both"), ("dead", "dead")):
+            row[f"{label}: paper"] = _fmt(pp.loc[name, c] / 8192, 2) if name in pp.index else "–"
+            row[f"{label}: real CLIP"] = _cell(real, name, c, frac_of_m=True)
+            row[f"{label}: synthetic"] = _cell(syn, name, c, frac_of_m=True)
+        io = "image_only"
+        row["img-only / txt-only: paper"] = (f"{pp.loc[name, io] / 8192:.2f} / {pp.loc[name, 'text_only'] / 8192:.2f}"
+                                             if name in pp.index else "–")
+        row["img-only / txt-only: real CLIP"] = (_cell(real, name, io, frac_of_m=True) + " / "
+                                                 + _cell(real, name, "text_only", frac_of_m=True))
+        row["img-only / txt-only: synthetic"] = (_cell(syn, name, io, frac_of_m=True) + " / "
+                                                 + _cell(syn, name, "text_only", frac_of_m=True))
+        row["unimodal share: real CLIP"] = _cell(real, name, "unimodal_share")
+        row["unimodal share: synthetic"] = _cell(syn, name, "unimodal_share")
         rows.append(row)
-    seeds = run.get("seeds")
-    return (f"Fractions of the dictionary. Paper: CLIP ViT-B/16 on CC3M validation, 8192 latents. Ours: "
-            f"`{run['profile']}` profile on `{run['data']}` data, {m} latents, held-out pairs, seeds {seeds} "
-            "(from `results/neuron_categories.csv`).\n\n" + _md(pd.DataFrame(rows)))
+    return ("Fractions of the dictionary. **Paper**: CLIP ViT-B/16 on CC3M validation, 8192 latents, any firing "
+            "counts (min_count = 1). " + _rule_note(real, "**Real CLIP (ours)**") + ". "
+            + _rule_note(syn, "**Synthetic (ours)**") + ". *Unimodal share* (the split measure, stable in the number "
+            "of held-out pairs): share of latents with enough firings whose modality score is <= 0.1 or >= 0.9. "
+            "† modality-specific SAEs: \"both\" counts Hungarian-matched latent pairs, true by construction. "
+            "From `results/headline.json` and `results/<real run>/headline.json`.\n\n" + _md(pd.DataFrame(rows)))
 
 
 def headline_section() -> str:
-    h = json.loads((RES / "headline.json").read_text())
-    models = h["models"]
-    zs = [k for k in next(iter(models.values())) if k.startswith("zs_") and k.endswith("_code")]
+    syn, real = _headline(RES), _headline(_real_results())
+    if syn is None:
+        raise FileNotFoundError(2, "missing", str(RES / "headline.json"))
+    pz = paper.zero_shot_clip().set_index("model")
+    zs = [k for k in next(iter(syn["models"].values())) if k.startswith("zs_") and k.endswith("_code")]
     rows = []
-    for name, v in models.items():
-        row = {"model": name, "both": _fmt(v["both"], 0), "dead": _fmt(v["dead"], 0),
-               "MMS img–txt": _fmt(v["mms_img_txt_mean"]),
-               "EV image": _fmt(v["explained_variance_x"]), "EV text": _fmt(v["explained_variance_y"]),
-               "R@1 img→txt (codes)": _fmt(v["code_x2y_R@1"]), "R@1 txt→img (codes)": _fmt(v["code_y2x_R@1"])}
+    for name in syn["models"]:
+        row = {"model": name,
+               "R@1 img→txt (codes): real CLIP": _cell(real, name, "code_x2y_R@1", 3),
+               "R@1 img→txt (codes): synthetic": _cell(syn, name, "code_x2y_R@1", 3),
+               "MRR txt→img (codes): real CLIP": _cell(real, name, "code_y2x_MRR", 3),
+               "MRR txt→img (codes): synthetic": _cell(syn, name, "code_y2x_MRR", 3),
+               "zero-shot CIFAR-10: paper": _fmt(pz.loc[name, "cifar10"]) if name in pz.index else "–"}
         for k in zs:
-            row[f"zero-shot {k[3:-5]} (codes)"] = _fmt(v[k])
+            row[f"zero-shot {k[3:-5]} (codes): synthetic"] = _cell(syn, name, k, 3)
+        row["EV img / txt: real CLIP"] = (_cell(real, name, "explained_variance_x", 3) + " / "
+                                          + _cell(real, name, "explained_variance_y", 3))
+        row["EV img / txt: synthetic"] = (_cell(syn, name, "explained_variance_x", 3) + " / "
+                                          + _cell(syn, name, "explained_variance_y", 3))
         rows.append(row)
-    dense = {k: v for k, v in next(iter(models.values())).items() if k.endswith("_dense")}
-    tail = ""
+    tail = []
+    for label, res in (("real CLIP", _real_results()), ("synthetic", RES)):
+        f = res / "data_summary.json"
+        if f.exists():
+            d = json.loads(f.read_text())
+            tail.append(f"{label}: dense (no SAE) R@1 img→txt {_fmt(d['dense_x2y_R@1'])} on {d['retrieval_pool']} "
+                        f"held-out pairs")
+    dense = {k: v for k, v in next(iter(syn["models"].values())).items() if k.endswith("_dense")}
     if dense:
-        tail = "\n\nDense (no SAE) zero-shot: " + ", ".join(f"{k[3:-6]} {_fmt(v)}" for k, v in dense.items()) + "."
-    summ = json.loads((RES / "data_summary.json").read_text()) if (RES / "data_summary.json").exists() else {}
-    if summ:
-        tail += (f" Dense retrieval R@1 img→txt {_fmt(summ['dense_x2y_R@1'])} on {summ['retrieval_pool']} pairs; "
-                 f"modality gap {_fmt(summ['modality_gap'])}; matched-pair cosine {_fmt(summ['pair_cosine'])}.")
-    return (f"`{h['profile']}` profile, `{h['data']}` data, MMS reference: {h['mms_reference']} "
-            "(from `results/headline.json`).\n\n" + _md(pd.DataFrame(rows)) + tail)
+        tail.append("synthetic dense zero-shot " + ", ".join(f"{k[3:-6]} {_fmt(v)}" for k, v in dense.items()))
+    note = ("Retrieval ranks every held-out caption against every held-out image by cosine of SAE codes "
+            "(both directions, ties counted against the correct item). The 500 real COCO pairs carry no labels, "
+            "so zero-shot is measured on synthetic data only; the paper's CIFAR-10 column is its zero-shot through "
+            "the SAE. From `headline.json` of each run.")
+    return note + "\n\n" + _md(pd.DataFrame(rows)) + ("\n\n" + "; ".join(tail) + "." if tail else "")
 
 
 def comparison_section() -> str:
@@ -100,7 +158,7 @@ def comparison_section() -> str:
     if not f.exists():
         return "_Not generated yet: run `./run_all.sh`._"
     df = pd.read_csv(f)
-    want = [("both", 0), ("dead", 0), ("mms_img_txt_mean", 3), ("explained_variance_x", 3),
+    want = [("both", 0), ("dead", 0), ("mms_img_txt_mean_alive", 3), ("mms_img_txt_auc", 3), ("explained_variance_x", 3),
             ("explained_variance_y", 3), ("code_x2y_R@1", 3), ("code_x2y_R@10", 3), ("code_x2y_MRR", 3),
             ("code_y2x_R@1", 3), ("code_y2x_MRR", 3)]
     want += [(c, 3) for c in df.columns if c.startswith("zs_") and c.endswith("_code")]
@@ -132,22 +190,34 @@ def steering_section() -> str:
 
 
 def runtime_section() -> str:
-    f = RES / "run_all.json"
-    if not f.exists():
-        return "_Not measured yet._"
-    r = json.loads(f.read_text())
-    return (f"Last `./run_all.sh` ({r['profile']} profile, {r['data']} data): **{r['wall_time_s'] / 60:.1f} min** "
-            "for all notebooks on this project's 2-core reference machine (from `results/run_all.json`).")
+    """Wall times of the last default run (synthetic study, then real CLIP), from the untracked
+    ``runs/smoke-<slug>/run_all.json`` files; only complete chains (no ``--only``) count."""
+    parts = []
+    for label, data in (("synthetic study", DEFAULT_DATA), ("real-CLIP run (500 COCO pairs)", REAL_CLIP_RUN["data"])):
+        f = RunPaths(ROOT, "smoke", data).run_log
+        r = json.loads(f.read_text()) if f.exists() else None
+        if r and not r.get("only"):
+            parts.append(f"{label} **{r['wall_time_s'] / 60:.1f} min**")
+    if not parts:
+        return "_Not measured yet: run `./run_all.sh`, then `scripts/update_readme.py --runtime`._"
+    return ("Last `./run_all.sh` (smoke profile) on this project's 2-core reference machine: " + ", ".join(parts)
+            + " (from `runs/smoke-*/run_all.json`; refreshed by `scripts/update_readme.py --runtime`).")
 
 
 SECTIONS = {"categories": categories_section, "headline": headline_section, "comparison": comparison_section,
             "steering": steering_section, "runtime": runtime_section}
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runtime", action="store_true",
+                    help="also rewrite the runtime line from runs/smoke-*/run_all.json (wall times differ between runs)")
+    args = ap.parse_args(argv)
     readme = ROOT / "README.md"
     text = readme.read_text()
     for name, fn in SECTIONS.items():
+        if name == "runtime" and not args.runtime:
+            continue
         pat = re.compile(rf"(<!-- results:{name}:begin -->\n).*?(\n<!-- results:{name}:end -->)", re.S)
         if not pat.search(text):
             continue

@@ -11,11 +11,12 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+SHIPPED = ROOT / "data"  # the same MIT-licensed files, shipped with the project (data/README.md)
 
 
 @pytest.fixture(scope="session")
 def coco500_path() -> Path:
-    p = SHARED / "clip_vitb16_coco500.npy"
+    p = SHIPPED / "clip_vitb16_coco500.npy"
     if not p.exists():
         pytest.skip(f"{p} not found: the team's shared real-embedding data lies beside the project only in CI "
                     "and on the team's machines")
@@ -24,7 +25,7 @@ def coco500_path() -> Path:
 
 @pytest.fixture(scope="session")
 def coco500_random_path() -> Path:
-    p = SHARED / "clip_vitb16_random_coco500.npy"
+    p = SHIPPED / "clip_vitb16_random_coco500.npy"
     if not p.exists():
         pytest.skip(f"{p} not found (shared negative-control data)")
     return p

@@ -34,7 +34,7 @@ def test_group_sparsity_makes_latents_multimodal(results):
     sae, gsae, mgsae = results["SAE"], results["GSAE"], results["MGSAE"]
     assert gsae["both"] > sae["both"] and mgsae["both"] > sae["both"]
     assert mgsae["dead"] <= sae["dead"]
-    assert mgsae["mms_img_txt_mean"] > sae["mms_img_txt_mean"]
+    assert mgsae["mms_img_txt_mean_all"] > sae["mms_img_txt_mean_all"]
 
 
 def test_codes_become_cross_modal(results):

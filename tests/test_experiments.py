@@ -50,7 +50,7 @@ def test_evaluate_model_returns_every_key(tiny, tmp_path):
             "gt_recovery_x_mean", "gt_recovery_y_mean", "gt_collapse_rate", "gt_alignment_error", "mms_reference",
             "code_x2y_R@5", "nmse_x", "cosine_y"}
         assert want <= set(r), sorted(want - set(r))
-        assert r["image_only"] + r["text_only"] + r["both"] + r["dead"] == P["m"]
+        assert r["image_only"] + r["text_only"] + r["both"] + r["dead"] == r["m"]  # ModalitySpecific: m/2 aligned pairs
         assert r["mms_reference"] == "ground_truth_codes"
         assert all(np.isscalar(v) for v in r.values())
     assert "n_matched" in ex.evaluate_model(load_model(tmp_path / "ModalitySpecific" / "seed0"), va)

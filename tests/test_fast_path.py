@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmsae.fast import HashMask, group_l21_sparse
 from mmsae.losses import group_l21
-from mmsae.models import GroupSparseSAE, SAEConfig, TopKSAE, gsae_config, mgsae_config
+from mmsae.models import GroupSparseSAE, SAEConfig, TopKSAE, build_model, gsae_config, mgsae_config
 from mmsae.train import TrainConfig, train
 
 RTOL = 1e-5
@@ -215,3 +216,111 @@ def test_streaming_memmap_matches_in_memory(tmp_path):
         weights.append({k: v.clone() for k, v in model.state_dict().items()})
     for k in weights[0]:
         assert torch.equal(weights[0][k], weights[1][k]), k
+
+
+# ----------------------------------------------------------------------- AuxK and firing
+def _by_hand_model(arch: str, fast: bool, coef: float = 0.5):
+    """d = 2, m = 3, K = 1, k_aux = 1; atoms e0, e1, (0.6, 0.8); encoder = decoder; zero biases.
+    Latent 1 is dead before the step."""
+    cfg = (SAEConfig(d=2, m=3, k=1, k_aux=1, auxk_coef=coef) if arch == "topk"
+           else gsae_config(d=2, m=3, k=1, group_lambda=0.0, k_aux=1, auxk_coef=coef))
+    model = (TopKSAE if arch == "topk" else GroupSparseSAE)(cfg).train()
+    model.fast_path = fast
+    with torch.no_grad():
+        atoms = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+        model.W_enc.copy_(atoms)
+        model.W_dec.copy_(atoms)
+        model.b_enc.zero_()
+        model.b_pre.zero_()
+    model.since_fired[1] = 10 ** 9
+    return model
+
+
+@pytest.mark.parametrize("arch", ["topk", "gsae"])
+@pytest.mark.parametrize("fast", [False, True])
+def test_auxk_gao_weight_by_hand(arch, fast):
+    """aux = sum over modalities of TV(u) * mean ||e - e_hat||^2 / TV(e) (Gao et al.'s relative weight)."""
+    model = _by_hand_model(arch, fast, coef=0.5)
+    x = torch.tensor([[1.0, 0.2], [0.2, 1.0]])
+    y = torch.tensor([[0.3, 1.0], [1.0, 0.4]])
+    out = model.training_loss(x, y)
+    # pre-activations (atoms e0, e1, (0.6, 0.8)) and the TopK (K = 1) latent:
+    # x1: [1, 0.2, 0.76] -> 0: x_hat = (1, 0),  e = (0, 0.2)  | x2: [0.2, 1, 0.92] -> 1: x_hat = (0, 1), e = (0.2, 0)
+    # y1: [0.3, 1, 0.98] -> 1: y_hat = (0, 1),  e = (0.3, 0)  | y2: [1, 0.4, 0.92] -> 0: y_hat = (1, 0), e = (0, 0.4)
+    # rec_x = (0.04 + 0.04) / 2 = 0.04;  rec_y = (0.09 + 0.16) / 2 = 0.125
+    # AuxK, dead latent 1 only (k_aux = 1): e_hat = (0, pre_1): x: (0, 0.2), (0, 1); y: (0, 1), (0, 0.4)
+    # x: errors 0 and 0.04 + 1 -> mean 0.52; TV(x) = 0.32 (mean (0.6, 0.6)); TV(e_x) = 0.02 (mean (0.1, 0.1))
+    # y: errors 0.09 + 1 and 0 -> mean 0.545; TV(y) = 0.2125; TV(e_y) = 0.0625
+    aux_x, aux_y = 0.32 * 0.52 / 0.02, 0.2125 * 0.545 / 0.0625  # 8.32, 1.853
+    assert out.stats["rec_x"].item() == pytest.approx(0.04, rel=1e-5)
+    assert out.stats["rec_y"].item() == pytest.approx(0.125, rel=1e-5)
+    assert out.stats["aux"].item() == pytest.approx(aux_x + aux_y, rel=1e-5)
+    assert out.loss.item() == pytest.approx(0.04 + 0.125 + 0.5 * (aux_x + aux_y), rel=1e-5)
+    # the plain squared error of the fit would be (0.52 + 0.545) = 1.065: ~10x smaller here
+    assert out.stats["aux"].item() > 9 * (0.52 + 0.545)
+
+
+@pytest.mark.parametrize("arch", ["topk", "gsae"])
+def test_auxk_both_paths_match_direct_computation_on_a_batch(arch):
+    """Random batch with dead latents: AuxK of both paths equals a direct computation in
+    Gao et al.'s terms, sum over modalities of ``TV(u) * NMSE(e_hat, e)`` (NMSE as in their
+    code: element-mean squared error over that of the residual's batch mean)."""
+    x, y = _data()
+    cfg = SAEConfig(d=32, m=256, k=8, k_aux=16) if arch == "topk" else gsae_config(d=32, m=256, k=8, k_aux=16)
+    model = _model(TopKSAE if arch == "topk" else GroupSparseSAE, cfg, x, y)
+    with torch.no_grad():
+        dead = model.dead_mask()
+        want = 0.0
+        for u, mod in ((x, 0), (y, 1)):
+            pre = model.pre_activations(u, mod)
+            u_hat = model.decode(model.encode(u, mod), mod)
+            v, j = pre.masked_fill(~dead, 0.0).topk(16, dim=1)
+            e_hat = torch.stack([(v[r, :, None] * model.W_dec[j[r]]).sum(0) for r in range(len(u))])
+            e = u - u_hat
+            tv_u = u.var(0, unbiased=False).sum()
+            nmse = F.mse_loss(e_hat, e) / F.mse_loss(e.mean(0, keepdim=True).expand_as(e), e)
+            want += float(tv_u * nmse)
+    for fast in (False, True):
+        out, _, _ = _loss_and_grads(model, x, y, fast)
+        assert out.stats["aux"].item() == pytest.approx(want, rel=1e-5)
+        rest = out.stats["rec_x"] + out.stats["rec_y"] + cfg.group_lambda * out.stats.get("group", 0.0)
+        assert out.loss.item() == pytest.approx((rest + cfg.auxk_coef * out.stats["aux"]).item(), rel=1e-5)
+
+
+def _few_positive(model):
+    """Every pre-activation negative except latents 3 and 7: 2 of the K = 4 TopK slots hold 0."""
+    with torch.no_grad():
+        model.b_enc.fill_(-100.0)
+        model.b_enc[[3, 7]] = 100.0
+    model.since_fired.zero_()
+    return model
+
+
+_FIRING_CONFIGS = {
+    "topk": SAEConfig(d=8, m=16, k=4, auxk_coef=0.0),
+    "gsae": gsae_config(d=8, m=16, k=4, auxk_coef=0.0),
+    "batchtopk": SAEConfig(arch="batchtopk", d=8, m=16, k=4, auxk_coef=0.0),
+    "matryoshka": SAEConfig(arch="matryoshka", d=8, m=16, k=4, auxk_coef=0.0, extra={"prefixes": [4, 8, 16]}),
+}
+
+
+@pytest.mark.parametrize("arch,fast", [("topk", False), ("topk", True), ("gsae", False), ("gsae", True),
+                                       ("batchtopk", False), ("matryoshka", False)])
+def test_zero_valued_topk_slots_are_not_firings(arch, fast):
+    """BatchTopK / Matryoshka: 2B * K = 48 entries are kept but only 24 are positive."""
+    model = _few_positive(build_model(_FIRING_CONFIGS[arch]).train())
+    model.fast_path = fast
+    x, y = _data(n=6, d=8)
+    model.training_loss(x, y)
+    # only latents with a value > 0 were reset; the zero-valued slots aged like every other latent
+    assert (model.since_fired == 0).nonzero().squeeze(1).tolist() == [3, 7]
+    assert int(model.since_fired.max()) == 12
+
+
+def test_update_firing_value_and_index_forms():
+    model = TopKSAE(SAEConfig(d=4, m=6, k=2))
+    idx = torch.tensor([[0, 1], [2, 1]])
+    model._update_firing((torch.tensor([[0.5, 0.0], [0.0, 0.0]]), idx), n_samples=2)
+    assert model.since_fired.tolist() == [0, 2, 2, 2, 2, 2]  # only latent 0 held a positive value
+    model._update_firing(idx, n_samples=1)  # bare indices: every slot counts
+    assert model.since_fired.tolist() == [0, 0, 0, 3, 3, 3]

@@ -1,6 +1,8 @@
 """Defining behaviour of every method beyond TopK/GSAE: BatchTopK, Matryoshka,
 modality-specific SAEs + Hungarian alignment, shared support; save/load of each."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -130,7 +132,8 @@ def test_hungarian_excludes_dead_latents():
 def test_modality_specific_align_recovers_planted_permutation():
     torch.manual_seed(0)
     d, m = 16, 32
-    model = build_model(SAEConfig(arch="modality_specific", d=d, m=m, k=4)).eval()
+    model = build_model(SAEConfig(arch="modality_specific", d=d, m=2 * m, k=4)).eval()
+    assert model.m_per_side == m
     q = torch.randperm(m)  # text SAE = image SAE with latents shuffled: text latent j = image latent q[j]
     with torch.no_grad():
         for name in ("W_enc", "W_dec", "b_enc"):
@@ -151,6 +154,59 @@ def test_modality_specific_align_recovers_planted_permutation():
     torch.testing.assert_close(model.decoder_atoms(1), model.decoder_atoms(0))
     zx = model.encode(x, 0)
     torch.testing.assert_close(model.decode(zx, 1), model.decode(zx, 0))
+
+
+def test_modality_specific_default_splits_the_atom_budget():
+    """Equal atoms: m in all, m/2 latents per side by default; extra['m_per_side'] changes it."""
+    model = build_model(SAEConfig(arch="modality_specific", d=16, m=32, k=4))
+    assert model.m_per_side == 16 and model.num_latents == 16 and model.n_atoms == 32
+    assert model.sae_x.W_dec.shape == (16, 16) and model.sae_y.W_dec.shape == (16, 16)
+    total_atoms = model.sae_x.W_dec.shape[0] + model.sae_y.W_dec.shape[0]
+    assert total_atoms == 32  # the same budget as a 32-latent GSAE
+    x, _ = _pairs(8)
+    assert model.encode(x, 0).shape == (8, 16) and model.encode(x, 1).shape == (8, 16)
+    assert model.decoder_atoms(1).shape == (16, 16) and model.dead_mask().shape == (16,)
+    assert model.encode_numpy(x.numpy(), 1).shape == (8, 16)
+    full = build_model(SAEConfig(arch="modality_specific", d=16, m=32, k=4, extra={"m_per_side": 32}))
+    assert full.m_per_side == 32 and full.n_atoms == 64 and full.sae_x.W_dec.shape == (32, 16)
+    with pytest.raises(ValueError, match="m_per_side"):
+        build_model(SAEConfig(arch="modality_specific", d=16, m=6, k=4))  # 3 latents per side < k
+
+
+def test_modality_specific_flags_both_by_construction():
+    model = build_model(SAEConfig(arch="modality_specific", d=16, m=32, k=4))
+    assert model.both_by_construction is True and model.both_rule == "matched"
+    for arch in ("topk", "shared_support"):
+        cfg = SAEConfig(arch=arch, d=16, m=32, k=4, n_modalities=2 if arch == "shared_support" else 1)
+        assert not getattr(build_model(cfg), "both_by_construction", False)
+
+
+def test_modality_specific_method_config_has_equal_atoms():
+    from mmsae import experiments as ex
+
+    prof = {"m": 64, "k": 4, "dead_after": 1000}
+    cfg = ex.method_config("ModalitySpecific", prof, d=16)
+    assert cfg.m == 64 and cfg.extra["m_per_side"] == 32
+    assert build_model(cfg).n_atoms == build_model(ex.method_config("GSAE", {**prof, "group_lambda": 0.05},
+                                                                      d=16)).W_dec.shape[0]
+    assert ex.method_config("ModalitySpecific", prof, d=16, m=128).extra["m_per_side"] == 64  # follows m
+    full = ex.method_config("ModalitySpecific", prof, d=16, extra={"m_per_side": 64})
+    assert build_model(full).n_atoms == 128
+
+
+def test_modality_specific_zero_slots_are_not_firings():
+    """Each side's dead-latent counter ignores TopK slots that hold 0."""
+    model = build_model(SAEConfig(arch="modality_specific", d=16, m=32, k=4, auxk_coef=0.0))
+    with torch.no_grad():
+        for sae in (model.sae_x, model.sae_y):
+            sae.b_enc.fill_(-100.0)  # every pre-activation negative ...
+            sae.b_enc[[2, 5]] = 100.0  # ... except latents 2 and 5: 2 of the 4 TopK slots hold 0
+    x, y = _pairs(8)
+    model.training_loss(x, y)
+    for sae in (model.sae_x, model.sae_y):
+        fired = (sae.since_fired == 0).nonzero().squeeze(1).tolist()
+        assert fired == [2, 5], fired
+        assert int(sae.since_fired.max()) == 8
 
 
 def test_modality_specific_trains_each_sae_on_its_own_modality():
@@ -179,14 +235,66 @@ def test_shared_support_identical_supports_for_a_pair():
     # each member's nonzeros lie on the one shared index set, and together they fill it
     assert not ((zx > 0) & ~support).any() and not ((zy > 0) & ~support).any()
     assert torch.equal((zx > 0) | (zy > 0), support)
-    # the set is TopK of the summed pre-activations
-    ref = (model.pre_activations(x, 0) + model.pre_activations(y, 1)).topk(5, dim=1).indices
+    # the set is TopK of the summed RAW (pre-ReLU) pre-activations
+    ref = (model.raw_pre_activations(x, 0) + model.raw_pre_activations(y, 1)).topk(5, dim=1).indices
     assert torch.equal(torch.sort(idx, 1).values, torch.sort(ref, 1).values)
     # single-modality inference: TopK of that modality's own pre-activations
     pre = model.pre_activations(x, 0)
     z = model.encode(x, 0)
     assert ((z > 0).sum(1) <= 5).all()
     assert torch.equal(z.topk(5, 1).indices.sort(1).values, pre.topk(5, 1).indices.sort(1).values)
+
+
+def _shared_support_by_hand():
+    """d = m = 4, identity encoder, zero biases: the raw pre-activations are the inputs."""
+    model = build_model(SAEConfig(arch="shared_support", d=4, m=4, k=2, n_modalities=2))
+    with torch.no_grad():
+        model.W_enc.copy_(torch.eye(4))
+        model.b_enc.zero_()
+        model.b_pre.zero_()
+    hx = torch.tensor([[5.0, 3.0, -10.0, 0.5]])
+    hy = torch.tensor([[-4.0, 1.0, 9.0, 0.4]])
+    return model, hx, hy
+
+
+def test_shared_support_is_sparc_global_topk_by_hand():
+    model, hx, hy = _shared_support_by_hand()
+    # sum-then-ReLU: relu(hx + hy) = [1, 4, 0, 0.9] -> top-2 = {0, 1}
+    # (ReLU-then-sum would give relu(hx) + relu(hy) = [5, 4, 9, 0.9] -> top-2 = {0, 2})
+    assert set(model.shared_support(hx, hy)[0].tolist()) == {0, 1}
+    zx, zy = model.encode_pair(hx, hy)
+    torch.testing.assert_close(zx, torch.tensor([[5.0, 3.0, 0.0, 0.0]]))  # relu(hx) on {0, 1}
+    torch.testing.assert_close(zy, torch.tensor([[0.0, 1.0, 0.0, 0.0]]))  # relu(hy) on {0, 1}
+    # the same rule written out on random raw pre-activations
+    g = torch.Generator().manual_seed(0)
+    big = build_model(SAEConfig(arch="shared_support", d=8, m=32, k=5, n_modalities=2))
+    x, y = torch.randn(20, 8, generator=g), torch.randn(20, 8, generator=g)
+    hx, hy = big.raw_pre_activations(x, 0), big.raw_pre_activations(y, 1)
+    s = torch.relu(hx + hy)
+    top = s.topk(5, dim=1).indices
+    on = torch.zeros_like(s).scatter(1, top, 1.0) * (s > 0)
+    zx, zy = big.encode_pair(x, y)
+    torch.testing.assert_close(zx, torch.relu(hx) * on)
+    torch.testing.assert_close(zy, torch.relu(hy) * on)
+
+
+def test_shared_support_empty_slots_when_few_sums_are_positive():
+    model, _, _ = _shared_support_by_hand()
+    hx = torch.tensor([[2.0, -1.0, -3.0, 1.0]])
+    hy = torch.tensor([[1.0, -1.0, -3.0, -2.0]])
+    # sums [3, -2, -6, -1]: one positive -> one of the two TopK slots is empty, even though
+    # latent 3 is positive on the image (its summed pre-activation is not)
+    zx, zy = model.encode_pair(hx, hy)
+    torch.testing.assert_close(zx, torch.tensor([[2.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(zy, torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    # the empty slot and a member's zero entry are not firings for the dead-latent counter
+    model.train()
+    model.config.auxk_coef = 0.0
+    model.training_loss(hx, hy)
+    assert (model.since_fired == 0).nonzero().squeeze(1).tolist() == [0]
+    model.since_fired.zero_()
+    model.training_loss(*_shared_support_by_hand()[1:])  # slots {0, 1}: both fire (on one member each)
+    assert model.since_fired.tolist() == [0, 0, 2, 2]
 
 
 def test_shared_support_training_decodes_from_the_shared_set():
@@ -197,6 +305,58 @@ def test_shared_support_training_decodes_from_the_shared_set():
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert model.W_enc.grad is not None and model.W_enc.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- AuxK weighting
+AUXK_CONFIGS = {
+    "topk": SAEConfig(d=16, m=256, k=4, k_aux=8),
+    "group_sparse": SAEConfig(arch="group_sparse", d=16, m=256, k=4, k_aux=8, n_modalities=2, group_lambda=0.05),
+    "batchtopk": SAEConfig(arch="batchtopk", d=16, m=256, k=4, k_aux=8),
+    "matryoshka": SAEConfig(arch="matryoshka", d=16, m=256, k=4, k_aux=8, extra={"prefixes": [32, 128, 256]}),
+    "modality_specific": SAEConfig(arch="modality_specific", d=16, m=256, k=4, k_aux=8),
+    "shared_support": SAEConfig(arch="shared_support", d=16, m=256, k=4, k_aux=8, n_modalities=2),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(AUXK_CONFIGS))
+def test_every_method_weights_auxk_per_modality(arch, monkeypatch):
+    """Every method hands AuxK each modality's own embeddings (Gao et al.'s weight TV(u) / TV(e)
+    per modality, mmsae.losses.auxk_loss) and adds auxk_coef times the result to its loss."""
+    import mmsae.fast
+    import mmsae.models.topk
+    from mmsae.losses import auxk_loss
+
+    calls = []
+
+    def spy(residual, aux_recon, inputs, n_blocks=1, **kw):
+        out = auxk_loss(residual, aux_recon, inputs, n_blocks=n_blocks, **kw)
+        calls.append((inputs.detach().clone(), n_blocks, out.detach()))
+        return out
+
+    monkeypatch.setattr(mmsae.models.topk, "auxk_loss", spy)
+    monkeypatch.setattr(mmsae.fast, "auxk_loss", spy)
+    torch.manual_seed(0)
+    coef = AUXK_CONFIGS[arch].auxk_coef
+    model = build_model(copy.deepcopy(AUXK_CONFIGS[arch])).train()  # a copy: the test edits its config
+    x, y = _pairs(8)  # 2B * K = 64 slots over 256 latents: BatchTopK leaves most dead latents dead
+    model.init_from_data(x, y)
+    for mod in model.modules():
+        if hasattr(mod, "since_fired"):
+            mod.since_fired[::3] = 10 ** 9  # a third of the latents dead
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # parameters and counters
+    out = model.training_loss(x, y)
+    if arch == "modality_specific":  # one SAE per modality, one block each
+        assert [n for _, n, _ in calls] == [1, 1]
+        assert torch.equal(calls[0][0], x) and torch.equal(calls[1][0], y)
+    else:  # [x; y] stacked, normalised per modality
+        assert len(calls) == 1 and calls[0][1] == 2 and torch.equal(calls[0][0], torch.cat([x, y]))
+    aux = sum(float(v) for _, _, v in calls)
+    assert aux > 0 and float(out.stats["aux"]) == pytest.approx(aux, rel=1e-6)
+    # the loss without AuxK, from the same model state, differs by exactly auxk_coef * aux
+    model.config.auxk_coef = 0.0
+    model.load_state_dict(state)
+    plain = model.training_loss(x, y).loss
+    assert float((out.loss - plain).detach()) == pytest.approx(coef * aux, rel=1e-4, abs=1e-6)
 
 
 # --------------------------------------------------------------------------- persistence

@@ -105,10 +105,33 @@ def test_mms_identical_reference_gives_one():
 
 def test_mms_summary():
     sm = M.mms_summary({"img_img": np.array([0.2, 0.6, 0.9, np.nan]), "txt_txt": [0.0, 1.0]})
-    assert sm["img_img_mean"] == pytest.approx(1.7 / 3)
+    assert sm["img_img_mean_all"] == pytest.approx(1.7 / 3)
+    assert "img_img_mean" not in sm  # the two means are named apart, no ambiguous alias
     assert sm["img_img_median"] == pytest.approx(0.6)
     assert sm["img_img_frac_gt_0.5"] == pytest.approx(2 / 3)
     assert sm["txt_txt_frac_gt_0.5"] == pytest.approx(0.5)
+    assert np.isnan(sm["img_img_mean_alive"])  # no alive mask given
+
+
+def test_mms_summary_alive_mean_and_auc_by_hand():
+    # latents: 0 and 2 alive in both modalities; 1 image-only, 3 dead (score 0 by definition)
+    scores = {"img_txt": np.array([0.8, 0.0, 0.4, 0.0]), "img_img": np.array([0.6, 0.9, 0.2, 0.0])}
+    alive = np.array([True, False, True, False])
+    sm = M.mms_summary(scores, alive=alive)
+    assert sm["img_txt_mean_alive"] == pytest.approx(0.6)  # (0.8 + 0.4) / 2: dead/unimodal excluded
+    assert sm["img_txt_mean_all"] == pytest.approx(0.3)  # (0.8 + 0 + 0.4 + 0) / 4
+    assert sm["img_img_mean_alive"] == pytest.approx(0.4)  # the same mask for every key
+    # AUC: sorted curve [0.8, 0.4, 0, 0] at x = 0, 1/3, 2/3, 1; trapezoids (1/3) * (0.6 + 0.2 + 0)
+    assert sm["img_txt_auc"] == pytest.approx(0.8 / 3)
+    curve = np.sort(scores["img_img"])[::-1]
+    assert sm["img_img_auc"] == pytest.approx(np.sum((curve[1:] + curve[:-1]) / 2) / 3)
+    # a constant curve: the area is that constant (= its mean)
+    assert M.mms_summary({"k": np.full(5, 0.7)})["k_auc"] == pytest.approx(0.7)
+    assert M.mms_summary({"k": [0.3]})["k_auc"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="alive mask"):
+        M.mms_summary(scores, alive=np.ones(3, bool))
+    # no latent alive in both: NaN, not 0
+    assert np.isnan(M.mms_summary(scores, alive=np.zeros(4, bool))["img_txt_mean_alive"])
 
 
 # --------------------------------------------------------------------------- categories

@@ -38,8 +38,8 @@ def test_every_notebook_runs_and_reports_its_time(smoke_run):
     out, log = smoke_run
     for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
         assert f"{nb.stem}: " in log, f"{nb.stem} did not report a wall time"
-        assert (ROOT / "notebooks" / "executed" / f"{nb.stem}.ipynb").exists()
-    assert json.loads((out / "results" / "run_all.json").read_text())["profile"] == "smoke"
+        assert (out / "runs" / "smoke-synthetic" / "notebooks" / "executed" / f"{nb.stem}.ipynb").exists()
+    assert json.loads((out / "runs" / "smoke-synthetic" / "run_all.json").read_text())["profile"] == "smoke"
 
 
 def test_tables_and_figures_written(smoke_run):

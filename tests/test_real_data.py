@@ -63,3 +63,11 @@ def test_random_weights_control_has_no_cross_modal_retrieval(coco500_random_path
     for name in ("SAE", "MGSAE"):
         assert ctrl[name]["x2y_R@1"] < 0.05 and ctrl[name]["y2x_R@1"] < 0.05, (name, ctrl[name])
         assert ctrl[name]["x2y_MRR"] < 2 * chance_mrr
+
+
+def test_shipped_real_data_matches_the_shared_copy_and_its_checksum(coco500_path):
+    import hashlib
+
+    digest = hashlib.sha256(coco500_path.read_bytes()).hexdigest()
+    assert digest == "7227280ace0f145d2c45afa8ab507a1cb280e9460aa271fe9052d08e35342adb"
+    assert (coco500_path.parent / "LICENSE-Modality-Gap.txt").read_text().startswith("MIT")

@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 
@@ -45,3 +46,132 @@ def test_naming_and_probe_decomposition():
     top = decompose_probe(np.array([2.0, 0.0, 1.0]), atoms, top=2, names=["a", "b", "c"])
     assert [t["name"] for t in top] == ["a", "c"]
     assert abs(top[0]["nnls_weight"] - 2.0) < 1e-9 and abs(top[1]["nnls_weight"] - 1.0) < 1e-9
+
+
+# --- label-free steering concepts (data without labels or a zero-shot set) -------------------
+def _clustered_pairs(n=120, d=16, k=4, seed=0):
+    import numpy as np
+
+    from mmsae.data import l2_normalize
+
+    rng = np.random.default_rng(seed)
+    centers = l2_normalize(rng.standard_normal((k, d)))
+    lab = rng.integers(0, k, n)
+    y = l2_normalize(centers[lab] + 0.1 * rng.standard_normal((n, d)))
+    x = l2_normalize(centers[lab] + 0.3 * rng.standard_normal((n, d)))
+    return x.astype("float32"), y.astype("float32"), lab
+
+
+def test_text_clusters_recover_planted_groups():
+    import numpy as np
+
+    from mmsae.steering import text_clusters
+
+    x, y, lab = _clustered_pairs()
+    got = text_clusters(y, n_clusters=4, seed=0)
+    # each found cluster is one planted group (purity 1 on well-separated data)
+    for c in np.unique(got):
+        assert len(np.unique(lab[got == c])) == 1
+
+
+def test_choose_concept_without_labels_uses_a_caption_cluster():
+    import numpy as np
+
+    from mmsae.steering import choose_concept, steering_samples
+
+    x, y, lab = _clustered_pairs()
+    c = choose_concept(x, y, truth=None, zero_shot={}, concept=1, n_clusters=4)
+    assert c.source == "text_cluster"
+    carries = c.carries
+    assert 0 < carries.sum() < len(y)
+    assert len(np.unique(lab[carries])) == 1  # the cluster is one planted group
+    # its caption target points at that group's captions more than at the others
+    assert (y[carries] @ c.caption_target).mean() > (y[~carries] @ c.caption_target).mean() + 0.3
+    idx = steering_samples(~carries, 10, seed=0)
+    assert len(idx) == 10 and not carries[idx].any()
+    with pytest.raises(ValueError, match="nothing to steer"):
+        steering_samples(np.zeros(5, bool), 3)
+
+
+def test_choose_concept_prefers_truth_then_zero_shot():
+    import numpy as np
+
+    from mmsae.data import ZeroShotSet
+    from mmsae.steering import choose_concept
+
+    x, y, lab = _clustered_pairs()
+    truth = {"codes_x": np.eye(4)[lab].astype("float32"), "codes_y": np.eye(4)[lab].astype("float32")}
+    assert choose_concept(x, y, truth=truth, concept=2).source == "ground_truth"
+    zs = ZeroShotSet("toy", x, lab, y[:4], ["a", "b", "c", "d"], {})
+    c = choose_concept(x, y, truth=None, zero_shot={"toy": zs}, concept=0)
+    assert c.source == "zero_shot" and c.c_x is None and c.pick_direction is not None
+
+
+# --- concept naming and probe decomposition scored against a known truth ---------------------
+def test_naming_accuracy_by_hand():
+    from mmsae.concepts import naming_accuracy
+
+    vocab = np.eye(3, 5)  # word j -> direction e_j, stands for concept 10 + j
+    vocab_concept = np.array([10, 11, 12])
+    atoms = np.array([[1, 0, 0, 0, 0], [0, 0.9, 0.1, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0]], float)
+    latent_concept = np.array([10, 12, 12, 13])  # latent 1 is named 11 but encodes 12; latent 3's concept has no word
+    r = naming_accuracy(atoms, vocab, vocab_concept, latent_concept, alive=np.array([1, 1, 1, 1], bool))
+    assert r["n_named"] == 3 and r["named_correctly"] == 2
+    assert r["naming_accuracy"] == pytest.approx(2 / 3)
+    r = naming_accuracy(atoms, vocab, vocab_concept, latent_concept, alive=np.array([1, 0, 1, 1], bool))
+    assert r["naming_accuracy"] == 1.0
+
+
+def test_probe_exposes_a_correlated_concept():
+    from mmsae.concepts import fit_probe, probe_report
+    from mmsae.data import l2_normalize
+
+    rng = np.random.default_rng(0)
+    d, n = 12, 2000
+    A = np.linalg.qr(rng.standard_normal((d, d)))[0][:4]  # 4 orthonormal concept directions
+    cls = rng.random(n) < 0.5  # the class ("blond hair", direction 0)
+    corr = np.where(cls, rng.random(n) < 0.9, rng.random(n) < 0.1)  # "woman" (direction 1) rides along
+    other = rng.random((n, 2)) < 0.5
+    x = l2_normalize(cls[:, None] * A[0] + corr[:, None] * A[1] + other @ A[2:] + 0.05 * rng.standard_normal((n, d)))
+    # the probe only sees the class label, yet the correlated concept is linearly entangled with it
+    w = fit_probe(x, cls)
+    names = ["blond", "woman", "hat", "car"]
+    r = probe_report(w, A, names, watch="woman", top=2)
+    assert r["top_names"][0] == "blond"
+    assert r["watch_in_top"] and r["watch_rank"] == 2
+    r_none = probe_report(w, A[[0, 2, 3]], ["blond", "hat", "car"], watch="woman", top=2)
+    assert not r_none["watch_in_top"] and r_none["watch_rank"] == 0
+
+
+def test_vocabulary_file_errors(tmp_path):
+    from mmsae.concepts import load_vocabulary
+    from mmsae.data import EmbeddingError
+
+    with pytest.raises(EmbeddingError, match="not found"):
+        load_vocabulary(tmp_path / "nope.txt")
+    f = tmp_path / "v.txt"
+    f.write_text("# comment\n\n")
+    with pytest.raises(EmbeddingError, match="no words"):
+        load_vocabulary(f)
+    f.write_text("dog\n# x\ncat\n")
+    assert load_vocabulary(f) == ["dog", "cat"]
+
+
+def test_vocabulary_naming_with_a_random_weight_clip(tmp_path, tmp_path_factory):
+    """Real-data naming path: words -> CLIP text embeddings -> the closest atom's word."""
+    from clip_helpers import register_tiny_clip
+
+    from mmsae.concepts import encode_vocabulary, load_vocabulary, name_latents
+    from mmsae.encoders import ClipEncoder
+
+    enc = ClipEncoder(register_tiny_clip(tmp_path_factory), pretrained="random", device="cpu")
+    f = tmp_path / "vocab.txt"
+    f.write_text("dog\ncat\nviolin\n")
+    words = load_vocabulary(f)
+    emb = encode_vocabulary(words, enc)
+    assert emb.shape == (3, enc.dim)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    # atoms placed on the word embeddings are named by those words
+    names, cos = name_latents(emb[[2, 0]], emb, words)
+    assert names == ["violin", "dog"]
+    np.testing.assert_allclose(cos, 1.0, rtol=1e-5)

@@ -19,7 +19,8 @@ from . import metrics
 from .data import PairedEmbeddings, ZeroShotSet
 from .models.base import Dictionary
 
-__all__ = ["ModelAnalysis", "analyze", "mms_reference"]
+__all__ = ["ModelAnalysis", "analyze", "mms_reference", "split_vs_sample_size", "headline_summary",
+           "HEADLINE_COLUMNS"]
 
 
 @dataclass
@@ -48,24 +49,36 @@ def mms_reference(val: PairedEmbeddings, truth: Mapping[str, Any] | None,
 
 def analyze(model: Dictionary, val: PairedEmbeddings, ref_x: np.ndarray | None = None,
             ref_y: np.ndarray | None = None, zero_shot_sets: Mapping[str, ZeroShotSet] | None = None,
-            truth: Mapping[str, Any] | None = None, threshold: float = 0.0, min_count: int = 1,
-            retrieval_pool: int | None = 5000) -> ModelAnalysis:
-    """Encode ``val`` and compute every metric (see module docstring)."""
+            truth: Mapping[str, Any] | None = None, threshold: float = 0.0, min_count: int | str = "scaled",
+            min_frac: float = 0.2, retrieval_pool: int | None = 5000) -> ModelAnalysis:
+    """Encode ``val`` and compute every metric (see module docstring).
+
+    Neuron categories use ``min_count`` (``"scaled"``: a share ``min_frac`` of the expected
+    firings per latent, :func:`mmsae.metrics.category_min_count`; ``1``: the paper's rule);
+    the rule is recorded in the summary as ``category_rule`` and the applied count as
+    ``category_min_count``. The split measure (:func:`mmsae.metrics.split_measures`) uses
+    the same rule to decide which latents have enough firings to be scored.
+    """
     model.eval()
     x, y = np.asarray(val.x, np.float32), np.asarray(val.y, np.float32)
     z_x, z_y = model.encode_numpy(x, 0), model.encode_numpy(y, 1)
     x_hat, y_hat = model.reconstruct_numpy(x, 0), model.reconstruct_numpy(y, 1)
     s: dict[str, Any] = {"m": int(z_x.shape[1])}
 
-    cats = metrics.neuron_categories(z_x, z_y, threshold=threshold, min_count=min_count)
+    cats = metrics.neuron_categories(z_x, z_y, threshold=threshold, min_count=min_count, min_frac=min_frac)
     s.update({k: int(cats[k]) for k in ("image_only", "text_only", "both", "dead")})
     s["frac_both"] = s["both"] / s["m"]
+    s["category_rule"] = metrics.category_rule(min_count, min_frac, threshold)
+    s["category_min_count"] = int(cats["min_count"])
+    s["n_val"] = int(len(x))
+    split = metrics.split_measures(z_x, z_y, threshold=threshold, min_count=min_count, min_frac=min_frac)
+    s.update({k: v for k, v in split.items() if k != "min_count"})
     ms = metrics.modality_score(z_x, z_y)
 
     if ref_x is None or ref_y is None:
         ref_x, ref_y = x, y
     mms = metrics.mms_scores(z_x, z_y, ref_x, ref_y, threshold=threshold)
-    s.update({f"mms_{k}": v for k, v in metrics.mms_summary(mms).items()})
+    s.update({f"mms_{k}": v for k, v in metrics.mms_summary(mms, alive=cats["categories"] == "both").items()})
 
     for name, u, uh in (("x", x, x_hat), ("y", y, y_hat)):
         s.update({f"{k}_{name}": v for k, v in metrics.reconstruction_metrics(u, uh).items()})
@@ -94,3 +107,57 @@ def analyze(model: Dictionary, val: PairedEmbeddings, ref_x: np.ndarray | None =
                                          truth["codes_x"], truth["codes_y"], z_x, z_y, dx, dy)
         s.update({f"gt_{k}": v for k, v in gt.items()})
     return ModelAnalysis(z_x, z_y, cats["categories"], ms, mms, s)
+
+
+def split_vs_sample_size(z_x: np.ndarray, z_y: np.ndarray, sizes, seed: int = 0, threshold: float = 0.0,
+                         min_frac: float = 0.2, repeats: int = 3) -> "pd.DataFrame":
+    """"Both" and the unimodal share against the number of held-out pairs.
+
+    For each ``n`` in ``sizes`` (at most ``len(z_x)``), ``repeats`` random subsets of ``n``
+    pairs are drawn (seeded) and the categories are computed under the paper's fixed rule
+    (``min_count=1``) and under the scaled rule, together with the unimodal share of
+    :func:`mmsae.metrics.split_measures`. Returns one row per ``(n, rule, repeat)`` with
+    ``frac_both``, ``frac_dead``, ``unimodal_share`` and the applied ``min_count``: the
+    figure of notebook 04 that shows how much the fixed rule depends on ``n``.
+    """
+    import pandas as pd
+
+    z_x, z_y = np.asarray(z_x), np.asarray(z_y)
+    n_all, m = z_x.shape
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in sorted({int(v) for v in sizes if 0 < int(v) <= n_all}):
+        for r in range(repeats if n < n_all else 1):
+            idx = rng.choice(n_all, size=n, replace=False) if n < n_all else np.arange(n_all)
+            zx, zy = z_x[idx], z_y[idx]
+            for rule in (1, "scaled"):
+                c = metrics.neuron_categories(zx, zy, threshold=threshold, min_count=rule, min_frac=min_frac)
+                sp = metrics.split_measures(zx, zy, threshold=threshold, min_count=rule, min_frac=min_frac)
+                rows.append({"n_pairs": n, "rule": "fixed (min_count=1)" if rule == 1 else f"scaled ({min_frac:g})",
+                             "repeat": r, "min_count": int(c["min_count"]), "frac_both": c["both"] / m,
+                             "frac_dead": c["dead"] / m, "unimodal_share": sp["unimodal_share"]})
+    return pd.DataFrame(rows)
+
+
+#: The per-model numbers of ``results/headline.json`` (notebook 04), read by
+#: ``scripts/update_readme.py``; zero-shot columns ``zs_*`` are added when present.
+HEADLINE_COLUMNS = ("m", "image_only", "text_only", "both", "dead", "frac_both", "unimodal_share", "image_share",
+                    "text_share", "mms_img_txt_mean_alive", "mms_img_txt_auc", "explained_variance_x", "explained_variance_y",
+                    "code_x2y_R@1", "code_y2x_R@1", "code_x2y_MRR", "code_y2x_MRR", "recon_x2y_R@1",
+                    "recon_y2x_R@1", "retrieval_pool")
+
+
+def headline_summary(per_seed, names) -> dict:
+    """Mean over seeds of :data:`HEADLINE_COLUMNS` (and ``zs_*``) per model, plus the
+    text columns ``both_rule`` and ``category_rule``; one dict per model name."""
+    cols = [c for c in HEADLINE_COLUMNS if c in per_seed.columns]
+    cols += [c for c in per_seed.columns if c.startswith("zs_")]
+    out = {}
+    for n in names:
+        g = per_seed[per_seed.model == n]
+        rec = {c: float(g[c].mean()) for c in cols}
+        for t in ("both_rule", "category_rule"):
+            if t in g:
+                rec[t] = str(g[t].iloc[0])
+        out[n] = rec
+    return out

@@ -364,7 +364,7 @@ class ZeroShotSet:
             "class_emb": np.ascontiguousarray(self.class_emb, np.float32),
         }
         header = {"name": self.name, "class_names": json.dumps(list(self.class_names)),
-                  "meta": json.dumps(self.meta)}
+                  "meta": json.dumps(self.meta, sort_keys=True)}
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
     @classmethod

@@ -115,10 +115,20 @@ def _mgsae(profile, ov):
 
 
 def _modality_specific(profile, ov):
-    return SAEConfig(arch="modality_specific", n_modalities=1, **_common(profile, ov), **_rest(ov))
+    """Two TopK SAEs sharing the atom budget: ``m`` atoms in all, ``m // 2`` latents per
+    modality unless an ``extra={"m_per_side": ...}`` override says otherwise (``m`` gives
+    the old full-width SAE per side, ``2m`` atoms); the value is written into ``extra`` so
+    the saved config states it."""
+    c = _common(profile, ov)
+    extra = dict(ov.get("extra") or {})
+    extra.setdefault("m_per_side", c["m"] // 2)
+    rest = {k: v for k, v in _rest(ov).items() if k != "extra"}
+    return SAEConfig(arch="modality_specific", n_modalities=1, extra=extra, **c, **rest)
 
 
 def _shared_support(profile, ov):
+    """GSAE architecture with SPARC's global TopK (ReLU and TopK of the summed raw
+    pre-activations of a pair; :mod:`mmsae.models.shared_support`)."""
     return SAEConfig(arch="shared_support", n_modalities=2, **_common(profile, ov), **_rest(ov))
 
 
@@ -288,6 +298,8 @@ def evaluate_model(model: Dictionary, val_pairs: PairedEmbeddings, ref_x=None, r
     dm = model.dead_mask()
     out["dead_train"] = int(dm.sum()) if dm is not None else -1
     out["mms_reference"] = kind
+    # "both" of aligned modality-specific SAEs counts matched latent pairs: true by construction
+    out["both_rule"] = getattr(model, "both_rule", "fires on both")
     if hasattr(model, "matched"):
         mt = model.matched.cpu().numpy()
         out["n_matched"] = int(mt.sum())
@@ -327,7 +339,8 @@ def to_latex(df: pd.DataFrame, path: str | Path, caption: str = "", label: str |
 # --------------------------------------------------------------------------- comparison
 COMPARISON_COLUMNS = [
     "image_only", "text_only", "both", "dead", "dead_train",
-    "mms_img_img_mean", "mms_txt_txt_mean", "mms_img_txt_mean",
+    "mms_img_img_mean_alive", "mms_txt_txt_mean_alive", "mms_img_txt_mean_alive", "mms_img_txt_mean_all",
+    "mms_img_txt_auc", "unimodal_share",
     "explained_variance_x", "explained_variance_y",
     "recon_x2y_R@1", "recon_x2y_R@10", "recon_x2y_MRR", "recon_y2x_R@1", "recon_y2x_R@10", "recon_y2x_MRR",
     "code_x2y_R@1", "code_x2y_R@10", "code_x2y_MRR", "code_y2x_R@1", "code_y2x_R@10", "code_y2x_MRR",
@@ -603,7 +616,7 @@ def sweep_alpha(profile: Mapping[str, Any], *, alphas: Sequence[float] | None = 
 #: headline metrics of the ablation / alpha-sweep figures (column -> panel title)
 SWEEP_METRICS = {
     "frac_both": "latents firing on both",
-    "mms_img_txt_mean": "MMS image-text (mean)",
+    "mms_img_txt_mean_alive": "MMS image-text (alive in both)",
     "ev_mean": "explained variance",
     "recon_x2y_R@1": "retrieval R@1 (image->text)",
     "gt_recovery_mean": "atom recovery (truth)",

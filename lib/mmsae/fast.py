@@ -13,7 +13,11 @@ tensors. Here:
   ``B*m*d``), the ``b_enc`` gradient by ``index_add`` and the pre-bias gradient as one
   ``m x d`` mat-vec;
 * the decoder is :func:`torch.nn.functional.embedding_bag` over the K active atoms;
-* AuxK works on the dead latents' columns only;
+* AuxK works on the dead latents' columns only (same value as the reference path,
+  :func:`mmsae.losses.auxk_loss`: Gao et al.'s weight, ``TV(u) ||e - e_hat||^2 / TV(e)``
+  per modality);
+* the dead-latent counter gets the selected ``(values, indices)``: a slot holding 0
+  (fewer than K positive pre-activations) is not a firing, as on the reference path;
 * the l2,1 group penalty of GSAE is computed on the union of the two index sets
   (:func:`group_l21_sparse`), never densified;
 * the MGSAE cross-modal mask is in index form (:class:`HashMask`): keep/drop of latent
@@ -238,8 +242,11 @@ def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_
     return pre, u_c, vals, idx, u_hat, mod
 
 
-def fast_auxk(model, pres, u_cs, mods, residual: torch.Tensor) -> torch.Tensor:
-    """AuxK on the dead latents' columns only (same value and gradients as ``_auxk``)."""
+def fast_auxk(model, pres, u_cs, mods, residual: torch.Tensor, inputs: torch.Tensor,
+              n_blocks: int = 2) -> torch.Tensor:
+    """AuxK on the dead latents' columns only (same value and gradients as ``_auxk``:
+    :func:`mmsae.losses.auxk_loss` of the residual, with ``inputs`` the rows' embeddings and
+    ``n_blocks`` the modalities stacked in the rows, default 2 for ``[x; y]``)."""
     cfg = model.config
     if cfg.auxk_coef <= 0:
         return residual.new_zeros(())
@@ -261,7 +268,7 @@ def fast_auxk(model, pres, u_cs, mods, residual: torch.Tensor) -> torch.Tensor:
                 raw = pre[:, dead_idx].gather(1, j)
         vals = sparse_encoder_values(raw, u_c, idx, model.W_enc, model.b_enc, model.b_pre, mod)
         recons.append(F.embedding_bag(idx, model.W_dec, per_sample_weights=vals, mode="sum"))
-    return auxk_loss(residual.detach(), torch.cat(recons))
+    return auxk_loss(residual.detach(), torch.cat(recons), inputs, n_blocks=n_blocks)
 
 
 def group_l21_sparse(vx: torch.Tensor, ix: torch.Tensor, vy: torch.Tensor, iy: torch.Tensor) -> torch.Tensor:
@@ -283,9 +290,9 @@ def topk_fast_loss(model, x: torch.Tensor, y: torch.Tensor, select_dtype=None):
     pre, u_c, vals, idx, u_hat, mod = fast_pair_branch(model, x, y, None, select_dtype)
     x_hat, y_hat, ix, iy = u_hat[:B], u_hat[B:], idx[:B], idx[B:]
     rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-    aux = fast_auxk(model, (pre,), (u_c,), (mod,), torch.cat([x - x_hat, y - y_hat]))
+    aux = fast_auxk(model, (pre,), (u_c,), (mod,), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
     loss = rec_x + rec_y + model.config.auxk_coef * aux
-    model._update_firing(ix, iy, n_samples=2 * x.shape[0])
+    model._update_firing((vals[:B], ix), (vals[B:], iy), n_samples=2 * B)
     return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))
 
 
@@ -302,7 +309,7 @@ def group_sparse_fast_loss(model, x: torch.Tensor, y: torch.Tensor, keep=None, s
     rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
     group = group_l21_sparse(vals[:B], ix, vals[B:], iy)
     loss = rec_x + rec_y + cfg.group_lambda * group
-    aux = fast_auxk(model, (pre,), (u_c,), (mod,), torch.cat([x - x_hat, y - y_hat]))
+    aux = fast_auxk(model, (pre,), (u_c,), (mod,), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
     loss = loss + cfg.auxk_coef * aux
-    model._update_firing(ix, iy, n_samples=2 * x.shape[0])
+    model._update_firing((vals[:B], ix), (vals[B:], iy), n_samples=2 * B)
     return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, group=group))

@@ -13,6 +13,7 @@ __all__ = [
     "reconstruction_loss",
     "group_l21",
     "auxk_loss",
+    "total_variance",
     "normalized_mse",
     "explained_variance",
 ]
@@ -54,14 +55,54 @@ def explained_variance(u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
     return 1.0 - normalized_mse(u, u_hat)
 
 
-def auxk_loss(residual: torch.Tensor, aux_recon: torch.Tensor) -> torch.Tensor:
-    """AuxK loss of Gao et al. (2024): how well dead latents model the residual.
+def total_variance(u: torch.Tensor) -> torch.Tensor:
+    """``mean_b ||u_b - mean(u)||^2``: the batch's variance summed over dimensions (1/B, biased).
 
-    ``residual = u - u_hat`` (detached), ``aux_recon`` the decoding (without pre-bias)
-    of the top-``k_aux`` *dead* latents. Normalised by the residual's variance so the
-    coefficient (default 1/32) is scale-free; returns 0 when there is nothing to fit.
+    Same units as :func:`reconstruction_loss`; ``reconstruction_loss(u, u_hat) /
+    total_variance(u)`` is the normalised MSE of Gao et al. (2024)."""
+    return (u - u.mean(dim=0, keepdim=True)).pow(2).sum(dim=-1).mean()
+
+
+def auxk_loss(residual: torch.Tensor, aux_recon: torch.Tensor, inputs: torch.Tensor, n_blocks: int = 1,
+              eps: float = 1e-12) -> torch.Tensor:
+    """AuxK loss of Gao et al. (2024), weighted for an un-normalised main loss.
+
+    ``residual = e = u - u_hat`` (the main reconstruction's error), ``aux_recon = e_hat``
+    the decoding (without pre-bias) of the top-``k_aux`` *dead* latents, ``inputs = u`` the
+    embeddings that were reconstructed. For one modality of ``B`` rows the value is
+
+        ``auxk_loss = TV(u) * mean_b ||e_b - e_hat_b||^2 / TV(e)``
+
+    with ``TV`` = :func:`total_variance` (both detached; ``TV(e)`` clamped to ``>= eps``).
+
+    Why this weight. Gao et al. ("Scaling and evaluating sparse autoencoders", 2024, and
+    their ``openai/sparse_autoencoder`` code) minimise ``NMSE(u, u_hat) + alpha *
+    NMSE(e, e_hat)``, where each term is a squared error divided by the variance of its own
+    target: ``mse(u_hat, u) / Var(u)`` and ``mse(e_hat, e) / Var(e)``. Our main loss is the
+    un-normalised ``mean_b ||u_b - u_hat_b||^2`` (kept, as the paper writes it), i.e. Gao's
+    main term times ``TV(u)``. Multiplying Gao's whole objective by ``TV(u)`` gives the
+    AuxK term above, so ``auxk_coef * auxk_loss`` keeps Gao's *relative* weight: against
+    the main loss the AuxK squared error weighs ``auxk_coef * TV(u) / TV(e)``. (A plain
+    ``||e - e_hat||^2`` would be too small by ``TV(u) / TV(e)``, about ``1 / (1 -
+    explained variance)``: 5x at 80 % explained variance; Gao's NMSE alone would be off by
+    ``TV(u)`` and depend on the embeddings' scale.) The value is in the units of
+    :func:`reconstruction_loss`.
+
+    ``n_blocks``: the rows are ``n_blocks`` equal consecutive blocks, one per modality (the
+    models stack ``[x; y]``, ``n_blocks = 2``); each block is normalised by its own
+    ``TV(u)`` and ``TV(e)`` and the blocks' values are summed, as the main loss is the sum
+    ``||x - x_hat||^2 + ||y - y_hat||^2`` of one term per modality. A block of one row has
+    ``TV(u) = 0`` and contributes 0 (no variance to normalise by).
     """
-    denom = (residual - residual.mean(dim=0, keepdim=True)).pow(2).sum()
-    if denom <= 0:
-        return residual.new_zeros(())
-    return (residual - aux_recon).pow(2).sum() / denom
+    if residual.shape != aux_recon.shape or residual.shape != inputs.shape:
+        raise ValueError(f"auxk_loss: shapes differ: residual {tuple(residual.shape)}, aux_recon "
+                         f"{tuple(aux_recon.shape)}, inputs {tuple(inputs.shape)}")
+    n_blocks = int(n_blocks)
+    if n_blocks <= 0 or residual.shape[0] % n_blocks:
+        raise ValueError(f"auxk_loss: {residual.shape[0]} rows cannot be split into n_blocks={n_blocks} equal blocks")
+    e = residual.detach()
+    total = residual.new_zeros(())
+    for e_b, eh_b, u_b in zip(e.chunk(n_blocks), aux_recon.chunk(n_blocks), inputs.detach().chunk(n_blocks)):
+        err = (e_b - eh_b).pow(2).sum(dim=-1).mean()
+        total = total + total_variance(u_b) * err / total_variance(e_b).clamp_min(eps)
+    return total

@@ -25,6 +25,9 @@ import torch
 __all__ = [
     "to_tensor",
     "neuron_categories",
+    "category_min_count",
+    "category_rule",
+    "split_measures",
     "modality_score",
     "mms_scores",
     "mms_scores_naive",
@@ -72,7 +75,43 @@ def _check_2d(name: str, a: torch.Tensor) -> None:
 
 
 # --------------------------------------------------------------------------- neurons
-def neuron_categories(z_x, z_y, threshold: float = 0.0, min_count: int = 1) -> dict:
+def category_min_count(z_x, z_y, min_count: int | str = "scaled", min_frac: float = 0.2,
+                       threshold: float = 0.0) -> int:
+    """The firing count a latent needs on a modality to "fire" on it.
+
+    ``min_count`` an int: used as is (the paper's rule is ``1``: any firing counts).
+    ``min_count="scaled"``: ``max(1, round(min_frac * E))`` where ``E = N * K_eff / m`` is
+    the expected number of firing samples per latent and modality (``N`` held-out samples
+    per modality, ``K_eff`` the mean number of active latents per sample over both
+    modalities, ``m`` latents). A fixed count turns leakage into "both" as ``N`` grows
+    (a latent firing on 136 images and 9 captions is "both" at ``min_count=1``); a
+    count proportional to ``E`` asks for the same *share* of a latent's expected firings
+    whatever ``N``, so the categories do not drift with the number of held-out pairs.
+    """
+    if isinstance(min_count, (int, np.integer)) and not isinstance(min_count, bool):
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        return int(min_count)
+    if min_count != "scaled":
+        raise ValueError(f"min_count must be a positive int or 'scaled', got {min_count!r}")
+    if not 0.0 < min_frac <= 1.0:
+        raise ValueError(f"min_frac must be in (0, 1], got {min_frac}")
+    zx, zy = to_tensor(z_x), to_tensor(z_y)
+    n, m = zx.shape
+    k_eff = 0.5 * ((zx > threshold).sum(1).double().mean() + (zy > threshold).sum(1).double().mean()).item()
+    expected = n * k_eff / max(m, 1)
+    return max(1, int(round(min_frac * expected)))
+
+
+def category_rule(min_count: int | str = "scaled", min_frac: float = 0.2, threshold: float = 0.0) -> str:
+    """A short human-readable name of a category rule, written beside every category table."""
+    fire = f"activation > {threshold:g}"
+    if min_count == "scaled":
+        return f"scaled: fires on a modality on >= {min_frac:g} x N*K_eff/m samples ({fire})"
+    return f"fixed: fires on a modality on >= {int(min_count)} sample(s) ({fire})"
+
+
+def neuron_categories(z_x, z_y, threshold: float = 0.0, min_count: int | str = 1, min_frac: float = 0.2) -> dict:
     """Classify every latent by the modalities it fires on.
 
     Latent ``i`` *fires on modality x* when at least ``min_count`` rows ``j`` of ``z_x``
@@ -83,18 +122,22 @@ def neuron_categories(z_x, z_y, threshold: float = 0.0, min_count: int = 1) -> d
     * ``both``: fires on x and on y;
     * ``dead``: fires on neither.
 
-    Returns a dict with integer counts ``image_only, text_only, both, dead`` (they sum to
-    ``m``), ``categories``: numpy array of ``m`` strings from :data:`CATEGORY_NAMES`, and
-    ``count_x`` / ``count_y``: per-latent numbers of firing samples (int64 arrays).
+    ``min_count=1`` is the paper's rule. ``min_count="scaled"`` sets it from the expected
+    firings per latent (:func:`category_min_count`), so the result does not depend on the
+    number of held-out pairs. Returns a dict with integer counts ``image_only, text_only,
+    both, dead`` (they sum to ``m``), ``categories``: numpy array of ``m`` strings from
+    :data:`CATEGORY_NAMES`, ``count_x`` / ``count_y``: per-latent numbers of firing samples
+    (int64 arrays), and ``min_count``: the count that was applied.
     """
     zx, zy = to_tensor(z_x), to_tensor(z_y)
     _check_2d("z_x", zx)
     _check_2d("z_y", zy)
     if zx.shape[1] != zy.shape[1]:
         raise ValueError("z_x and z_y must have the same number of latents")
+    mc = category_min_count(zx, zy, min_count, min_frac, threshold)
     cx = (zx > threshold).sum(0).numpy().astype(np.int64)
     cy = (zy > threshold).sum(0).numpy().astype(np.int64)
-    fx, fy = cx >= min_count, cy >= min_count
+    fx, fy = cx >= mc, cy >= mc
     cats = np.full(zx.shape[1], "dead", dtype=object)
     cats[fx & ~fy] = "image_only"
     cats[~fx & fy] = "text_only"
@@ -104,6 +147,48 @@ def neuron_categories(z_x, z_y, threshold: float = 0.0, min_count: int = 1) -> d
     out["categories"] = cats
     out["count_x"] = cx
     out["count_y"] = cy
+    out["min_count"] = mc
+    return out
+
+
+def split_measures(z_x, z_y, threshold: float = 0.0, min_count: int | str = "scaled", min_frac: float = 0.2,
+                   unimodal_cut: float = 0.1) -> dict:
+    """The primary, sample-size-stable measure of a split dictionary.
+
+    Among latents with *enough firings* (at least ``min_count`` firing samples over both
+    modalities together; ``"scaled"`` as in :func:`category_min_count`), the modality
+    score (:func:`modality_score`, a ratio of mean activations whose estimate converges
+    as ``N`` grows) is summarised as
+
+    * ``unimodal_share``: fraction with score ``<= unimodal_cut`` or ``>= 1 - unimodal_cut``
+      (the split; Papadimitriou et al. call these modality-specific latents);
+    * ``image_share`` / ``text_share``: the two ends separately;
+    * ``score_q10/q25/q50/q75/q90``: quantiles of the score distribution, and
+      ``score_balance``: mean of ``1 - |2 s - 1|`` (1 = every latent fires equally on
+      both modalities, 0 = every latent is unimodal);
+    * ``n_scored``: how many latents were scored, ``min_count`` the count applied.
+    """
+    zx, zy = to_tensor(z_x), to_tensor(z_y)
+    _check_2d("z_x", zx)
+    _check_2d("z_y", zy)
+    if not 0.0 <= unimodal_cut < 0.5:
+        raise ValueError(f"unimodal_cut must be in [0, 0.5), got {unimodal_cut}")
+    mc = category_min_count(zx, zy, min_count, min_frac, threshold)
+    tot = ((zx > threshold).sum(0) + (zy > threshold).sum(0)).numpy()
+    score = modality_score(zx, zy)
+    keep = (tot >= mc) & np.isfinite(score)
+    s = score[keep]
+    out: dict = {"n_scored": int(keep.sum()), "min_count": int(mc)}
+    if len(s) == 0:
+        nan = float("nan")
+        out.update({"unimodal_share": nan, "image_share": nan, "text_share": nan, "score_balance": nan,
+                    **{f"score_q{q}": nan for q in (10, 25, 50, 75, 90)}})
+        return out
+    img, txt = s >= 1.0 - unimodal_cut, s <= unimodal_cut
+    out.update({"unimodal_share": float((img | txt).mean()), "image_share": float(img.mean()),
+                "text_share": float(txt.mean()), "score_balance": float((1.0 - np.abs(2.0 * s - 1.0)).mean())})
+    for q in (10, 25, 50, 75, 90):
+        out[f"score_q{q}"] = float(np.quantile(s, q / 100.0))
     return out
 
 
@@ -242,18 +327,38 @@ def mms_scores_naive(z_x, z_y, ref_x, ref_y, threshold: float = 0.0) -> dict:
     }
 
 
-def mms_summary(scores: dict) -> dict:
-    """Summary of per-latent MMS arrays: for each key ``k`` of ``scores`` returns
-    ``k_mean``, ``k_median`` (NaN ignored) and ``k_frac_gt_0.5`` (fraction of latents whose
-    score is > 0.5, over all non-NaN latents, zeros included)."""
+def mms_summary(scores: dict, alive=None) -> dict:
+    """Summary of per-latent MMS arrays (:func:`mms_scores`). For each key ``k`` of
+    ``scores`` (an ``(m,)`` array; NaN entries are ignored everywhere):
+
+    * ``k_mean_alive``: mean over the latents alive in both modalities, ``alive`` (a bool
+      ``(m,)`` mask, e.g. ``neuron_categories(...)["categories"] == "both"``): the peer
+      convention. NaN when ``alive`` is not given or selects no latent.
+    * ``k_mean_all``: mean over *all* latents, dead and single-modality ones counting as
+      their score 0 (so it mixes monosemanticity with the share of latents alive in both).
+    * ``k_auc``: area under the curve the figures plot, the scores of all latents sorted in
+      decreasing order against the latent rank scaled to [0, 1] (rank ``i`` of ``n`` at
+      ``i / (n - 1)``), by the trapezoid rule; for one latent its score.
+    * ``k_median``, ``k_frac_gt_0.5``: median and fraction of scores > 0.5 over all latents.
+    """
+    keep = None if alive is None else np.asarray(alive, dtype=bool).ravel()
     out = {}
     for k, v in scores.items():
-        a = np.asarray(to_tensor(v, torch.float64)).ravel()
-        a = a[~np.isnan(a)]
+        raw = np.asarray(to_tensor(v, torch.float64)).ravel()
+        if keep is not None and keep.shape != raw.shape:
+            raise ValueError(f"mms_summary: alive mask has {keep.size} latents, scores[{k!r}] has {raw.size}")
+        ok = ~np.isnan(raw)
+        a = raw[ok]
+        sel = raw[ok & keep] if keep is not None else np.zeros(0)
+        out[f"{k}_mean_alive"] = float(sel.mean()) if sel.size else float("nan")
         if a.size == 0:
-            out[f"{k}_mean"] = out[f"{k}_median"] = out[f"{k}_frac_gt_0.5"] = float("nan")
+            for stat in ("mean_all", "auc", "median", "frac_gt_0.5"):
+                out[f"{k}_{stat}"] = float("nan")
             continue
-        out[f"{k}_mean"] = float(a.mean())
+        out[f"{k}_mean_all"] = float(a.mean())
+        curve = np.sort(a)[::-1]
+        trapezoids = (curve[:-1] + curve[1:]).sum() / 2 / (curve.size - 1) if curve.size > 1 else curve[0]
+        out[f"{k}_auc"] = float(trapezoids)
         out[f"{k}_median"] = float(np.median(a))
         out[f"{k}_frac_gt_0.5"] = float((a > 0.5).mean())
     return out

@@ -4,7 +4,9 @@
 * a fixed colour per model name (:data:`MODEL_COLORS`); unknown names get a palette colour
   chosen deterministically from the name (stable across runs and processes);
 * fonts embedded as TrueType in PDF/PS (``pdf.fonttype = ps.fonttype = 42``);
-* :func:`save_figure` writes ``<name>.pdf`` and ``<name>.png`` (dpi 200) atomically.
+* :func:`save_figure` writes ``<name>.pdf`` and ``<name>.png`` (dpi 200) atomically and
+  reproducibly: no creation date or software version in the files (:data:`FIGURE_METADATA`),
+  so the same figure gives the same bytes on every run.
 
 Every plotting function returns a :class:`matplotlib.figure.Figure` and never calls
 ``plt.show``.
@@ -41,6 +43,7 @@ __all__ = [
     "plot_umap_grid",
     "plot_steering",
     "plot_metric_vs_param",
+    "plot_split_vs_sample_size",
 ]
 
 # Okabe & Ito (2008) colour-blind-safe palette, plus two neutral greys.
@@ -82,6 +85,15 @@ MODALITY_LINESTYLES = ["-", "--", ":", "-."]
 
 _SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
 
+# Metadata that matplotlib would otherwise fill with the time of writing (PDF CreationDate,
+# SVG Date) or its version (PNG Software, PDF Producer/Creator, SVG Creator); None leaves the
+# field out, so a rerun with the same numbers rewrites identical bytes.
+FIGURE_METADATA = {
+    "pdf": {"CreationDate": None, "Creator": None, "Producer": None},
+    "png": {"Software": None},
+    "svg": {"Date": None, "Creator": None},
+}
+
 
 def set_style(context: str = "paper", font_scale: float = 1.0) -> None:
     """Apply the project style (seaborn ``ticks`` + light grid, Okabe-Ito colours,
@@ -117,7 +129,8 @@ def save_figure(fig, name: str, figures_dir="figures") -> list[Path]:
     Each file is first written to a temporary file in the same directory and moved in place
     with :func:`os.replace`, so readers never see a half-written figure.  ``name`` must be a
     slug (letters, digits, ``_``, ``-``); otherwise :class:`ValueError`.  Returns the two
-    paths ``[pdf, png]``.
+    paths ``[pdf, png]``.  Files carry no date or version (:data:`FIGURE_METADATA`): the
+    same figure is saved as the same bytes every time.
     """
     if not isinstance(name, str) or not _SLUG.match(name):
         raise ValueError(f"figure name must match [A-Za-z0-9_-]+, got {name!r}")
@@ -127,6 +140,7 @@ def save_figure(fig, name: str, figures_dir="figures") -> list[Path]:
     matplotlib.rcParams["ps.fonttype"] = 42
     paths = []
     for ext, kw in (("pdf", {}), ("png", {"dpi": 200})):
+        kw = {**kw, "metadata": dict(FIGURE_METADATA[ext])}
         final = d / f"{name}.{ext}"
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".{ext}.tmp", dir=d)
         try:
@@ -378,5 +392,31 @@ def plot_training_logs(models_dir, names, seeds, metrics=("loss", "ev_x", "ev_y"
         ax.set(title=titles.get(key, key), xlabel="step")
     axes[0].set_yscale("log")
     axes[-1].legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_split_vs_sample_size(df: pd.DataFrame):
+    """"Both" and unimodal share against the number of held-out pairs, per model and rule.
+
+    ``df``: rows of :func:`mmsae.analysis.split_vs_sample_size` with a ``model`` column.
+    Left: fraction of "both" latents under the fixed rule (dashed) and the scaled rule
+    (solid); right: the unimodal share (scaled rule). Mean over repeats, log-x.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.0))
+    g = df.groupby(["model", "rule", "n_pairs"], sort=False)[["frac_both", "unimodal_share"]].mean().reset_index()
+    for (model, rule), d in g.groupby(["model", "rule"], sort=False):
+        ls = "--" if rule.startswith("fixed") else "-"
+        axes[0].plot(d["n_pairs"], d["frac_both"], ls, marker="o", ms=3, color=model_color(model),
+                     label=f"{model}, {rule}")
+        if not rule.startswith("fixed"):
+            axes[1].plot(d["n_pairs"], d["unimodal_share"], ls, marker="o", ms=3, color=model_color(model),
+                         label=model)
+    axes[0].set(xscale="log", xlabel="held-out pairs", ylabel='fraction "both"', ylim=(0, 1.02),
+                title='"both" (dashed: min_count=1)')
+    axes[1].set(xscale="log", xlabel="held-out pairs", ylabel="unimodal share", ylim=(0, 1.02),
+                title="unimodal share (score <= 0.1 or >= 0.9)")
+    axes[0].legend(frameon=False, fontsize=6)
+    axes[1].legend(frameon=False, fontsize=7)
     fig.tight_layout()
     return fig

@@ -17,13 +17,29 @@ __all__ = ["PROFILES", "get_profile"]
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
-        # synthetic data
+        # synthetic data (mmsae.synthetic): the generator is calibrated so that 500 pairs match the
+        # embedding geometry of 500 real CLIP ViT-B/16 COCO pairs (tests/test_synthetic.py)
         "n_pairs": 12_000,
-        "synthetic_d": 64,
-        "n_shared": 64,
-        "n_image_only": 24,
-        "n_text_only": 24,
-        "alpha": 0.7,
+        "synthetic_d": 128,
+        "n_shared": 128,
+        "n_image_only": 48,
+        "n_text_only": 48,
+        "alpha": 0.5,
+        "mean_shared": 6.3,  # Poisson mean of extra shared concepts per pair
+        "mean_image_only": 2.5,
+        "mean_text_only": 1.1,
+        "n_classes": 10,
+        "class_boost": 0.1,
+        "offset_scale": 1.025,  # cone: mean vector norm relative to the unit per-sample variation
+        "mean_cos": 0.315,  # cosine between the image and text mean directions
+        "private_rank": 10,  # dense modality-private subspace per modality
+        "private_scale": 1.7,
+        "noise": 0.65,
+        "concept_zipf": 0.0,  # uniform concept frequencies (d = 128 needs a flat spectrum)
+        # probe-decomposition experiment only (not the main data): pairs of class 0 ("woman")
+        # also carry the rarest shared concept 127 ("blond hair") with probability 0.8;
+        # pass as SyntheticConfig(correlated=tuple(P["correlated_concept"]))
+        "correlated_concept": [0, 127, 0.8],
         "val_fraction": 0.2,
         # models
         "m": 256,

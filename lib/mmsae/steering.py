@@ -23,6 +23,7 @@ moves both modalities.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -32,7 +33,7 @@ from .data import l2_normalize
 from .models.base import Dictionary
 
 __all__ = ["latent_std", "steer", "steering_curve", "concept_target", "pick_latent_by_codes",
-           "pick_latent_by_direction"]
+           "pick_latent_by_direction", "SteeringConcept", "text_clusters", "choose_concept", "steering_samples"]
 
 
 def latent_std(z: np.ndarray, latent: int) -> float:
@@ -96,3 +97,104 @@ def pick_latent_by_direction(atoms: np.ndarray, target: np.ndarray) -> int:
     """The dictionary atom closest (cosine) to a target direction (e.g. a class prompt)."""
     a = l2_normalize(np.asarray(atoms))
     return int(np.argmax(a @ l2_normalize(np.asarray(target)[None])[0]))
+
+
+@dataclass
+class SteeringConcept:
+    """What notebook 05 steers toward, whatever the data.
+
+    ``name``: a label for tables; ``source``: ``"ground_truth"`` (synthetic concept),
+    ``"zero_shot"`` (a class of a zero-shot set) or ``"text_cluster"`` (label-free: a
+    k-means cluster of the held-out caption embeddings); ``targets``: per modality id the
+    unit target direction (mean embedding of the samples that carry the concept, in that
+    modality); ``caption_target``: the concept's captions (the paper's measure);
+    ``c_x`` / ``c_y``: per held-out pair, the concept's strength in each modality (true
+    coefficients, or 0/1 membership), used to pick the concept's latent by activation
+    correlation; ``None`` when the latent is picked by direction instead
+    (``pick_direction``: the zero-shot class prompt).
+    """
+
+    name: str
+    source: str
+    targets: dict
+    caption_target: np.ndarray
+    c_x: np.ndarray | None = None
+    c_y: np.ndarray | None = None
+    pick_direction: np.ndarray | None = None
+
+    @property
+    def carries(self) -> np.ndarray | None:
+        """Held-out pairs that carry the concept (``None`` when decided per model)."""
+        if self.c_x is None:
+            return None
+        return (np.asarray(self.c_x) > 0) | (np.asarray(self.c_y) > 0)
+
+    def pick_latent(self, model: Dictionary, z_x: np.ndarray, z_y: np.ndarray) -> int:
+        """The model's latent for this concept: best activation correlation over images and
+        captions pooled (known membership), else the text atom closest to the class prompt."""
+        if self.c_x is not None:
+            return pick_latent_by_codes(z_x, z_y, self.c_x, self.c_y)
+        with torch.no_grad():
+            atoms = model.decoder_atoms(1).detach().float().cpu().numpy()
+        return pick_latent_by_direction(atoms, self.pick_direction)
+
+
+def text_clusters(y: np.ndarray, n_clusters: int = 8, seed: int = 0) -> np.ndarray:
+    """Label-free concepts: k-means (scikit-learn, ``n_init=10``, seeded) on the unit caption
+    embeddings after removing their mean (the mean is shared by every caption and says
+    nothing about content). Returns an int cluster id per row."""
+    from sklearn.cluster import KMeans
+
+    y = np.asarray(y, np.float64)
+    if len(y) < n_clusters:
+        raise ValueError(f"{len(y)} captions cannot form {n_clusters} clusters")
+    yc = l2_normalize(y - y.mean(0, keepdims=True))
+    return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(yc).astype(np.int64)
+
+
+def choose_concept(x: np.ndarray, y: np.ndarray, truth=None, zero_shot=None, concept: int = 0,
+                   n_clusters: int = 8, seed: int = 0) -> SteeringConcept:
+    """The concept to steer toward, from the best information the run has.
+
+    1. ``truth`` (synthetic ground truth of the held-out pairs): true concept ``concept``;
+    2. else ``zero_shot`` (a dict of :class:`~mmsae.data.ZeroShotSet`): class ``concept`` of
+       the first set (its prompt is the caption target);
+    3. else label-free: cluster ``concept`` of :func:`text_clusters` on the held-out
+       captions; a pair carries it when its caption is in the cluster.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if truth is not None:
+        c_x, c_y = np.asarray(truth["codes_x"])[:, concept], np.asarray(truth["codes_y"])[:, concept]
+        cap = concept_target(y, c_y > 0)
+        return SteeringConcept(f"synthetic concept {concept}", "ground_truth",
+                               {0: concept_target(x, c_x > 0), 1: cap}, cap, c_x, c_y)
+    if zero_shot:
+        zs = next(iter(zero_shot.values()))
+        if not 0 <= concept < len(zs.class_emb):
+            raise ValueError(f"concept {concept} is not a class of zero-shot set {zs.name} ({len(zs.class_emb)} classes)")
+        prompt = np.asarray(zs.class_emb[concept], np.float32)
+        in_class = np.asarray(zs.labels) == concept
+        img = concept_target(zs.emb, in_class) if in_class.any() else prompt
+        return SteeringConcept(f"{zs.name}: {zs.class_names[concept]}", "zero_shot", {0: img, 1: prompt}, prompt,
+                               pick_direction=prompt)
+    k = max(2, min(n_clusters, len(y) // 5))  # at least ~5 captions per cluster on small data
+    if k != n_clusters:
+        print(f"note: {len(y)} held-out captions: using {k} caption clusters instead of {n_clusters}")
+        n_clusters = k
+    labels = text_clusters(y, n_clusters=n_clusters, seed=seed)
+    if not 0 <= concept < n_clusters:
+        raise ValueError(f"concept {concept} is not one of the {n_clusters} caption clusters")
+    member = (labels == concept).astype(np.float32)
+    cap = concept_target(y, member > 0)
+    return SteeringConcept(f"caption cluster {concept} of {n_clusters} ({int(member.sum())} pairs)", "text_cluster",
+                           {0: concept_target(x, member > 0), 1: cap}, cap, member, member)
+
+
+def steering_samples(without: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` indices, drawn without replacement (seeded), of the samples that do not
+    carry the concept; an error when there are none."""
+    idx = np.nonzero(np.asarray(without, bool))[0]
+    if len(idx) == 0:
+        raise ValueError("every held-out sample carries the concept: nothing to steer toward it")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(idx, size=min(int(n), len(idx)), replace=False))

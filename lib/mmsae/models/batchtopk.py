@@ -14,7 +14,10 @@ pre-bias, nothing couples a pair), but the sparsity constraint is taken over the
   training step (``theta < 0``) inference falls back to per-sample TopK.
 
 ``extra["inference"] = "topk"`` forces per-sample TopK at inference (default
-``"threshold"``). AuxK and the decoder-norm constraint are the TopK recipe's.
+``"threshold"``). AuxK (per modality, at Gao et al.'s relative weight:
+:func:`mmsae.losses.auxk_loss`) and the decoder-norm constraint are the TopK recipe's. A
+kept entry of value 0 (when fewer than ``2B * K`` pre-activations are positive) is not a
+firing for the dead-latent counter.
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ class BatchTopKSAE(TopKSAE):
         vals, flat_idx = pre.reshape(-1).topk(n_keep, sorted=False)
         if self.training:
             self._update_threshold(vals)
-            self._update_firing(flat_idx % self.config.m, n_samples=pre.shape[0])
+            # a kept entry of value 0 (fewer than 2B*K positive pre-activations) is not a firing
+            self._update_firing((vals, flat_idx % self.config.m), n_samples=pre.shape[0])
         return pre, vals, flat_idx
 
     def _pooled_codes(self, x: torch.Tensor, y: torch.Tensor):
@@ -117,7 +121,7 @@ class BatchTopKSAE(TopKSAE):
         u_hat = self._decode_flat(vals, flat_idx, b)
         x_hat, y_hat = u_hat[:b], u_hat[b:]
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-        aux = self._auxk(pre, torch.cat([x - x_hat, y - y_hat]))
+        aux = self._auxk(pre, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = rec_x + rec_y + self.config.auxk_coef * aux
         return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
                                        threshold=self.threshold.detach().clone()))

@@ -77,7 +77,7 @@ class GroupSparseSAE(TopKSAE):
         m = self.config.m
         group = group_l21(self.densify(vx, ix, m), self.densify(vy, iy, m))
         loss = rec_x + rec_y + self.config.group_lambda * group
-        aux = self._auxk(torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]))
+        aux = self._auxk(torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = loss + self.config.auxk_coef * aux
-        self._update_firing(ix, iy, n_samples=2 * x.shape[0])
+        self._update_firing((vx, ix), (vy, iy), n_samples=2 * x.shape[0])  # zero-valued slots do not fire
         return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, group=group))

@@ -7,6 +7,13 @@ one loop: ``training_loss`` is the sum of each SAE's own reconstruction objectiv
 on its own modality; the parameters are disjoint, so this is two independent trainings
 sharing batches. Nothing ties an image latent to a text latent during training.
 
+**Equal atoms.** ``config.m`` is the *total* number of dictionary atoms, as for every
+other method; each side gets ``m_per_side = extra["m_per_side"]`` latents, default
+``m // 2`` (as in Lee et al., who give each modality half the budget). The aligned code
+therefore has ``m_per_side`` latents (:attr:`ModalitySpecificSAE.num_latents`), each with
+two atoms (an image and a text direction). ``extra["m_per_side"] = m`` gives the earlier,
+unfair setting of a full ``m``-latent SAE per modality (``2m`` atoms).
+
 **Alignment** (:meth:`ModalitySpecificSAE.align`, after training, on the paired training
 data): encode images with ``sae_x`` and captions with ``sae_y``, compute the Pearson
 correlation ``C[i, j]`` between image latent ``i`` and text latent ``j`` across pairs,
@@ -14,6 +21,13 @@ and match latents one-to-one with the Hungarian algorithm
 (:func:`scipy.optimize.linear_sum_assignment`, maximising total correlation). Latents
 that never fire on the data (dead) are excluded from the matching; the left-over latents
 are then paired among themselves in index order and flagged ``matched = False``.
+
+**"both" is true by construction.** The matching gives every alive image latent an alive
+text partner, so aligned latent ``i`` fires on both modalities as soon as each of its two
+halves fires somewhere: the neuron category "both" of this model counts matched pairs of
+alive latents (about ``n_matched``), a property of the matching, not latents that learned
+to fire on an image and on its caption. The class attribute ``both_by_construction = True``
+(``both_rule = "matched"``) flags this for the tables.
 
 ``permutation[i]`` is the text latent matched to image latent ``i``. After alignment
 every text-side quantity is re-indexed by it: ``encode(y, 1)[:, i] = z_y[:, permutation[i]]``,
@@ -33,20 +47,33 @@ from ..losses import reconstruction_loss
 from .base import Dictionary, LossOutput, SAEConfig, register
 from .topk import TopKSAE, _stats
 
-__all__ = ["ModalitySpecificSAE", "pearson_cross_correlation", "hungarian_match"]
+__all__ = ["ModalitySpecificSAE", "pearson_cross_correlation", "hungarian_match", "latents_per_side"]
+
+
+def latents_per_side(config: SAEConfig) -> int:
+    """Latents of each modality's SAE: ``extra["m_per_side"]``, default ``m // 2`` (total
+    atoms ``2 * m_per_side = m``, the budget of every other method)."""
+    m_side = int(config.extra.get("m_per_side") or config.m // 2)
+    if not config.k <= m_side:
+        raise ValueError(f"modality_specific: m_per_side={m_side} (m={config.m}) must be >= k={config.k}; "
+                         "raise m or set extra['m_per_side']")
+    return m_side
 
 
 def _sub_config(config: SAEConfig) -> SAEConfig:
-    return SAEConfig(arch="topk", d=config.d, m=config.m, k=config.k, n_modalities=1,
+    return SAEConfig(arch="topk", d=config.d, m=latents_per_side(config), k=config.k, n_modalities=1,
                      auxk_coef=config.auxk_coef, k_aux=config.k_aux, dead_after=config.dead_after,
                      prebias_init=config.prebias_init)
 
 
 def _as_csr(vals: np.ndarray, idx: np.ndarray, m: int):
+    """CSR ``(n, m)`` from TopK slots; slots holding 0 are dropped (they are not firings)."""
     import scipy.sparse as sp
 
     n, k = idx.shape
-    return sp.csr_matrix((vals.ravel().astype(np.float64), idx.ravel(), np.arange(0, n * k + 1, k)), shape=(n, m))
+    out = sp.csr_matrix((vals.ravel().astype(np.float64), idx.ravel(), np.arange(0, n * k + 1, k)), shape=(n, m))
+    out.eliminate_zeros()
+    return out
 
 
 def pearson_cross_correlation(zx, zy) -> np.ndarray:
@@ -103,17 +130,36 @@ def hungarian_match(corr: np.ndarray, alive_x: np.ndarray | None = None,
 
 @register("modality_specific")
 class ModalitySpecificSAE(Dictionary):
+    #: the neuron category "both" counts matched latents (see module docstring)
+    both_by_construction = True
+    both_rule = "matched"
+
     def __init__(self, config: SAEConfig):
         super().__init__(config)
         self.sae_x = TopKSAE(_sub_config(config))
         self.sae_y = TopKSAE(_sub_config(config))
-        m = config.m
+        m = self.m_per_side
         self.register_buffer("permutation", torch.arange(m, dtype=torch.long))
         self.register_buffer("match_corr", torch.zeros(m))
         self.register_buffer("matched", torch.zeros(m, dtype=torch.bool))
         self.register_buffer("aligned", torch.zeros((), dtype=torch.bool))
 
     # ------------------------------------------------------------------ interface
+    @property
+    def m_per_side(self) -> int:
+        """Latents of each modality's SAE (= width of the aligned code)."""
+        return latents_per_side(self.config)
+
+    @property
+    def num_latents(self) -> int:
+        """Width of the aligned codes ``encode(u, modality)``: ``m_per_side``."""
+        return self.m_per_side
+
+    @property
+    def n_atoms(self) -> int:
+        """Dictionary atoms of both SAEs together (``2 * m_per_side``, default ``m``)."""
+        return 2 * self.m_per_side
+
     def _sae(self, modality: int) -> TopKSAE:
         return self.sae_x if int(modality) == 0 else self.sae_y
 
@@ -150,8 +196,8 @@ class ModalitySpecificSAE(Dictionary):
     def _own_loss(self, sae: TopKSAE, u: torch.Tensor):
         pre, vals, idx, u_hat = sae._branch(u, 0)
         rec = reconstruction_loss(u, u_hat)
-        aux = sae._auxk(pre, u - u_hat)
-        sae._update_firing(idx, n_samples=u.shape[0])
+        aux = sae._auxk(pre, u - u_hat, u, n_blocks=1)  # one modality
+        sae._update_firing((vals, idx), n_samples=u.shape[0])
         return rec, aux, u_hat
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
@@ -173,7 +219,7 @@ class ModalitySpecificSAE(Dictionary):
             v, j = sae.encode_sparse(ub)
             vals.append(v.float().cpu().numpy())
             idx.append(j.cpu().numpy())
-        return _as_csr(np.concatenate(vals), np.concatenate(idx), self.config.m)
+        return _as_csr(np.concatenate(vals), np.concatenate(idx), self.m_per_side)
 
     @torch.no_grad()
     def align(self, x, y, min_count: int = 1) -> dict:

@@ -1,20 +1,30 @@
 """Shared-support SAE (after SPARC, Nasiri-Sarvi et al. 2025): one TopK for both members.
 
 The GSAE architecture (shared ``W_enc``, ``W_dec``, ``b_enc``; a pre-bias per modality)
-with a hard version of its coupling. For a pair ``(x, y)``:
+with SPARC's *global TopK*: the two members' raw (pre-ReLU) pre-activations are summed,
+and ReLU and TopK are applied to the sum. For a pair ``(x, y)``:
 
-    p_x = ReLU(W_enc (x - b_0) + b_enc),   p_y = ReLU(W_enc (y - b_1) + b_enc)
-    S   = TopK-indices(p_x + p_y)                      (one index set per pair)
-    z_x = p_x on S, 0 elsewhere;   z_y = p_y on S, 0 elsewhere
+    h_x = W_enc (x - b_0) + b_enc,   h_y = W_enc (y - b_1) + b_enc       (raw, no ReLU)
+    S   = support of TopK(ReLU(h_x + h_y))                 (one index set per pair)
+    z_x = ReLU(h_x) on S, 0 elsewhere;   z_y = ReLU(h_y) on S, 0 elsewhere
 
-so both members of a pair use the *same* K latents (identical index sets; an entry can
-still be exactly 0 in one modality where that modality's ReLU pre-activation is 0).
-Loss: ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK on the summed pre-activations). No
-l2,1 penalty and, unlike SPARC, no cross-reconstruction term.
+so both members of a pair use the *same* latents (an entry can still be 0 in one member
+where that member's own pre-activation is negative: a strong image activation can carry a
+latent whose caption activation is slightly negative). Summing *before* the ReLU is what
+SPARC does; summing ``ReLU(h_x) + ReLU(h_y)`` instead would let one member alone choose
+the set (a latent strongly negative on the caption would still be picked).
+
+``S`` is the set of latents with a *positive* value in ``TopK(ReLU(h_x + h_y))``: when
+fewer than K summed pre-activations are positive, the remaining TopK slots hold 0 and are
+empty (SPARC's gate, a TopK of the raw sum, would keep the least negative latents
+there); an empty slot is not a firing for the dead-latent counter.
+
+Loss: ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK on each member's own ReLU
+pre-activations). No l2,1 penalty and, unlike SPARC, no cross-reconstruction term.
 
 **Inference on a single modality** (``encode(u, modality)``, what retrieval, zero-shot and
 the neuron categories use, since a query has no partner): TopK of that modality's own
-pre-activations ``p_u`` alone, i.e. the GSAE encoder. The paired encoder is
+pre-activations alone, i.e. the GSAE encoder. The paired encoder is
 :meth:`SharedSupportSAE.encode_pair` (and :meth:`shared_support` for the index sets).
 """
 
@@ -26,7 +36,18 @@ from ..losses import reconstruction_loss
 from .base import LossOutput, SAEConfig, register
 from .topk import TopKSAE, _stats
 
-__all__ = ["SharedSupportSAE"]
+__all__ = ["SharedSupportSAE", "global_topk"]
+
+
+def global_topk(h_x: torch.Tensor, h_y: torch.Tensor, k: int):
+    """SPARC's global TopK of raw pre-activations ``h_x``, ``h_y`` (``(B, m)`` each).
+
+    Returns ``(idx, v_x, v_y)``: the ``(B, k)`` TopK indices of ``ReLU(h_x + h_y)`` and
+    each member's values there, ``ReLU(h)`` on slots whose summed value is > 0, 0 on the
+    empty slots (summed value 0)."""
+    s, idx = torch.relu(h_x + h_y).topk(k, dim=-1, sorted=False)
+    on = (s > 0).to(h_x.dtype)
+    return idx, torch.relu(h_x.gather(1, idx)) * on, torch.relu(h_y.gather(1, idx)) * on
 
 
 @register("shared_support")
@@ -37,12 +58,14 @@ class SharedSupportSAE(TopKSAE):
         super().__init__(config)
 
     def _pair_sparse(self, x: torch.Tensor, y: torch.Tensor):
-        pre_x, pre_y = self.pre_activations(x, 0), self.pre_activations(y, 1)
-        idx = (pre_x + pre_y).topk(self.config.k, dim=-1, sorted=False).indices
-        return pre_x, pre_y, idx, pre_x.gather(1, idx), pre_y.gather(1, idx)
+        """``(h_x, h_y, idx, v_x, v_y)``: raw pre-activations and the global-TopK slots."""
+        h_x, h_y = self.raw_pre_activations(x, 0), self.raw_pre_activations(y, 1)
+        idx, vx, vy = global_topk(h_x, h_y, self.config.k)
+        return h_x, h_y, idx, vx, vy
 
     def shared_support(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The ``(B, K)`` latent indices chosen for each pair."""
+        """The ``(B, K)`` TopK indices of each pair (slots with a summed value of 0, when
+        fewer than K are positive, are empty: see :meth:`encode_pair`)."""
         return self._pair_sparse(x, y)[2]
 
     def encode_pair(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,10 +75,10 @@ class SharedSupportSAE(TopKSAE):
         return self.densify(vx, idx, m), self.densify(vy, idx, m)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
-        pre_x, pre_y, idx, vx, vy = self._pair_sparse(x, y)
+        h_x, h_y, idx, vx, vy = self._pair_sparse(x, y)
         x_hat, y_hat = self.decode_sparse(vx, idx, 0), self.decode_sparse(vy, idx, 1)
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-        aux = self._auxk(torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]))
+        aux = self._auxk(torch.relu(torch.cat([h_x, h_y])), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = rec_x + rec_y + self.config.auxk_coef * aux
-        self._update_firing(idx, n_samples=2 * x.shape[0])
+        self._update_firing((vx, idx), (vy, idx), n_samples=2 * x.shape[0])
         return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))

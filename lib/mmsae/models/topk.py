@@ -15,7 +15,23 @@ its own pre-bias (used by :class:`~mmsae.models.group_sparse.GroupSparseSAE`).
 
 AuxK (on by default, coefficient 1/32): latents that have not fired for
 ``dead_after`` samples are "dead"; the top ``k_aux`` of their pre-activations must
-reconstruct the residual ``u - u_hat``, which pulls them back into use.
+reconstruct the residual ``e = u - u_hat``, which pulls them back into use. Gao et al.
+(2024, "Scaling and evaluating sparse autoencoders") weigh it against a *normalised* main
+loss, ``NMSE(u, u_hat) + alpha * NMSE(e, e_hat)`` (each squared error divided by its
+target's variance). Our main loss is un-normalised, so each modality's AuxK term is
+rescaled to keep that relative weight (:func:`mmsae.losses.auxk_loss`):
+
+    L = ||x - x_hat||^2 + ||y - y_hat||^2
+        + auxk_coef * (TV(x) ||e_x - e_x_hat||^2 / TV(e_x) + TV(y) ||e_y - e_y_hat||^2 / TV(e_y))
+
+(batch means; ``TV`` the batch's total variance, detached), i.e. against the main loss
+the AuxK squared error weighs ``auxk_coef * TV(u) / TV(e)``. The pooled models (this
+baseline, BatchTopK, Matryoshka) normalise per modality too: they pool the encoder, but
+their loss is the sum of one term per modality.
+
+Firing: a latent *fires* on a sample when its code value is > 0. A TopK slot can hold
+the value 0 (fewer than K positive pre-activations); such a slot is not a firing, for the
+dead-latent counter (:meth:`TopKSAE._update_firing`) as for every statistic on the codes.
 """
 
 from __future__ import annotations
@@ -65,8 +81,8 @@ class TopKSAE(Dictionary):
         self.fast_select_dtype: torch.dtype | None = None
 
     # ------------------------------------------------------------------ helpers
-    _FAST_HELPERS = ("pre_activations", "topk", "encode_sparse", "decode_sparse", "_branch", "_auxk",
-                     "_update_firing", "dead_mask", "_mod")
+    _FAST_HELPERS = ("raw_pre_activations", "pre_activations", "topk", "encode_sparse", "decode_sparse", "_branch",
+                     "_auxk", "_update_firing", "dead_mask", "_mod")
 
     def _use_fast(self, owner: type) -> bool:
         """Whether the sparse path may replace ``owner.training_loss``: only if the fast path
@@ -81,9 +97,13 @@ class TopKSAE(Dictionary):
     def _mod(self, modality: int) -> int:
         return 0 if self.config.n_modalities == 1 else int(modality)
 
+    def raw_pre_activations(self, u: torch.Tensor, modality: int = 0) -> torch.Tensor:
+        """``W_enc (u - b_pre) + b_enc`` before the ReLU, shape ``(B, m)``."""
+        return (u - self.b_pre[self._mod(modality)]) @ self.W_enc.t() + self.b_enc
+
     def pre_activations(self, u: torch.Tensor, modality: int = 0) -> torch.Tensor:
         """``ReLU(W_enc (u - b_pre) + b_enc)``, shape ``(B, m)``."""
-        return torch.relu((u - self.b_pre[self._mod(modality)]) @ self.W_enc.t() + self.b_enc)
+        return torch.relu(self.raw_pre_activations(u, modality))
 
     def topk(self, pre: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` values and indices of ``pre``; ``keep`` (bool, broadcastable) masks latents out first."""
@@ -146,14 +166,33 @@ class TopKSAE(Dictionary):
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
-    def _update_firing(self, *index_sets: torch.Tensor, n_samples: int) -> None:
-        # index form (no (m,) bool mask, no boolean-mask indexing / device sync)
-        self.since_fired.add_(n_samples)
-        for idx in index_sets:
-            self.since_fired.index_fill_(0, idx.reshape(-1), 0)
+    def _update_firing(self, *sets, n_samples: int) -> None:
+        """Dead-latent bookkeeping after a batch of ``n_samples`` embeddings: every counter
+        grows by ``n_samples``; latents that fired are reset to 0.
 
-    def _auxk(self, pre: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """AuxK term for one batch: top-k_aux dead pre-activations fit the residual."""
+        Each of ``sets`` is a ``(values, indices)`` pair of the batch's TopK slots (any
+        shapes, equal): a latent fired when one of its slots holds a value > 0, so a slot
+        holding 0 (fewer than K positive pre-activations) does not count. A bare index
+        tensor is also accepted and counts every slot as fired (only for codes known to
+        be positive). No device sync: the hits are accumulated with ``index_add``."""
+        self.since_fired.add_(n_samples)
+        for s in sets:
+            if isinstance(s, (tuple, list)):
+                vals, idx = s
+                hits = torch.zeros(self.since_fired.shape[0], dtype=torch.int32, device=idx.device)
+                hits.index_add_(0, idx.reshape(-1), (vals.detach().reshape(-1) > 0).to(torch.int32))
+                self.since_fired.masked_fill_(hits > 0, 0)
+            else:
+                self.since_fired.index_fill_(0, s.reshape(-1), 0)
+
+    def _auxk(self, pre: torch.Tensor, residual: torch.Tensor, inputs: torch.Tensor, n_blocks: int = 2) -> torch.Tensor:
+        """AuxK term for one batch (before ``auxk_coef``): the top-k_aux dead pre-activations
+        (``pre``, after ReLU) decode ``e_hat``, which must fit the residual ``e = u - u_hat``;
+        the value is :func:`mmsae.losses.auxk_loss`, ``TV(u) ||e - e_hat||^2 / TV(e)`` (Gao et
+        al.'s relative weight for our un-normalised main loss). ``inputs``: the embeddings
+        ``u`` of the rows; ``n_blocks``: modalities stacked in the rows (default 2, the
+        ``[x; y]`` stacking: the value is ``aux_x + aux_y`` like the main loss ``rec_x + rec_y``;
+        1 for a single modality)."""
         dead = self.dead_mask()
         n_dead = int(dead.sum())
         if self.config.auxk_coef <= 0 or n_dead == 0:
@@ -161,7 +200,7 @@ class TopKSAE(Dictionary):
         k_aux = min(self.config.k_aux or self.config.d // 2, n_dead)
         vals, idx = pre.masked_fill(~dead, 0.0).topk(k_aux, dim=-1, sorted=False)
         aux = torch.einsum("bk,bkd->bd", vals, self.W_dec[idx])
-        return auxk_loss(residual.detach(), aux)
+        return auxk_loss(residual.detach(), aux, inputs, n_blocks=n_blocks)
 
     def _branch(self, u: torch.Tensor, modality: int, keep: torch.Tensor | None = None):
         pre = self.pre_activations(u, modality)
@@ -182,9 +221,9 @@ class TopKSAE(Dictionary):
         pre_y, vy, iy, y_hat = self._branch(y, 1)
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
         loss = rec_x + rec_y
-        aux = self._auxk(torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]))
+        aux = self._auxk(torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = loss + self.config.auxk_coef * aux
-        self._update_firing(ix, iy, n_samples=2 * x.shape[0])
+        self._update_firing((vx, ix), (vy, iy), n_samples=2 * x.shape[0])
         return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))
 
 
