@@ -87,6 +87,9 @@ elif data.startswith("embeddings:") or data in ("clip", "clap"):
 
     got = extract_from_params(data, {**dict(extract_options), "seed": seed}, paths.embeddings / "cache")
     train, val = got["train"].validate(expect_normalized=True), got["val"]
+    from mmsae.data import check_validation_pairs
+
+    check_validation_pairs(train, val)  # val_source: same d as the training pairs, unit norm, finite
     if val is None:  # no validation source given: hold out a seeded random split
         train, val = train.split(P["val_fraction"], seed=seed)
         train.save(paths.train_pairs)

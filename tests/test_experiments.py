@@ -125,3 +125,41 @@ def test_sweep_figure_and_markdown(tmp_path):
     assert len(bars.axes) == 1
     md = ex.markdown_table(agg, ["both", "frac_both"])
     assert md.splitlines()[0] == "| model | both | frac_both |" and "11 ± 1.4" in md
+
+
+def test_reuse_is_keyed_on_every_row_of_the_data(tiny, tmp_path):
+    P = tiny[0]
+    tr = ex.synthetic_split(P, 0.7, n_pairs=1000)[0]  # 800 pairs: 79% of them lie between the first and last 64
+    first = ex.train_method("BatchTopK", tr, P, seed=0, out_dir=tmp_path, steps=5, progress=False)
+    # same data (a fresh copy): reused
+    same = ex.train_method("BatchTopK", tr.subset(np.arange(len(tr))), P, seed=0, out_dir=tmp_path, steps=5,
+                           progress=False)
+    assert same.train_info["wall_time_s"] == first.train_info["wall_time_s"]
+    # the middle 79% of the rows replaced (first and last 64 rows kept): retrained
+    n = len(tr)
+    lo, hi = int(0.105 * n), n - int(0.105 * n)
+    assert lo >= 64
+    other = tr.subset(np.arange(n))
+    other.x[lo:hi], other.y[lo:hi] = np.roll(tr.x[lo:hi], 1, axis=0), np.roll(tr.y[lo:hi], 1, axis=0)
+    changed = ex.train_method("BatchTopK", other, P, seed=0, out_dir=tmp_path, steps=5, progress=False)
+    assert changed.train_info["data_fingerprint"] != first.train_info["data_fingerprint"]
+    assert changed.train_info["wall_time_s"] != first.train_info["wall_time_s"]
+    # one value in the middle changed is another data set too
+    tweak = tr.subset(np.arange(n))
+    tweak.y[n // 2, 0] += 1e-3
+    assert ex._fingerprint(tweak) != ex._fingerprint(tr)
+    assert ex._fingerprint((tr.x, tr.y)) == ex._fingerprint(tr)
+
+
+def test_reuse_is_keyed_on_the_training_code(tiny, tmp_path, monkeypatch):
+    P = tiny[0]
+    tr = ex.synthetic_split(P, 0.7, n_pairs=300)[0]
+    first = ex.train_method("SAE", tr, P, seed=0, out_dir=tmp_path, steps=5, progress=False)
+    again = ex.train_method("SAE", tr, P, seed=0, out_dir=tmp_path, steps=5, progress=False)
+    assert again.train_info["wall_time_s"] == first.train_info["wall_time_s"]  # same code: reused
+    assert first.train_info["train_key"]["code"] == ex.training_code_version()
+    # a model saved by other training code (another objective, another loop) is retrained, not reused
+    monkeypatch.setattr(ex, "training_code_version", lambda: "0" * 16)
+    newer = ex.train_method("SAE", tr, P, seed=0, out_dir=tmp_path, steps=5, progress=False)
+    assert newer.train_info["train_key"]["code"] == "0" * 16
+    assert newer.train_info["wall_time_s"] != first.train_info["wall_time_s"]

@@ -25,9 +25,10 @@ renamed over the target, so an interrupted save never leaves a half-written file
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,6 +40,9 @@ __all__ = [
     "PairedEmbeddings",
     "load_paired",
     "atomic_write",
+    "make_temp_dir",
+    "array_digest",
+    "check_validation_pairs",
     "l2_normalize",
     "ZeroShotSet",
 ]
@@ -57,24 +61,105 @@ def l2_normalize(a: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return a / np.maximum(n, eps)
 
 
+def _new_temp(folder: Path, prefix: str, suffix: str, is_dir: bool) -> Path:
+    """Create a new, uniquely named file or folder in ``folder`` with the mode an ordinary
+    ``open()`` / ``mkdir`` would give it (0666 / 0777 minus the umask), unlike
+    :mod:`tempfile`, whose files are always 0600 and folders 0700."""
+    for _ in range(1000):
+        tmp = folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            if is_dir:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{folder}: could not create a temporary {'folder' if is_dir else 'file'} {prefix}*")
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new empty folder ``parent/<prefix><random>`` (mode 0777 minus the umask, as
+    ``mkdir`` gives), for writing a folder that is then renamed into place."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    return _new_temp(parent, prefix, "", is_dir=True)
+
+
 def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     """Call ``write_fn(tmp_path)`` then rename the temporary file onto ``path``.
 
     The temporary file lives in the target folder so the rename is atomic; on any
-    error it is removed and an existing ``path`` is left untouched.
+    error it is removed and an existing ``path`` is left untouched. The file gets the
+    mode an ordinary write would give it (0666 minus the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(_new_temp(path.parent, f".{path.name}.", ".tmp", is_dir=False))
     try:
+        mode = os.stat(tmp).st_mode  # 0666 minus the umask, as created
         write_fn(tmp)
+        os.chmod(tmp, mode)  # some writers (safetensors) replace the file with a 0600 one
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     return path
+
+
+def _memmap_key(a: np.ndarray):
+    """``(file, size, mtime, position in the mapping, shape, strides, dtype)`` when ``a`` is a
+    view of a memory-mapped file (``np.memmap`` or an array whose base is one), else None."""
+    import mmap
+
+    m = a
+    while m is not None and not (isinstance(m, np.memmap) and getattr(m, "_mmap", None) is not None):
+        m = m.base if isinstance(m, np.ndarray) else None
+    if m is None or not m.filename:
+        return None
+    try:
+        st = os.stat(m.filename)
+        buf = m._mmap
+        start = a.__array_interface__["data"][0] - np.frombuffer(buf, np.uint8).__array_interface__["data"][0]
+    except (OSError, TypeError, ValueError):
+        return None
+    mapped_from = m.offset - m.offset % mmap.ALLOCATIONGRANULARITY
+    return (os.path.realpath(m.filename), st.st_size, st.st_mtime_ns, mapped_from + start, a.shape, a.strides,
+            a.dtype.str)
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _chunks(n: int, step: int, desc: str):
+    """Start rows ``0, step, 2*step, ...`` below ``n``, with a tqdm bar when there are many (large files)."""
+    starts = range(0, n, step)
+    if len(starts) < 16:
+        return starts
+    from tqdm.auto import tqdm
+
+    return tqdm(starts, desc=desc, unit="chunk", mininterval=1.0, leave=False)
+
+
+def array_digest(a, chunk_bytes: int = 64 * 2 ** 20) -> str:
+    """SHA-256 of every value of the 2-D array ``a`` as C-ordered float32 (its shape
+    included), read ``chunk_bytes`` at a time so a memory-mapped file is streamed, not
+    loaded. The digest of a memory-mapped file is cached for the process, keyed by the
+    file's path, size and modification time and the array's place in it."""
+    key = _memmap_key(a) if isinstance(a, np.ndarray) else None
+    if key is not None and key in _DIGESTS:
+        return _DIGESTS[key]
+    h = hashlib.sha256(f"float32{tuple(a.shape)}".encode())
+    n = int(a.shape[0])
+    row_bytes = 4 * max(1, int(np.prod(a.shape[1:], dtype=np.int64)))
+    step = max(1, chunk_bytes // row_bytes)
+    for i in _chunks(n, step, "hashing"):
+        h.update(np.ascontiguousarray(a[i:i + step], dtype=np.float32))  # contiguous: hashed in place
+    out = h.hexdigest()
+    if key is not None:
+        _DIGESTS[key] = out
+    return out
 
 
 @dataclass
@@ -109,13 +194,15 @@ class PairedEmbeddings:
         expect_normalized: bool | None = None,
         expected_dim: int | None = None,
         tol: float = 1e-2,
-        check_rows: int | None = 200_000,
+        check_rows: int | None = None,
+        chunk_rows: int | None = None,
     ) -> "PairedEmbeddings":
         """Check shapes, finiteness and (optionally) unit norm; raise :class:`EmbeddingError`.
 
-        ``expect_normalized=None`` follows ``meta["normalized"]`` when present.
-        ``check_rows`` bounds the rows scanned for NaN/inf and norms on huge
-        memory-mapped stores (``None`` scans everything).
+        ``expect_normalized=None`` follows ``meta["normalized"]`` when present. Every row is
+        checked for NaN/inf (and, when normalisation is expected, for its norm), ``chunk_rows``
+        rows at a time (default: about 64 MiB per chunk), so a memory-mapped store is streamed,
+        not loaded. ``check_rows`` limits the scan to the first rows (default ``None``: all).
         """
         src = self.source
         x, y = self.x, self.y
@@ -141,28 +228,37 @@ class PairedEmbeddings:
             raise EmbeddingError(f"{src}: {len(self.labels)} labels for {x.shape[0]} pairs")
         if self.captions is not None and len(self.captions) != x.shape[0]:
             raise EmbeddingError(f"{src}: {len(self.captions)} captions for {x.shape[0]} pairs")
-        n = x.shape[0] if check_rows is None else min(x.shape[0], check_rows)
-        for name, a in (("x (image/audio)", x), ("y (text)", y)):
-            block = np.asarray(a[:n], dtype=np.float32)
-            bad = ~np.isfinite(block)
-            if bad.any():
-                rows = np.unique(np.nonzero(bad)[0])
-                raise EmbeddingError(
-                    f"{src}: {name} has NaN/inf values in {len(rows)} rows (first: row {rows[0]})"
-                )
         if expect_normalized is None:
             expect_normalized = bool(self.meta.get("normalized", False))
-        if expect_normalized:
-            for name, a in (("x (image/audio)", x), ("y (text)", y)):
-                norms = np.linalg.norm(np.asarray(a[:n], dtype=np.float32), axis=1)
-                off = np.abs(norms - 1.0) > tol
-                if off.any():
-                    i = int(np.nonzero(off)[0][0])
-                    raise EmbeddingError(
-                        f"{src}: {name} is not L2-normalised although normalisation is expected: "
-                        f"{int(off.sum())} rows off unit norm by more than {tol} (row {i} has norm "
-                        f"{norms[i]:.4f}); call .normalized() or set meta['normalized']=False"
-                    )
+        n = x.shape[0] if check_rows is None else min(x.shape[0], check_rows)
+        step = int(chunk_rows or max(1, (64 * 2 ** 20) // (4 * x.shape[1])))
+        for name, a in (("x (image/audio)", x), ("y (text)", y)):
+            n_bad = n_off = 0
+            first_bad = first_off = None
+            for i in _chunks(n, step, f"checking {src} {name[0]}"):
+                block = np.asarray(a[i:min(i + step, n)], dtype=np.float32)
+                finite = np.isfinite(block).all(axis=1)
+                if not finite.all():
+                    rows = np.flatnonzero(~finite)
+                    n_bad += len(rows)
+                    first_bad = i + int(rows[0]) if first_bad is None else first_bad
+                if expect_normalized:
+                    norms = np.linalg.norm(block, axis=1)
+                    off = finite & (np.abs(norms - 1.0) > tol)
+                    if off.any():
+                        j = int(np.flatnonzero(off)[0])
+                        n_off += int(off.sum())
+                        first_off = (i + j, float(norms[j])) if first_off is None else first_off
+            if n_bad:
+                raise EmbeddingError(f"{src}: {name} has NaN/inf values in {n_bad} rows (first: row {first_bad})")
+            if n_off:
+                raise EmbeddingError(
+                    f"{src}: {name} is not L2-normalised although normalisation is expected: "
+                    f"{n_off} rows off unit norm by more than {tol} (row {first_off[0]} has norm "
+                    f"{first_off[1]:.4f}); the notebooks and run_all.sh need unit-norm rows: divide every row by its L2 "
+                    f"norm before saving (a / numpy.linalg.norm(a, axis=-1, keepdims=True)) or save "
+                    f"PairedEmbeddings(...).normalized()"
+                )
         return self
 
     def normalized(self) -> "PairedEmbeddings":
@@ -316,6 +412,30 @@ def load_paired(
             norms = np.linalg.norm(np.asarray(data.x[: min(len(data), 1000)], np.float32), axis=1)
             data.meta["normalized"] = bool(np.all(np.abs(norms - 1) < 1e-2))
     return data
+
+
+def check_validation_pairs(train: PairedEmbeddings, val: PairedEmbeddings | None,
+                           expect_normalized: bool | None = None) -> PairedEmbeddings | None:
+    """Validate held-out pairs against the training pairs they are evaluated with: same
+    embedding dimension, finite everywhere, and unit-norm rows when the training rows are
+    (``expect_normalized=None``: when ``train.meta["normalized"]`` is true or its first 1000
+    rows are unit-norm). Raises :class:`EmbeddingError` naming the validation file; returns
+    ``val`` (``None`` passes through: no validation source)."""
+    if val is None:
+        return None
+    ctx = f"validation pairs for the training pairs {train.source} (d={train.dim})"
+    if val.dim != train.dim:
+        raise EmbeddingError(f"{val.source}: wrong dimension: d={val.dim}, but the training pairs {train.source} "
+                             f"have d={train.dim}; both must come from the same encoder")
+    if expect_normalized is None:
+        head = np.asarray(train.x[: min(len(train), 1000)], np.float32)
+        expect_normalized = bool(train.meta.get("normalized")) or bool(
+            np.all(np.abs(np.linalg.norm(head, axis=1) - 1) < 1e-2))
+    try:
+        val.validate(expect_normalized=expect_normalized, expected_dim=train.dim)
+    except EmbeddingError as e:
+        raise EmbeddingError(f"{e} [{ctx}]") from None
+    return val
 
 
 @dataclass

@@ -47,7 +47,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import PairedEmbeddings, atomic_write
+from .data import PairedEmbeddings, array_digest, atomic_write
 from .models.base import CheckpointError, Dictionary, SAEConfig, build_model, load_model
 from .models.group_sparse import gsae_config, mgsae_config
 from .models.matryoshka import default_prefixes
@@ -167,13 +167,13 @@ def _split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict
 
 
 def _fingerprint(pairs) -> str:
+    """Digest of every value of the training pairs (:func:`mmsae.data.array_digest`, streamed
+    in chunks; cached per memory-mapped file): a saved model is reused only on the same data."""
     x, y = (pairs.x, pairs.y) if isinstance(pairs, PairedEmbeddings) else pairs
-    h = hashlib.sha1()
-    h.update(f"{x.shape}".encode())
+    h = hashlib.sha256(b"pairs-v2")
     for a in (x, y):
-        h.update(np.ascontiguousarray(np.asarray(a[:64], np.float32)).tobytes())
-        h.update(np.ascontiguousarray(np.asarray(a[-64:], np.float32)).tobytes())
-    return h.hexdigest()[:16]
+        h.update(array_digest(a).encode())
+    return h.hexdigest()[:32]
 
 
 def _train_config(profile: Mapping[str, Any], seed: int, tr: Mapping[str, Any]) -> TrainConfig:
@@ -183,11 +183,28 @@ def _train_config(profile: Mapping[str, Any], seed: int, tr: Mapping[str, Any]) 
     return TrainConfig(**base)
 
 
+def training_code_version() -> str:
+    """Digest of the source files that decide what training produces (the models, losses,
+    sparse path and training loop): part of the reuse key, so a model saved by older code
+    is retrained instead of silently reused after the objective or the loop changed."""
+    here = Path(__file__).resolve().parent
+    files = sorted((here / "models").glob("*.py")) + [here / f for f in ("losses.py", "fast.py", "train.py")]
+    h = hashlib.sha256(b"code-v1")
+    for f in files:
+        if f.exists():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _train_key(tc: TrainConfig) -> dict[str, Any]:
-    """Training settings that change the result (not device/progress/logging)."""
+    """Training settings that change the result (not device/progress/logging), and the
+    version of the training code (:func:`training_code_version`)."""
     d = tc.to_dict()
-    return {k: d[k] for k in ("steps", "batch_size", "lr", "betas", "eps", "warmup_steps", "decay_fraction",
-                              "grad_clip", "seed")}
+    key = {k: d[k] for k in ("steps", "batch_size", "lr", "betas", "eps", "warmup_steps", "decay_fraction",
+                             "grad_clip", "seed")}
+    key["code"] = training_code_version()
+    return key
 
 
 def _try_reuse(path: Path, cfg: SAEConfig, key: dict[str, Any], fp: str) -> Dictionary | None:
@@ -219,7 +236,7 @@ def _fit(name: str, cfg: SAEConfig, data, tc: TrainConfig, path: Path | None, re
         if model is not None:
             return model
     seed_everything(tc.seed)
-    model = build_model(cfg)
+    model = build_model(cfg, seed=tc.seed)
     res = train(model, data, tc)
     info: dict[str, Any] = {"method": name, "arch": cfg.arch, "seed": tc.seed, "wall_time_s": res.wall_time_s,
                             "pairs_per_s": res.pairs_per_s, "steps": tc.steps, "train_key": key,

@@ -29,15 +29,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "mean_image_only": 2.5,
         "mean_text_only": 1.1,
         "n_classes": 10,
-        "class_boost": 0.1,
+        "class_boost": 0.3,
         "offset_scale": 1.025,  # cone: mean vector norm relative to the unit per-sample variation
-        "mean_cos": 0.315,  # cosine between the image and text mean directions
+        "mean_cos": 0.31,  # cosine between the image and text mean directions
         "private_rank": 10,  # dense modality-private subspace per modality
         "private_scale": 1.7,
         "noise": 0.65,
         "concept_zipf": 0.0,  # uniform concept frequencies (d = 128 needs a flat spectrum)
         # probe-decomposition experiment only (not the main data): pairs of class 0 ("woman")
-        # also carry the rarest shared concept 127 ("blond hair") with probability 0.8;
+        # also carry shared concept 127 ("blond hair", otherwise rare: ~5% of pairs) with probability 0.8;
         # pass as SyntheticConfig(correlated=tuple(P["correlated_concept"]))
         "correlated_concept": [0, 127, 0.8],
         "val_fraction": 0.2,

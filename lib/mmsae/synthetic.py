@@ -88,9 +88,9 @@ class SyntheticConfig:
     mean_text_only: float = 1.1
     jitter: float = 0.3  # log-normal sigma of per-modality coefficient jitter
     n_classes: int = 10
-    class_boost: float = 0.1  # added to the class concept's coefficient
+    class_boost: float = 0.3  # added to the class concept's coefficient
     offset_scale: float = 1.025  # norm of the mean vectors m_x, m_y; the per-sample variation has norm 1
-    mean_cos: float = 0.315  # cosine between the image and text mean directions m_x, m_y
+    mean_cos: float = 0.31  # cosine between the image and text mean directions m_x, m_y
     private_rank: int = 10  # rank of each modality's dense private subspace
     private_scale: float = 1.7  # norm (rms) of the private component, relative to the concept part
     noise: float = 0.65  # norm of the isotropic noise vector, relative to the concept part

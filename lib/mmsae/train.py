@@ -6,34 +6,52 @@ applies the model's decoder-norm hooks around a fused Adam step, and every
 ``log_every`` steps records loss, explained variance per modality, the dead-latent
 count and throughput (shown live in a tqdm bar).
 
-Determinism: with the same seed, data and settings, CPU runs are bit-identical, and a
-run resumed from a checkpoint continues exactly as if it had not stopped (model,
-optimiser, sampler and RNG states are all checkpointed).
+Determinism: on CPU, the same model initialisation (``build_model(config, seed=...)``),
+data, settings and torch thread count give bit-identical weights and logs, in the main
+process as in the worker processes of :func:`mmsae.experiments.run_jobs`. The loop turns
+on torch's deterministic algorithms on CPU for its duration (and restores the previous
+setting): with more than one intra-op thread the backward of an indexed gather
+(``W_dec[indices]``, an ``index_put_`` with accumulation) otherwise adds its rows in a
+racy order, and BatchTopK, Matryoshka, ModalitySpecific and SharedSupport differed from
+run to run in their last bits, then in their dead latents. CUDA runs are not bit-identical
+(atomic additions, the bf16 top-K selection). A run resumed from a checkpoint continues
+exactly as if it had not stopped (model, optimiser, sampler and RNG states are all
+checkpointed).
 
 Checkpoints: with ``checkpoint_dir`` set, ``<checkpoint_dir>/last/`` is written every
 ``checkpoint_every`` steps and at the end (model folder + ``trainer_state.pt``), each
 time into a temporary folder renamed into place, so a crash never leaves a half-written
-checkpoint; ``resume=True`` continues from it. ``train_log.csv`` beside it holds the
-history.
+checkpoint; ``resume=True`` continues from it. A crash between the two renames of the
+swap (old ``last/`` moved aside, new one not yet in place) leaves no ``last/``: resuming
+then uses the newest complete checkpoint left in ``.last.*``. A checkpoint whose model
+configuration, result-relevant training settings (:data:`RUN_KEYS`) or data shape differ
+from the requested run is refused with :class:`~mmsae.models.base.CheckpointMismatchError`
+naming both values. ``train_log.csv`` beside it holds the history.
+
+Batch size: a ``batch_size`` larger than the number of training pairs is clamped to it,
+with a printed note (fewer than 2 pairs is an error).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .data import PairedEmbeddings
-from .models.base import CheckpointError, Dictionary, _replace_dir, load_model
+from .data import PairedEmbeddings, atomic_write, make_temp_dir
+from .models.base import CheckpointError, CheckpointMismatchError, Dictionary, _replace_dir, load_model
 
-__all__ = ["TrainConfig", "TrainResult", "train", "seed_everything", "resolve_device"]
+__all__ = ["TrainConfig", "TrainResult", "train", "seed_everything", "resolve_device", "RUN_KEYS"]
+
+#: training settings that change the result: a checkpoint is resumed only when they match
+RUN_KEYS = ("steps", "batch_size", "lr", "betas", "eps", "warmup_steps", "decay_fraction", "grad_clip", "seed")
 
 
 @dataclass
@@ -213,23 +231,104 @@ class _Sampler:
 
 
 def _save_checkpoint(ckpt_dir: Path, model: Dictionary, opt, sampler: _Sampler, step: int,
-                     history: list[dict[str, float]], cfg: TrainConfig) -> None:
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".last.", dir=ckpt_dir))
+                     history: list[dict[str, float]], cfg: TrainConfig, data_shape: tuple[int, ...]) -> None:
+    tmp = make_temp_dir(ckpt_dir, ".last.")
     try:
         model.save(tmp / "model")
         state = {
             "step": step, "optimizer": opt.state_dict(), "sampler": sampler.state(),
             "torch_rng": torch.get_rng_state(), "history": history, "train_config": cfg.to_dict(),
+            "data_shape": [int(s) for s in data_shape],
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        torch.save(state, tmp / "trainer_state.pt")
+        atomic_write(tmp / "trainer_state.pt", lambda t: torch.save(state, t))
         _replace_dir(tmp, ckpt_dir / "last")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for stale in ckpt_dir.glob(".last.*"):  # older checkpoints left by an interrupted swap
+        shutil.rmtree(stale, ignore_errors=True)
     _write_log(ckpt_dir / "train_log.csv", history)
+
+
+def _find_checkpoint(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete checkpoint in ``ckpt_dir`` as ``(folder, trainer state)``: ``last/``
+    or, after a crash in the middle of a checkpoint swap, a complete ``.last.*`` folder
+    (the previous ``last/`` moved aside, or the new one not yet renamed). None if there is none."""
+    if not ckpt_dir.is_dir():
+        return None
+    found = None
+    for folder in [ckpt_dir / "last"] + sorted(p for p in ckpt_dir.glob(".last.*") if p.is_dir()):
+        files = (folder / "trainer_state.pt", folder / "model" / "config.json", folder / "model" / "model.safetensors")
+        if not all(f.is_file() for f in files):
+            continue
+        try:
+            state = torch.load(folder / "trainer_state.pt", map_location="cpu", weights_only=False)
+            step = int(state["step"])
+        except Exception as e:
+            if folder.name == "last":
+                raise CheckpointError(f"{folder}: cannot resume from checkpoint ({type(e).__name__}: {e})") from e
+            continue  # a half-written temporary folder
+        if found is None or step > int(found[1]["step"]):
+            found = (folder, state)
+    return found
+
+
+def _jsonable(v: Any) -> Any:
+    return json.loads(json.dumps(v))
+
+
+def _check_same_run(folder: Path, state: dict[str, Any], model: Dictionary, cfg: TrainConfig,
+                    data_shape: tuple[int, ...]) -> None:
+    """Raise :class:`CheckpointMismatchError` unless the checkpoint in ``folder`` was written by
+    the same run: same model configuration, same :data:`RUN_KEYS`, same data shape."""
+    try:
+        saved_model = json.loads((folder / "model" / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder / 'model' / 'config.json'}: unreadable ({e})") from e
+    want_model = _jsonable({**model.config.to_dict(), "arch": model.arch})
+    saved_train = _jsonable(state.get("train_config") or {})
+    want_train = _jsonable(cfg.to_dict())
+    diffs = [f"model {k}: checkpoint {saved_model.get(k)!r}, requested {want_model.get(k)!r}"
+             for k in sorted(set(saved_model) | set(want_model)) if saved_model.get(k) != want_model.get(k)]
+    diffs += [f"training {k}: checkpoint {saved_train.get(k)!r}, requested {want_train.get(k)!r}"
+              for k in RUN_KEYS if saved_train.get(k) != want_train.get(k)]
+    saved_shape = state.get("data_shape")
+    if saved_shape is not None and list(saved_shape) != [int(s) for s in data_shape]:
+        diffs.append(f"data shape: checkpoint {tuple(saved_shape)}, requested {tuple(data_shape)}")
+    if diffs:
+        raise CheckpointMismatchError(
+            f"{folder}: this checkpoint belongs to another run; refusing to resume it: " + "; ".join(diffs)
+            + ". Use another checkpoint_dir, or resume=False to start over (the checkpoint is then overwritten).")
+
+
+def _fit_batch_size(cfg: TrainConfig, n: int, world: int, verbose: bool) -> TrainConfig:
+    """``cfg`` with ``batch_size`` clamped to the ``n`` training pairs (a multiple of the world
+    size), with a printed note; fewer than 2 pairs (or than processes) is an error."""
+    if n < max(2, world):
+        raise ValueError(f"only {n} training pair(s): training needs at least {max(2, world)}")
+    if cfg.batch_size <= n:
+        return cfg
+    b = n - n % world
+    if verbose:
+        msg = f"note: batch_size {cfg.batch_size} exceeds the {n} training pairs; training with batch_size {b} instead"
+        print(msg + (" (each step sees every pair)" if b == n else f" (a multiple of the {world} processes)"))
+    return replace(cfg, batch_size=b)
+
+
+@contextmanager
+def _deterministic_cpu(device: torch.device):
+    """Torch's deterministic algorithms while training on CPU (see the module docstring);
+    the previous setting is restored afterwards."""
+    if device.type != "cpu" or torch.are_deterministic_algorithms_enabled():
+        yield
+        return
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def _write_log(path: Path, history: list[dict[str, float]]) -> None:
@@ -252,7 +351,9 @@ def train(
     """Train ``model`` on paired embeddings; returns the model, history and throughput.
 
     ``data``: a :class:`PairedEmbeddings` or an ``(x, y)`` pair of ``(N, d)`` arrays.
-    Keyword ``overrides`` replace fields of ``config``.
+    Keyword ``overrides`` replace fields of ``config``. The initial weights are the model's
+    (seed them with ``build_model(config, seed=...)``); ``seed`` seeds the batch order, the
+    MGSAE masks and every other draw of the loop.
     """
     cfg = config or TrainConfig()
     if overrides:
@@ -262,7 +363,7 @@ def train(
     from . import distributed as ddp
 
     world, rank = ddp.world_size(), ddp.rank()
-    shard = ddp.shard_slice(cfg.batch_size) if world > 1 else slice(None)
+    is_main = rank == 0
     device = resolve_device(cfg.device)
     model.to(device)
     if hasattr(model, "fast_path"):
@@ -270,8 +371,6 @@ def train(
         sel = cfg.bf16_select
         use_bf16 = device.type == "cuda" and (sel is True or (sel == "auto" and torch.cuda.is_bf16_supported()))
         model.fast_select_dtype = torch.bfloat16 if use_bf16 else None
-    if world > 1:
-        model.mask_row_offset = shard.start  # global pair indices for the index-form mask
     raw_x, raw_y = (data.x, data.y) if isinstance(data, PairedEmbeddings) else data
     stream = cfg.stream
     if stream is None:
@@ -287,6 +386,11 @@ def train(
         x, y = _as_tensors(data, device)
     if x.shape[1] != model.config.d:
         raise ValueError(f"data dimension {x.shape[1]} != model dimension d={model.config.d}")
+    data_shape = tuple(int(s) for s in x.shape)
+    cfg = _fit_batch_size(cfg, len(x), world, is_main)
+    shard = ddp.shard_slice(cfg.batch_size) if world > 1 else slice(None)
+    if world > 1:
+        model.mask_row_offset = shard.start  # global pair indices for the index-form mask
 
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     start, history = 0, []
@@ -294,16 +398,20 @@ def train(
     sampler = _Sampler(len(x), cfg.batch_size, cfg.seed, torch.device("cpu") if stream else device)
     opt = _make_adam(model.parameters(), cfg, device)
 
-    last = ckpt_dir / "last" if ckpt_dir else None
-    if last is not None and cfg.resume and (last / "trainer_state.pt").exists():
+    found = _find_checkpoint(ckpt_dir) if ckpt_dir is not None and cfg.resume else None
+    if found is not None:
+        folder, state = found
+        _check_same_run(folder, state, model, cfg, data_shape)
+        if folder.name != "last" and is_main:
+            print(f"note: {ckpt_dir / 'last'} is missing (a checkpoint swap was interrupted); resuming from the "
+                  f"newest complete checkpoint {folder} (step {int(state['step'])})")
         try:
-            saved = load_model(last / "model", map_location=device)
+            saved = load_model(folder / "model", map_location=device)
             model.load_state_dict(saved.state_dict())
-            state = torch.load(last / "trainer_state.pt", map_location="cpu", weights_only=False)
+            opt.load_state_dict(state["optimizer"])
+            sampler.load(state["sampler"])
         except Exception as e:
-            raise CheckpointError(f"{last}: cannot resume from checkpoint ({e})") from e
-        opt.load_state_dict(state["optimizer"])
-        sampler.load(state["sampler"])
+            raise CheckpointError(f"{folder}: cannot resume from checkpoint ({type(e).__name__}: {e})") from e
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -318,7 +426,6 @@ def train(
         model.init_from_data(x, y)
     ddp.broadcast_model(model)
     has_firing = world > 1 and bool(ddp.firing_buffers(model))
-    is_main = rank == 0
     if not is_main:
         ckpt_dir = None
     prefetch = _Prefetcher(x, y, sampler, cfg.steps - start, shard, device, cfg.prefetch) if stream else None
@@ -330,59 +437,60 @@ def train(
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (cfg.progress and is_main),
                desc=cfg.desc or model.arch, dynamic_ncols=True, mininterval=0.5)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(step, cfg)
-        idx = sampler.next()
-        if prefetch is not None:
-            xb, yb = prefetch.next()
-        else:
-            idx = idx[shard]
-            xb, yb = x[idx], y[idx]
-        before = [b.clone() for b in ddp.firing_buffers(model)] if has_firing else None
-        out = model.training_loss(xb, yb, step)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if world > 1:
-            ddp.allreduce_grads(model.parameters())
-            ddp.sync_firing(model, before)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        model.before_optimizer_step()
-        opt.step()
-        model.after_optimizer_step()
-
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            now = time.perf_counter()
-            rec = {"step": done, "loss": float(out.loss.detach())}
-            rec.update({k: float(v) for k, v in out.stats.items()})
+    with _deterministic_cpu(device):
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * _lr_factor(step, cfg)
+            idx = sampler.next()
+            if prefetch is not None:
+                xb, yb = prefetch.next()
+            else:
+                idx = idx[shard]
+                xb, yb = x[idx], y[idx]
+            before = [b.clone() for b in ddp.firing_buffers(model)] if has_firing else None
+            out = model.training_loss(xb, yb, step)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
             if world > 1:
-                rec = {"step": done, **{k: v for k, v in ddp.allreduce_stats(rec).items() if k != "step"}}
-            dead = model.dead_mask()
-            rec["dead"] = int(dead.sum()) if dead is not None else -1
-            rec["pairs_per_s"] = (done - step_log) * cfg.batch_size / max(now - t_log, 1e-9)
-            rec["wall_s"] = now - t0
-            t_log, step_log = now, done
-            history.append(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", ev_x=f"{rec.get('ev_x', float('nan')):.3f}",
-                            ev_y=f"{rec.get('ev_y', float('nan')):.3f}", dead=rec["dead"], refresh=False)
-            if callback is not None:
-                callback(done, rec)
-            if not np.isfinite(rec["loss"]):
-                raise FloatingPointError(f"loss became {rec['loss']} at step {done}; lower the learning rate")
-        if ckpt_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            _save_checkpoint(ckpt_dir, model, opt, sampler, done, history, cfg)
+                ddp.allreduce_grads(model.parameters())
+                ddp.sync_firing(model, before)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            model.before_optimizer_step()
+            opt.step()
+            model.after_optimizer_step()
+
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                now = time.perf_counter()
+                rec = {"step": done, "loss": float(out.loss.detach())}
+                rec.update({k: float(v) for k, v in out.stats.items()})
+                if world > 1:
+                    rec = {"step": done, **{k: v for k, v in ddp.allreduce_stats(rec).items() if k != "step"}}
+                dead = model.dead_mask()
+                rec["dead"] = int(dead.sum()) if dead is not None else -1
+                rec["pairs_per_s"] = (done - step_log) * cfg.batch_size / max(now - t_log, 1e-9)
+                rec["wall_s"] = now - t0
+                t_log, step_log = now, done
+                history.append(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", ev_x=f"{rec.get('ev_x', float('nan')):.3f}",
+                                ev_y=f"{rec.get('ev_y', float('nan')):.3f}", dead=rec["dead"], refresh=False)
+                if callback is not None:
+                    callback(done, rec)
+                if not np.isfinite(rec["loss"]):
+                    raise FloatingPointError(f"loss became {rec['loss']} at step {done}; lower the learning rate")
+            if ckpt_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                _save_checkpoint(ckpt_dir, model, opt, sampler, done, history, cfg, data_shape)
     bar.close()
     if prefetch is not None:
         prefetch.close()
     wall = time.perf_counter() - t0
     n_steps = cfg.steps - start
     if ckpt_dir:
-        _save_checkpoint(ckpt_dir, model, opt, sampler, cfg.steps, history, cfg)
-        (ckpt_dir / "train_summary.json").write_text(json.dumps(
-            {"steps": cfg.steps, "resumed_from": start, "wall_time_s": wall,
-             "pairs_per_s": n_steps * cfg.batch_size / max(wall, 1e-9), "device": str(device),
-             "train_config": cfg.to_dict(), "model_config": model.config.to_dict()}, indent=2))
+        _save_checkpoint(ckpt_dir, model, opt, sampler, cfg.steps, history, cfg, data_shape)
+        summary = {"steps": cfg.steps, "resumed_from": start, "wall_time_s": wall,
+                   "pairs_per_s": n_steps * cfg.batch_size / max(wall, 1e-9), "device": str(device),
+                   "train_config": cfg.to_dict(), "model_config": model.config.to_dict()}
+        atomic_write(ckpt_dir / "train_summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=2)))
     model.eval()
     return TrainResult(model, history, wall, n_steps * cfg.batch_size / max(wall, 1e-9), cfg.steps, start)

@@ -1,6 +1,6 @@
 """SAE models: one file per architecture, all behind the :class:`Dictionary` interface."""
 
-from .base import (MODEL_REGISTRY, CheckpointError, Dictionary, LossOutput, SAEConfig, build_model,
+from .base import (MODEL_REGISTRY, CheckpointError, CheckpointMismatchError, Dictionary, LossOutput, SAEConfig, build_model,
                    load_model, register)
 from .group_sparse import GroupSparseSAE, gsae_config, mgsae_config
 from .topk import TopKSAE
@@ -10,7 +10,7 @@ from .modality_specific import ModalitySpecificSAE
 from .shared_support import SharedSupportSAE
 
 __all__ = [
-    "MODEL_REGISTRY", "CheckpointError", "Dictionary", "LossOutput", "SAEConfig", "build_model", "load_model",
+    "MODEL_REGISTRY", "CheckpointError", "CheckpointMismatchError", "Dictionary", "LossOutput", "SAEConfig", "build_model", "load_model",
     "register", "TopKSAE", "GroupSparseSAE", "gsae_config", "mgsae_config",
     "BatchTopKSAE", "MatryoshkaSAE", "ModalitySpecificSAE", "SharedSupportSAE",
 ]

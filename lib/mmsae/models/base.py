@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import stat
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -33,13 +33,17 @@ import torch
 from torch import nn
 
 __all__ = ["SAEConfig", "LossOutput", "Dictionary", "register", "load_model", "build_model", "MODEL_REGISTRY",
-           "CheckpointError"]
+           "CheckpointError", "CheckpointMismatchError"]
 
 MODEL_REGISTRY: dict[str, type["Dictionary"]] = {}
 
 
 class CheckpointError(FileNotFoundError):
     """A missing or unreadable model checkpoint (the message names the path)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint that belongs to another run (different model or training settings)."""
 
 
 def register(name: str) -> Callable[[type["Dictionary"]], type["Dictionary"]]:
@@ -164,15 +168,18 @@ class Dictionary(nn.Module):
         """Write ``path/config.json`` and ``path/model.safetensors`` atomically."""
         from safetensors.torch import save_file
 
+        from ..data import make_temp_dir
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp = make_temp_dir(path.parent, f".{path.name}.")
         try:
             cfg = self.config.to_dict()
             cfg["arch"] = self.arch
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / "model.safetensors"))
+            # safetensors writes 0600 files: give the weights the mode of an ordinary write
+            os.chmod(tmp / "model.safetensors", stat.S_IMODE((tmp / "config.json").stat().st_mode))
             _replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -193,14 +200,24 @@ def _replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def build_model(config: SAEConfig | dict[str, Any]) -> Dictionary:
-    """Instantiate the class registered for ``config.arch``."""
+def build_model(config: SAEConfig | dict[str, Any], seed: int | None = None) -> Dictionary:
+    """Instantiate the class registered for ``config.arch``.
+
+    ``seed``: the random initialisation is drawn from a CPU generator seeded with it (the
+    same weights as ``torch.manual_seed(seed)`` followed by ``build_model(config)``), and
+    the global torch generator is left as it was. ``None`` draws from the global torch
+    generator, so the weights then depend on everything that used it before.
+    """
     from . import MODEL_REGISTRY as reg  # noqa: F401  (ensures all archs are imported)
 
     cfg = config if isinstance(config, SAEConfig) else SAEConfig.from_dict(config)
     if cfg.arch not in MODEL_REGISTRY:
         raise ValueError(f"unknown arch {cfg.arch!r}; known: {sorted(MODEL_REGISTRY)}")
-    return MODEL_REGISTRY[cfg.arch](cfg)
+    if seed is None:
+        return MODEL_REGISTRY[cfg.arch](cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(seed))
+        return MODEL_REGISTRY[cfg.arch](cfg)
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Dictionary:
