@@ -51,7 +51,7 @@ from mmsae import metrics, plots
 from mmsae.data import load_paired
 from mmsae.profiles import get_profile
 from mmsae.runs import RunPaths, write_json
-from mmsae.synthetic import SyntheticConfig, make_synthetic
+from mmsae.synthetic import config_from_profile, make_synthetic
 
 P = get_profile(profile, alpha=alpha, n_pairs=n_pairs, val_fraction=val_fraction)
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
@@ -63,13 +63,8 @@ print("run folder:", paths.root)
 
 # %%
 if data == "synthetic":
-    cfg = SyntheticConfig(n_pairs=P["n_pairs"], d=P["synthetic_d"], n_shared=P["n_shared"],
-                          n_image_only=P["n_image_only"], n_text_only=P["n_text_only"], alpha=P["alpha"],
-                          mean_shared=P["mean_shared"], mean_image_only=P["mean_image_only"],
-                          mean_text_only=P["mean_text_only"], n_classes=P["n_classes"], class_boost=P["class_boost"],
-                          offset_scale=P["offset_scale"], mean_cos=P["mean_cos"], private_rank=P["private_rank"],
-                          private_scale=P["private_scale"], noise=P["noise"], concept_zipf=P["concept_zipf"],
-                          seed=seed)  # every generator key of the profile (mmsae.synthetic.config_from_profile)
+    cfg = config_from_profile(P, seed=seed)  # every generator key of the profile, incl. its correlated concept
+    print(cfg)
     synth = make_synthetic(cfg)
     perm = np.random.default_rng(seed).permutation(cfg.n_pairs)
     n_val = int(round(cfg.n_pairs * P["val_fraction"]))

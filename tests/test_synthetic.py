@@ -176,8 +176,8 @@ def test_smoke_profile_matches_real_clip_geometry(coco500_path):
     assert bad.empty, "outside tolerance:\n" + bad.to_string()
 
 
-@pytest.mark.slow
 def test_paper_profile_matches_real_clip_geometry(coco500_path):
+    """The same at the paper's width (d = 512)."""
     df = _profile_vs_real_clip("paper", coco500_path)
     bad = df[~df["within"]]
     assert bad.empty, "outside tolerance:\n" + bad.to_string()

@@ -582,12 +582,10 @@ def run_sweep(sweep: str, train_pairs, val_pairs, profile: Mapping[str, Any], *,
 def synthetic_split(profile: Mapping[str, Any], alpha: float, data_seed: int = 0, n_pairs: int | None = None):
     """Synthetic pairs at concept cosine ``alpha`` with the profile's sizes, split like notebook 01:
     ``(train, val, truth_of_val)`` (``truth_of_val`` a :class:`~mmsae.synthetic.SyntheticData`)."""
-    from .synthetic import SyntheticConfig, make_synthetic
+    from .synthetic import config_from_profile, make_synthetic
 
     n = int(n_pairs or profile.get("alpha_n_pairs", profile["n_pairs"]))
-    cfg = SyntheticConfig(n_pairs=n, d=profile["synthetic_d"], n_shared=profile["n_shared"],
-                          n_image_only=profile["n_image_only"], n_text_only=profile["n_text_only"],
-                          alpha=float(alpha), seed=data_seed)
+    cfg = config_from_profile(profile, n_pairs=n, alpha=float(alpha), seed=data_seed)
     synth = make_synthetic(cfg)
     perm = np.random.default_rng(data_seed).permutation(n)
     n_val = int(round(n * profile["val_fraction"]))

@@ -70,7 +70,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "mask_grid": [0.0, 0.1, 0.2, 0.4],
         "mask_modes": ["pair", "batch"],
         "mask_methods": ["MGSAE"],
-        "expansion_grid": [2, 4, 8],  # m = expansion * d (d = 64: 128, 256, 512 latents)
+        "expansion_grid": [1, 2, 4],  # m = expansion * d (d = 128: 128, 256, 512 latents; main run m = 256)
         "k_grid": [3, 6, 12],  # paper's 16/32/64 scaled by K_smoke / K_paper
         "width_k_methods": ["MGSAE"],
         "width_k_lambda": 0.01,  # the paper's lambda in its width/K sweep
@@ -80,12 +80,27 @@ PROFILES: dict[str, dict[str, Any]] = {
         "alpha_n_pairs": 3000,
     },
     "paper": {
+        # synthetic data at the encoder's width, calibrated to real CLIP like the smoke profile
         "n_pairs": 200_000,
         "synthetic_d": 512,
         "n_shared": 2048,
         "n_image_only": 512,
         "n_text_only": 512,
-        "alpha": 0.7,
+        "alpha": 0.5,
+        "mean_shared": 5.2,
+        "mean_image_only": 2.5,
+        "mean_text_only": 1.1,
+        "n_classes": 10,
+        "class_boost": 0.8,
+        "offset_scale": 0.945,
+        "mean_cos": 0.30,
+        "private_rank": 10,
+        "private_scale": 1.25,
+        "noise": 1.25,
+        "concept_zipf": 1.55,  # Zipfian concept frequencies: d = 512 needs a concentrated spectrum
+        # probe-decomposition experiment only: class 0 ("woman") with shared concept 2047, the
+        # rarest ("blond hair"), with probability 0.8
+        "correlated_concept": [0, 2047, 0.8],
         "val_fraction": 0.05,
         "m": 8192,
         "k": 32,

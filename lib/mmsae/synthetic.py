@@ -2,30 +2,47 @@
 
 The generator mimics what the paper says about CLIP/CLAP spaces and what the competing
 paper ("Same Concept, Different Directions") argues, so that both designs can be scored
-against a known truth. Before L2 normalisation an image row is
+against a known truth, and it reproduces the measured geometry of real CLIP ViT-B/16
+(:mod:`mmsae.geometry`). An image row is
 
-    x = offset_scale * m_x  +  sum_c codes_x[c] * atoms_x[c]  +  private_scale * P_x g_x  +  noise
+    v_x = sum_c codes_x[c] * atoms_x[c]  +  P_x g_x  +  n_x        (per-sample variation)
+    x   = normalise(offset_scale * m_x  +  v_x / |v_x|)
 
 and a caption row ``y`` the same with ``m_y``, ``atoms_y``, ``P_y``, where
 
 * **cone and modality offsets**: ``m_x``, ``m_y`` are unit vectors built from a common
   "cone" direction ``u`` and a modality-offset direction ``o``:
   ``m_x = sqrt((1 + mean_cos) / 2) u + sqrt((1 - mean_cos) / 2) o`` and ``m_y`` with ``-o``,
-  so ``cos(m_x, m_y) = mean_cos`` exactly. Both modalities live in a narrow cone around
-  their own mean (``|mean(x)|`` about 0.73 on CLIP) and the means are far apart (the
-  modality gap, 0.85 on CLIP);
+  so ``cos(m_x, m_y) = mean_cos`` exactly. All per-sample variation lies in the
+  ``(d - 2)``-dimensional complement of the plane of ``u`` and ``o`` and is rescaled to unit
+  norm, so every row sits at the same angle from its modality mean: a narrow cone
+  (``|mean(x)|`` 0.73 on CLIP) whose axes are far apart (the modality gap, 0.85 on CLIP).
+  Without this, the varying norm of the variation would make the mean direction the top
+  principal component and give some captions a high cosine with every image (hubs),
+  which real CLIP does not show;
 * **concepts** (the ground truth): **shared concepts** (kind 0) have an image direction
   ``a_c`` and a text direction ``b_c`` whose cosine is exactly ``alpha`` (``alpha = 1``:
   one direction per concept); **image-only** (kind 1) and **text-only** (kind 2) concepts
   appear in one modality. Each pair draws a sparse set of concepts; a shared concept is
   active in *both* members (shared support) with correlated non-negative coefficients
   ``c_x = s * e_x``, ``c_y = s * e_y`` where ``s ~ Exp(1)`` and ``e`` is a log-normal jitter;
-  modality-only concepts get ``Exp(1)`` coefficients;
+  modality-only concepts get ``Exp(1)`` coefficients. With ``atom_layout="frame"`` (default)
+  the image directions are stacked random orthonormal bases of the complement and each
+  block of text directions is the same block rotated by ``arccos(alpha)`` (a different
+  rotation per block), so neither modality favours any direction; ``"random"`` draws
+  independent Gaussian directions (their random overlaps concentrate the spectrum). With
+  ``concept_zipf > 0`` concept frequencies follow ``(1 + rank)^-concept_zipf`` inside each
+  pool, as word and object frequencies do;
 * **dense private subspaces**: ``P_x``, ``P_y`` are orthonormal ``(d, private_rank)``
   bases (orthogonal to each other and to ``u``, ``o``) and ``g ~ N(0, I / private_rank)``
-  dense Gaussian coefficients, drawn independently per modality: variation that one
-  modality has and the other does not (style, phrasing), not sparse and not a concept;
-* isotropic Gaussian noise of norm about ``noise``; then unit L2 normalisation.
+  scaled by ``private_scale``, drawn independently per modality: variation that one
+  modality has and the other does not (style, phrasing), dense and not a concept. They
+  carry the top principal components of each modality, which is why the top principal
+  subspaces of image and text overlap little (0.17 on CLIP);
+* isotropic Gaussian noise of norm about ``noise`` (in the complement).
+
+``private_scale`` and ``noise`` are relative to the concept part (whose norm is a few
+units); ``offset_scale`` is relative to the unit-norm variation.
 
 Each pair also carries a class label: exactly one of the first ``n_classes`` shared
 concepts is active with a boosted coefficient. Class "prompts" for zero-shot are text
@@ -34,26 +51,33 @@ embeddings of the class concept alone (text mean + text direction), the analogue
 
 **Correlated concepts** (``correlated=(class_index, concept_index, p)``, off by default):
 pairs whose class is ``class_index`` also carry concept ``concept_index`` (a non-class
-concept) with probability ``p``, on top of its ordinary rare background rate. This is the
-paper's probe-decomposition setting: "blond hair" co-occurs with "woman", so a linear probe
-for one picks up the other. The profiles carry such a setting under the key
-``correlated_concept`` for that experiment only; the main data leave it off.
+concept) with probability ``p``, on top of its ordinary rare background rate; the option
+draws from its own random stream, so everything else is the same as without it. This is
+the paper's probe-decomposition setting: "blond hair" co-occurs with "woman", so a linear
+probe for one picks up the other. The profiles carry such a setting under the key
+``correlated_concept``; :func:`config_from_profile` passes it on, so the default run's data
+carry it and notebook 04 runs the probe decomposition on them (``None`` in a profile turns
+it off).
 
-**Calibration.** The defaults (``d = 128``, the smoke profile) and the ``paper`` profile
-(``d = 512``) are set so that every statistic of :func:`mmsae.geometry.embedding_geometry`
-on 500 pairs is within 15 % (0.05 absolute below 0.3) of the 500 real CLIP ViT-B/16 COCO
-pairs shipped in ``data/`` (mean norms 0.73 / 0.72, cosine of the means 0.31, gap 0.85,
-pair cosine 0.31, random-pair cosine 0.16, centred pair cosine 0.31, top-20 subspace
-overlap 0.17, per-sample variance 0.47, effective ranks 105 / 97, R@1 0.55 / 0.51); the
-test ``tests/test_synthetic.py::test_smoke_profile_matches_real_clip_geometry`` checks it.
-The retrieval R@1 is set by how much of the per-sample variation is shared concept
-content (``alpha``, the concept counts, the class structure) against private variation
-and noise. On 500 pairs the top-20 overlap of two unrelated subspaces is about
-``20 / d`` (0.16 at d = 128, 0.04 at d = 512); real CLIP's 0.17 is within reach at both.
+**Calibration.** The defaults (``d = 128``, equal to the smoke profile) and the ``paper``
+profile (``d = 512``) are set so that every statistic of
+:func:`mmsae.geometry.embedding_geometry` on 500 pairs is within 15 % (0.05 absolute where
+the real value is below 0.3) of the 500 real CLIP ViT-B/16 COCO pairs shipped in ``data/``
+(mean norms 0.73 / 0.72, cosine of the means 0.31, gap 0.85, pair cosine 0.31, random-pair
+cosine 0.16, centred pair cosine 0.31, top-20 subspace overlap 0.17, per-sample variance
+0.47, effective ranks 105 / 97, R@1 0.55 / 0.51); ``tests/test_synthetic.py`` checks both.
+The width changes how this is reached: effective rank and retrieval depend on ``d``. At
+``d = 128`` an effective rank of ~100 is close to the maximum (an isotropic Gaussian gives
+112 on 500 samples), so concepts are uniform (``concept_zipf = 0``) on a tight frame; at
+``d = 512`` the same value needs a concentrated spectrum (Zipfian concepts), and
+retrieval is easier in more dimensions, so the paper profile has more noise. R@1 is set by
+how much of the per-sample variation is shared concept content (``alpha``, concept counts,
+class structure) against private variation and noise. On 500 pairs the top-20 overlap of
+two unrelated subspaces is about ``20 / d`` (0.16 at d = 128, 0.04 at d = 512).
 
 ``make_synthetic`` returns a :class:`SyntheticData` with the pairs, the true atoms and
 each sample's true concept code (used as MMS reference similarity and by the
-ground-truth metrics in :mod:`mmsae.metrics`).
+ground-truth metrics in :mod:`mmsae.metrics`). Profiles: :func:`config_from_profile`.
 """
 
 from __future__ import annotations
@@ -119,6 +143,8 @@ def config_from_profile(profile: Mapping[str, Any], **overrides: Any) -> Synthet
     missing keys keep the dataclass default) and ``n_pairs``, with ``overrides`` (config field
     names, e.g. ``seed``, ``alpha``, ``correlated``) applied last."""
     kw = {field_: profile[key] for key, field_ in GENERATOR_PROFILE_KEYS.items() if key in profile}
+    if profile.get("correlated_concept") is not None:
+        kw["correlated"] = tuple(profile["correlated_concept"])
     if "n_pairs" in profile:
         kw["n_pairs"] = int(profile["n_pairs"])
     kw.update(overrides)
