@@ -24,7 +24,7 @@
 #    (Table 1 analogue), from codes and from reconstructions.
 # 5. On synthetic data, **recovery of the ground truth**.
 #
-# Every number below comes from `mmsae.analysis.analyze`; tables go to `results/` (CSV +
+# Every number below comes from `mmsae.eval.analysis.analyze`; tables go to `results/` (CSV +
 # LaTeX), figures to `figures/` (PDF + PNG).
 
 # %% tags=["parameters"]
@@ -53,12 +53,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmsae import paper, plots
-from mmsae.analysis import mms_reference
+from mmsae.study import paper, plots
+from mmsae.eval.analysis import mms_reference
 from mmsae.data import load_paired
 from mmsae.models import load_model
-from mmsae.profiles import get_profile
-from mmsae.runs import RunPaths, load_run_data, write_json, write_table
+from mmsae.study.profiles import get_profile
+from mmsae.study.runs import RunPaths, load_run_data, write_json, write_table
 
 P = get_profile(profile, comparison_seeds=comparison_seeds, sweep_seeds=sweep_seeds, ablation_steps=ablation_steps)
 SEEDS = P["comparison_seeds"]  # every table: mean and std over these seeds
@@ -78,13 +78,13 @@ print("models:", names, "| seeds:", SEEDS, "| MMS reference:", ref_kind)
 
 # %% [markdown]
 # Each model is encoded once; every metric below derives from those codes
-# (`mmsae.experiments.evaluate_model` = `mmsae.analysis.analyze` plus training-side
+# (`mmsae.study.experiments.evaluate_model` = `mmsae.eval.analysis.analyze` plus training-side
 # counts).
 
 # %%
 from tqdm.auto import tqdm
 
-from mmsae import experiments as ex
+from mmsae.study import experiments as ex
 
 analyses, rows = {}, []
 for name in tqdm(names, desc="models"):
@@ -99,7 +99,7 @@ per_seed.to_csv(paths.results / "per_seed_metrics.csv", index=False)
 
 
 def mean_std(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
-    """Mean and std over seeds per model for ``cols`` (``mmsae.experiments.aggregate_seeds``)."""
+    """Mean and std over seeds per model for ``cols`` (``mmsae.study.experiments.aggregate_seeds``)."""
     return ex.aggregate_seeds(df[["model", "seed", *cols]], "model").drop(columns="n_seeds")
 
 
@@ -109,7 +109,7 @@ def mean_std(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
 # `min_count` held-out samples of that modality. The paper counts any firing
 # (`min_count = 1`); that rule turns leakage into "both" as the number of held-out pairs
 # grows, so by default we ask for a fixed *share* (`min_frac`) of a latent's expected
-# firings `N K / m` (`min_count = "scaled"`, `mmsae.metrics.category_min_count`). The rule
+# firings `N K / m` (`min_count = "scaled"`, `mmsae.eval.metrics.category_min_count`). The rule
 # is written into every table (`category_rule`). For the modality-specific SAEs, "both"
 # counts matched latent pairs, true by construction (`both_rule = matched`). The paper's
 # counts (CLIP ViT-B/16, CC3M validation, 8192 latents) are shown beside ours.
@@ -130,7 +130,7 @@ cats
 # %% [markdown]
 # **The split measure** (primary, stable in N): among latents with enough firings, the
 # share whose modality score is <= 0.1 or >= 0.9 (`unimodal_share`), its two ends, and
-# quantiles of the score distribution (`mmsae.metrics.split_measures`).
+# quantiles of the score distribution (`mmsae.eval.metrics.split_measures`).
 
 # %%
 split_cols = ["unimodal_share", "image_share", "text_share", "score_balance", "score_q10", "score_q50", "score_q90",
@@ -148,7 +148,7 @@ split_tab.round(3)
 # paper's fixed rule drifts with N, the scaled rule and the unimodal share do not.
 
 # %%
-from mmsae.analysis import split_vs_sample_size
+from mmsae.eval.analysis import split_vs_sample_size
 
 sizes = split_sizes or [n for n in (100, 250, 500, 1000, 2000, 4000, 8000) if n < len(val)] + [len(val)]
 vs_n = pd.concat([split_vs_sample_size(analyses[(n, SEEDS[0])].z_x, analyses[(n, SEEDS[0])].z_y, sizes,
@@ -219,7 +219,7 @@ write_table(rec, "reconstruction", paths.results,
 
 ret_cols = [f"{t}_{d}_{k}" for t in ("code", "recon") for d in ("x2y", "y2x") for k in ("R@1", "R@5", "R@10", "MRR")]
 ret = mean_std(per_seed, ret_cols)
-from mmsae import metrics
+from mmsae.eval import metrics
 
 n_pool = int(per_seed["retrieval_pool"].iloc[0])
 dense = metrics.cross_modal_retrieval(np.asarray(val.x)[:n_pool], np.asarray(val.y)[:n_pool])
@@ -266,7 +266,7 @@ if gt_cols:
 # (cosine) to its text-side decoder atom. On synthetic data the vocabulary is the true
 # concepts' text directions, so naming can be scored: an alive latent is named
 # correctly when its word is the concept it encodes (the concept whose true coefficients
-# correlate best with its activations, `mmsae.concepts.latent_concepts`).
+# correlate best with its activations, `mmsae.eval.concepts.latent_concepts`).
 # *Probe decomposition*: a logistic-regression probe for one class, trained on the image
 # embeddings only, is decomposed over the image-side atoms (NNLS over the 64 atoms most
 # aligned with it); the generator correlates that class with another concept (the
@@ -275,7 +275,7 @@ if gt_cols:
 # `text_encoder`); without ground truth it is a table of names, not a score.
 
 # %%
-from mmsae import concepts
+from mmsae.eval import concepts
 
 naming_rows, probe_rows = [], []
 if truth is not None:
@@ -312,7 +312,7 @@ if truth is not None:
                             "correlated with the class? (rank 0: not among the candidates)")
         print(probe.to_string(index=False))
 elif vocabulary_path:
-    from mmsae.encoders import ClipEncoder
+    from mmsae.embed.encoders import ClipEncoder
 
     vocab_words = concepts.load_vocabulary(vocabulary_path)
     vocab_emb = concepts.encode_vocabulary(vocab_words, ClipEncoder(text_encoder, text_encoder_pretrained))
@@ -334,7 +334,7 @@ else:
     print("concept naming skipped: no ground truth and no vocabulary_path")
 
 # %%
-from mmsae.analysis import headline_summary
+from mmsae.eval.analysis import headline_summary
 
 headline = headline_summary(per_seed, names)
 write_json({"profile": profile, "data": data, "seeds": SEEDS, "mms_reference": ref_kind, "n_val": len(val),
@@ -344,9 +344,9 @@ pd.DataFrame(headline).T.round(3)
 # %% [markdown]
 # ## 6 · Every method side by side
 #
-# The seven methods of notebook 03 (`mmsae.experiments.METHODS`) on the same held-out
+# The seven methods of notebook 03 (`mmsae.study.experiments.METHODS`) on the same held-out
 # pairs with the same metrics, mean $\pm$ std over `comparison_seeds` seeds
-# (`mmsae.experiments.evaluate_model`, the metrics above plus the training-side dead
+# (`mmsae.study.experiments.evaluate_model`, the metrics above plus the training-side dead
 # count). Codes of a single modality are used throughout: the SharedSupport SAE encodes
 # a lone image or caption with its own pre-activations (a query has no partner), the
 # modality-specific SAEs use their text code re-indexed by the Hungarian matching, so

@@ -1,4 +1,4 @@
-"""mmsae.experiments: method table, train/evaluate, seed aggregation, tables, sweeps."""
+"""mmsae.study.experiments: method table, train/evaluate, seed aggregation, tables, sweeps."""
 
 import json
 
@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmsae import experiments as ex
+from mmsae.study import experiments as ex
 from mmsae.models import load_model
-from mmsae.profiles import get_profile
+from mmsae.study.profiles import get_profile
 
 
 @pytest.fixture(scope="module")

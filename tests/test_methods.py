@@ -10,7 +10,7 @@ import torch
 from mmsae.models import (MODEL_REGISTRY, BatchTopKSAE, MatryoshkaSAE, ModalitySpecificSAE, SAEConfig,
                           SharedSupportSAE, build_model, load_model)
 from mmsae.models.modality_specific import hungarian_match, pearson_cross_correlation
-from mmsae.synthetic import make_synthetic
+from mmsae.data.synthetic import make_synthetic
 from mmsae.train import train
 
 
@@ -182,7 +182,7 @@ def test_modality_specific_flags_both_by_construction():
 
 
 def test_modality_specific_method_config_has_equal_atoms():
-    from mmsae import experiments as ex
+    from mmsae.study import experiments as ex
 
     prof = {"m": 64, "k": 4, "dead_after": 1000}
     cfg = ex.method_config("ModalitySpecific", prof, d=16)
@@ -321,10 +321,10 @@ AUXK_CONFIGS = {
 @pytest.mark.parametrize("arch", sorted(AUXK_CONFIGS))
 def test_every_method_weights_auxk_per_modality(arch, monkeypatch):
     """Every method hands AuxK each modality's own embeddings (Gao et al.'s weight TV(u) / TV(e)
-    per modality, mmsae.losses.auxk_loss) and adds auxk_coef times the result to its loss."""
-    import mmsae.fast
+    per modality, mmsae.models.losses.auxk_loss) and adds auxk_coef times the result to its loss."""
+    import mmsae.models.sparse
     import mmsae.models.topk
-    from mmsae.losses import auxk_loss
+    from mmsae.models.losses import auxk_loss
 
     calls = []
 
@@ -334,7 +334,7 @@ def test_every_method_weights_auxk_per_modality(arch, monkeypatch):
         return out
 
     monkeypatch.setattr(mmsae.models.topk, "auxk_loss", spy)
-    monkeypatch.setattr(mmsae.fast, "auxk_loss", spy)
+    monkeypatch.setattr(mmsae.models.sparse, "auxk_loss", spy)
     torch.manual_seed(0)
     coef = AUXK_CONFIGS[arch].auxk_coef
     model = build_model(copy.deepcopy(AUXK_CONFIGS[arch])).train()  # a copy: the test edits its config

@@ -168,7 +168,7 @@ class Dictionary(nn.Module):
         """Write ``path/config.json`` and ``path/model.safetensors`` atomically."""
         from safetensors.torch import save_file
 
-        from ..data import make_temp_dir
+        from ..data.store import make_temp_dir
 
         path = Path(path)
         tmp = make_temp_dir(path.parent, f".{path.name}.")

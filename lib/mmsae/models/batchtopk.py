@@ -15,7 +15,7 @@ pre-bias, nothing couples a pair), but the sparsity constraint is taken over the
 
 ``extra["inference"] = "topk"`` forces per-sample TopK at inference (default
 ``"threshold"``). AuxK (per modality, at Gao et al.'s relative weight:
-:func:`mmsae.losses.auxk_loss`) and the decoder-norm constraint are the TopK recipe's. A
+:func:`mmsae.models.losses.auxk_loss`) and the decoder-norm constraint are the TopK recipe's. A
 kept entry of value 0 (when fewer than ``2B * K`` pre-activations are positive) is not a
 firing for the dead-latent counter.
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import reconstruction_loss
+from .losses import reconstruction_loss
 from .base import LossOutput, SAEConfig, register
 from .topk import TopKSAE, _stats
 

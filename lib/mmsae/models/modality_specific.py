@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..losses import reconstruction_loss
+from .losses import reconstruction_loss
 from .base import Dictionary, LossOutput, SAEConfig, register
 from .topk import TopKSAE, _stats
 

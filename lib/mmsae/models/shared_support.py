@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import reconstruction_loss
+from .losses import reconstruction_loss
 from .base import LossOutput, SAEConfig, register
 from .topk import TopKSAE, _stats
 

@@ -8,7 +8,7 @@ count and throughput (shown live in a tqdm bar).
 
 Determinism: on CPU, the same model initialisation (``build_model(config, seed=...)``),
 data, settings and torch thread count give bit-identical weights and logs, in the main
-process as in the worker processes of :func:`mmsae.experiments.run_jobs`. The loop turns
+process as in the worker processes of :func:`mmsae.study.experiments.run_jobs`. The loop turns
 on torch's deterministic algorithms on CPU for its duration (and restores the previous
 setting): with more than one intra-op thread the backward of an indexed gather
 (``W_dec[indices]``, an ``index_put_`` with accumulation) otherwise adds its rows in a
@@ -45,8 +45,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .data import PairedEmbeddings, atomic_write, make_temp_dir
-from .models.base import CheckpointError, CheckpointMismatchError, Dictionary, _replace_dir, load_model
+from ..data.store import PairedEmbeddings, atomic_write, make_temp_dir
+from ..models.base import CheckpointError, CheckpointMismatchError, Dictionary, _replace_dir, load_model
 
 __all__ = ["TrainConfig", "TrainResult", "train", "seed_everything", "resolve_device", "RUN_KEYS"]
 
@@ -78,7 +78,7 @@ class TrainConfig:
     progress: bool = True
     desc: str | None = None
     # --- performance (see docs/performance.md) ---
-    path: str = "fast"  # "fast": sparse K-active path (mmsae.fast); "reference": dense autograd
+    path: str = "fast"  # "fast": sparse K-active path (mmsae.models.sparse); "reference": dense autograd
     bf16_select: bool | str = "auto"  # CUDA: bf16 encoder matmul for top-K *selection* (values stay fp32)
     fused_adam: bool | str = "auto"  # fused Adam kernel (CUDA and CPU) when available, else foreach
     stream: bool | None = None  # None: stream batches from a np.memmap / data over stream_threshold_gb
@@ -336,7 +336,7 @@ def _write_log(path: Path, history: list[dict[str, float]]) -> None:
         return
     import pandas as pd
 
-    from .data import atomic_write
+    from ..data.store import atomic_write
 
     atomic_write(path, lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
 

@@ -29,8 +29,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import l2_normalize
-from .models.base import Dictionary
+from ..data.store import l2_normalize
+from ..models.base import Dictionary
 
 __all__ = ["latent_std", "steer", "steering_curve", "concept_target", "pick_latent_by_codes",
            "pick_latent_by_direction", "SteeringConcept", "text_clusters", "choose_concept", "steering_samples"]

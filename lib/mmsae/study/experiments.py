@@ -20,7 +20,7 @@ SharedSupport       ``shared_support``      one TopK over the summed pre-activat
   whose configuration, training settings and data fingerprint match is loaded instead
   of retrained, so notebook 04 (and a re-run of 03) reuses what 03 trained.
 * :func:`evaluate_model` is one flat dict of every metric of the comparison table
-  (:func:`mmsae.analysis.analyze` plus the training-side dead count and, for the
+  (:func:`mmsae.eval.analysis.analyze` plus the training-side dead count and, for the
   modality-specific SAEs, the alignment quality).
 * :func:`aggregate_seeds` gives mean and ``<col>_std`` columns over seeds;
   :func:`to_latex` writes the booktabs table and its CSV atomically.
@@ -47,11 +47,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import PairedEmbeddings, array_digest, atomic_write
-from .models.base import CheckpointError, Dictionary, SAEConfig, build_model, load_model
-from .models.group_sparse import gsae_config, mgsae_config
-from .models.matryoshka import default_prefixes
-from .train import TrainConfig, seed_everything, train
+from ..data.store import PairedEmbeddings, array_digest, atomic_write
+from ..models.base import CheckpointError, Dictionary, SAEConfig, build_model, load_model
+from ..models.group_sparse import gsae_config, mgsae_config
+from ..models.matryoshka import default_prefixes
+from ..train.loop import TrainConfig, seed_everything, train
 
 __all__ = [
     "METHODS", "METHOD_ORDER", "SWEEPS", "method_config", "train_method", "evaluate_model", "aggregate_seeds",
@@ -187,8 +187,8 @@ def training_code_version() -> str:
     """Digest of the source files that decide what training produces (the models, losses,
     sparse path and training loop): part of the reuse key, so a model saved by older code
     is retrained instead of silently reused after the objective or the loop changed."""
-    here = Path(__file__).resolve().parent
-    files = sorted((here / "models").glob("*.py")) + [here / f for f in ("losses.py", "fast.py", "train.py")]
+    here = Path(__file__).resolve().parents[1]
+    files = sorted((here / "models").glob("*.py")) + sorted((here / "train").glob("*.py"))
     h = hashlib.sha256(b"code-v1")
     for f in files:
         if f.exists():
@@ -290,20 +290,20 @@ def evaluate_model(model: Dictionary, val_pairs: PairedEmbeddings, ref_x=None, r
                    **analyze_kw: Any) -> dict[str, Any]:
     """Every metric of the comparison table for one model on held-out pairs, as one flat dict.
 
-    Keys (from :func:`mmsae.analysis.analyze`): ``image_only``, ``text_only``, ``both``,
+    Keys (from :func:`mmsae.eval.analysis.analyze`): ``image_only``, ``text_only``, ``both``,
     ``dead`` (neuron categories on ``val_pairs``), ``frac_both``; ``mms_{img_img,txt_txt,
     img_txt}_{mean,median,frac_gt_0.5}``; ``{explained_variance,nmse,cosine,mse}_{x,y}``;
     ``{code,recon}_{x2y,y2x}_{R@1,R@5,R@10,MRR}``; ``zs_<set>_{dense,code,recon}`` per
-    zero-shot set; ``gt_*`` (:func:`mmsae.metrics.ground_truth_report`) when ``truth`` (a
-    :class:`~mmsae.synthetic.SyntheticData` of the val pairs or the dict of
-    :func:`~mmsae.synthetic.load_truth`) is given. Added here: ``dead_train`` (latents dead
+    zero-shot set; ``gt_*`` (:func:`mmsae.eval.metrics.ground_truth_report`) when ``truth`` (a
+    :class:`~mmsae.data.synthetic.SyntheticData` of the val pairs or the dict of
+    :func:`~mmsae.data.synthetic.load_truth`) is given. Added here: ``dead_train`` (latents dead
     at the end of training), ``mms_reference`` and, for ModalitySpecific, ``n_matched`` and
     ``mean_match_corr``. MMS reference: ``ref_x``/``ref_y`` if given, else the true concept
     codes (synthetic), else the embeddings themselves. Codes of a single modality are
     used throughout (SharedSupport: its single-modality encoder). ``details``, if a dict,
-    receives the :class:`~mmsae.analysis.ModelAnalysis` under ``"analysis"``.
+    receives the :class:`~mmsae.eval.analysis.ModelAnalysis` under ``"analysis"``.
     """
-    from .analysis import analyze, mms_reference
+    from ..eval.analysis import analyze, mms_reference
 
     t = _truth_dict(truth)
     if ref_x is None or ref_y is None:
@@ -581,8 +581,8 @@ def run_sweep(sweep: str, train_pairs, val_pairs, profile: Mapping[str, Any], *,
 
 def synthetic_split(profile: Mapping[str, Any], alpha: float, data_seed: int = 0, n_pairs: int | None = None):
     """Synthetic pairs at concept cosine ``alpha`` with the profile's sizes, split like notebook 01:
-    ``(train, val, truth_of_val)`` (``truth_of_val`` a :class:`~mmsae.synthetic.SyntheticData`)."""
-    from .synthetic import SyntheticConfig, make_synthetic
+    ``(train, val, truth_of_val)`` (``truth_of_val`` a :class:`~mmsae.data.synthetic.SyntheticData`)."""
+    from ..data.synthetic import SyntheticConfig, make_synthetic
 
     n = int(n_pairs or profile.get("alpha_n_pairs", profile["n_pairs"]))
     cfg = SyntheticConfig(n_pairs=n, d=profile["synthetic_d"], n_shared=profile["n_shared"],

@@ -1,6 +1,6 @@
 """Sparse ("fast") training path for the TopK family: same objective, K-sparse work.
 
-The dense reference path (``TopKSAE._branch`` / ``_auxk`` / :func:`mmsae.losses.group_l21`)
+The dense reference path (``TopKSAE._branch`` / ``_auxk`` / :func:`mmsae.models.losses.group_l21`)
 builds autograd through the full ``(B, m)`` pre-activation matrix: its backward is a
 second and third ``B x d x m`` matmul, the decoder gather ``W_dec[idx]`` back-propagates
 through a slow ``index_put``, and the group penalty and the MGSAE mask are ``(B, m)``
@@ -14,7 +14,7 @@ tensors. Here:
   ``m x d`` mat-vec;
 * the decoder is :func:`torch.nn.functional.embedding_bag` over the K active atoms;
 * AuxK works on the dead latents' columns only (same value as the reference path,
-  :func:`mmsae.losses.auxk_loss`: Gao et al.'s weight, ``TV(u) ||e - e_hat||^2 / TV(e)``
+  :func:`mmsae.models.losses.auxk_loss`: Gao et al.'s weight, ``TV(u) ||e - e_hat||^2 / TV(e)``
   per modality);
 * the dead-latent counter gets the selected ``(values, indices)``: a slot holding 0
   (fewer than K positive pre-activations) is not a firing, as on the reference path;
@@ -245,7 +245,7 @@ def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_
 def fast_auxk(model, pres, u_cs, mods, residual: torch.Tensor, inputs: torch.Tensor,
               n_blocks: int = 2) -> torch.Tensor:
     """AuxK on the dead latents' columns only (same value and gradients as ``_auxk``:
-    :func:`mmsae.losses.auxk_loss` of the residual, with ``inputs`` the rows' embeddings and
+    :func:`mmsae.models.losses.auxk_loss` of the residual, with ``inputs`` the rows' embeddings and
     ``n_blocks`` the modalities stacked in the rows, default 2 for ``[x; y]``)."""
     cfg = model.config
     if cfg.auxk_coef <= 0:
@@ -283,8 +283,8 @@ def group_l21_sparse(vx: torch.Tensor, ix: torch.Tensor, vy: torch.Tensor, iy: t
 
 # ----------------------------------------------------------------------- losses
 def topk_fast_loss(model, x: torch.Tensor, y: torch.Tensor, select_dtype=None):
-    from .models.base import LossOutput
-    from .models.topk import _stats
+    from .base import LossOutput
+    from .topk import _stats
 
     B = x.shape[0]
     pre, u_c, vals, idx, u_hat, mod = fast_pair_branch(model, x, y, None, select_dtype)
@@ -297,8 +297,8 @@ def topk_fast_loss(model, x: torch.Tensor, y: torch.Tensor, select_dtype=None):
 
 
 def group_sparse_fast_loss(model, x: torch.Tensor, y: torch.Tensor, keep=None, select_dtype=None):
-    from .models.base import LossOutput
-    from .models.topk import _stats
+    from .base import LossOutput
+    from .topk import _stats
 
     cfg = model.config
     if keep is None and model.training and cfg.mask_rate > 0:

@@ -40,7 +40,7 @@ for one picks up the other. The profiles carry such a setting under the key
 ``correlated_concept`` for that experiment only; the main data leave it off.
 
 **Calibration.** The defaults (``d = 128``, the smoke profile) and the ``paper`` profile
-(``d = 512``) are set so that every statistic of :func:`mmsae.geometry.embedding_geometry`
+(``d = 512``) are set so that every statistic of :func:`mmsae.eval.geometry.embedding_geometry`
 on 500 pairs is within 15 % (0.05 absolute below 0.3) of the 500 real CLIP ViT-B/16 COCO
 pairs shipped in ``data/`` (mean norms 0.73 / 0.72, cosine of the means 0.31, gap 0.85,
 pair cosine 0.31, random-pair cosine 0.16, centred pair cosine 0.31, top-20 subspace
@@ -53,7 +53,7 @@ and noise. On 500 pairs the top-20 overlap of two unrelated subspaces is about
 
 ``make_synthetic`` returns a :class:`SyntheticData` with the pairs, the true atoms and
 each sample's true concept code (used as MMS reference similarity and by the
-ground-truth metrics in :mod:`mmsae.metrics`).
+ground-truth metrics in :mod:`mmsae.eval.metrics`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .data import PairedEmbeddings, ZeroShotSet, atomic_write, l2_normalize
+from .store import PairedEmbeddings, ZeroShotSet, atomic_write, l2_normalize
 
 __all__ = ["SyntheticConfig", "SyntheticData", "make_synthetic", "load_truth", "config_from_profile",
            "concept_frequencies", "GENERATOR_PROFILE_KEYS"]

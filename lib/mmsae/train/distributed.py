@@ -7,7 +7,7 @@ gradients are averaged with one all-reduce of a flat buffer before the model's
 ``before_optimizer_step`` hook, so every rank applies the same update as a single
 process on the global batch. The dead-latent bookkeeping (``since_fired``) is merged
 across ranks after each step (a latent fired if it fired on any shard), the MGSAE mask
-uses global pair indices (:class:`mmsae.fast.HashMask` ``row_offset``) and the same salt
+uses global pair indices (:class:`mmsae.models.sparse.HashMask` ``row_offset``) and the same salt
 on every rank, so masks are those of the single-process run. Rank 0 logs and writes
 checkpoints.
 
@@ -22,7 +22,7 @@ all-reduce per step is what DDP would do for these four parameters anyway.
 
 Launch (one process per GPU; CPU processes use gloo)::
 
-    torchrun --nproc_per_node 4 -m mmsae.distributed --data pairs.npy --preset mgsae \\
+    torchrun --nproc_per_node 4 -m mmsae.train.distributed --data pairs.npy --preset mgsae \\
         --steps 25000 --batch-size 4096 --out runs/mgsae_ddp
 
 With no torchrun environment the same command trains in one process.
@@ -142,7 +142,7 @@ def allreduce_stats(values: dict[str, float]) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- CLI
 def _build(args: argparse.Namespace):
-    from .models import SAEConfig, build_model, gsae_config, mgsae_config
+    from ..models import SAEConfig, build_model, gsae_config, mgsae_config
 
     if args.preset == "topk":
         cfg = SAEConfig(d=args.d, m=args.m, k=args.k)
@@ -154,7 +154,7 @@ def _build(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mmsae.distributed",
+    p = argparse.ArgumentParser(prog="python -m mmsae.train.distributed",
                                 description="Train one SAE on all torchrun processes (data-parallel).")
     p.add_argument("--data", required=True, help="paired embeddings (.npy (2,N,d) is memory-mapped)")
     p.add_argument("--preset", choices=["topk", "gsae", "mgsae"], default="mgsae")
@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="checkpoint folder (rank 0 writes)")
     args = p.parse_args(argv)
 
-    from .data import load_paired
-    from .train import TrainConfig, train
+    from ..data.store import load_paired
+    from .loop import TrainConfig, train
 
     init_from_env(args.backend)
     data = load_paired(args.data, expect_normalized=False, mmap=True)

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .data import l2_normalize
+from ..data.store import l2_normalize
 
 __all__ = [
     "EncoderUnavailable",

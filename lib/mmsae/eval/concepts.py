@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import nnls
 
-from .data import EmbeddingError, l2_normalize
+from ..data.store import EmbeddingError, l2_normalize
 from .metrics import activation_correlation_best
 
 __all__ = ["name_latents", "decompose_probe", "latent_concepts", "naming_accuracy", "fit_probe", "probe_report",
@@ -125,7 +125,7 @@ def load_vocabulary(path) -> list[str]:
 
 def encode_vocabulary(words: list[str], encoder, template: str = "a photo of {}.") -> np.ndarray:
     """Text embeddings of the vocabulary through ``encoder`` (anything with
-    ``encode_texts(list[str]) -> (n, d)``, e.g. :class:`mmsae.encoders.ClipEncoder`), one
+    ``encode_texts(list[str]) -> (n, d)``, e.g. :class:`mmsae.embed.encoders.ClipEncoder`), one
     prompt per word from ``template``; unit rows."""
     emb = np.asarray(encoder.encode_texts([template.format(w) for w in words]), np.float32)
     return l2_normalize(emb)
