@@ -11,7 +11,7 @@ open_clip = pytest.importorskip("open_clip")
 skdata = pytest.importorskip("skimage.data")
 from PIL import Image  # noqa: E402
 
-from mmsae.embed.cache import CacheMismatch, EmbeddingCache, load_cache, read_manifest  # noqa: E402
+from mmsae.data.cache import CacheMismatch, EmbeddingCache, load_cache, read_manifest  # noqa: E402
 from mmsae.data import EmbeddingError, ZeroShotSet, load_paired  # noqa: E402
 from mmsae.embed.encoders import ClipEncoder  # noqa: E402
 from mmsae.embed.extract import build_zero_shot_sets, extract_from_params, extract_pairs, extraction_help  # noqa: E402

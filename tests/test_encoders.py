@@ -81,7 +81,7 @@ def test_clip_bad_tag_and_missing_file():
 
 def test_clap_lazy_import():
     """Importing mmsae's encoder, cache, source and extract modules never imports laion_clap."""
-    code = ("import sys; import mmsae.embed.encoders, mmsae.embed.extract, mmsae.embed.cache, mmsae.embed.sources, mmsae.embed.prompts; "
+    code = ("import sys; import mmsae.embed.encoders, mmsae.embed.extract, mmsae.data.cache, mmsae.embed.sources, mmsae.embed.prompts; "
             "print('laion_clap' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**__import__('os').environ, "PYTHONPATH": str(Path(__file__).parents[1] / "lib")})

@@ -16,7 +16,7 @@ Files
 ``.npy``          an array of shape ``(2, N, d)`` = ``[x, y]`` (the layout of the
                   shared ``clip_vitb16_coco500.npy``), meta defaults.
 ``.npz``          arrays ``x``, ``y`` (and ``labels``), optional ``meta`` JSON string.
-directory         an embedding cache written by :mod:`mmsae.embed.cache` (memory-mapped).
+directory         an embedding cache written by :mod:`mmsae.data.cache` (memory-mapped).
 
 Every loader validates what it reads and raises :class:`EmbeddingError` naming the
 file and the problem. Writers are atomic: a temporary file in the same folder is
@@ -386,7 +386,7 @@ def load_paired(
         raise EmbeddingError(f"{path}: no such file or folder")
     try:
         if path.is_dir():
-            from ..embed import cache  # embedding cache folders (manifest.json + shards)
+            from . import cache  # embedding cache folders (manifest.json + shards)
 
             data = cache.load_cache(path)
         elif path.suffix == ".safetensors":

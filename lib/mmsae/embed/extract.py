@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import EmbeddingCache, load_arrays, load_cache
+from ..data.cache import EmbeddingCache, load_arrays, load_cache
 from ..data.store import EmbeddingError, PairedEmbeddings, ZeroShotSet, l2_normalize, load_paired
 from .encoders import ClapEncoder, ClipEncoder
 from .prompts import PromptSet, available_prompt_sets, get_prompt_set
@@ -223,7 +223,7 @@ def extract_pairs(source: str, out_dir: str | os.PathLike, data: Any = None, *,
     ``data``: a source spec (``coco:ANN.json:IMAGES``, WebDataset ``*.tar`` pattern or
     ``wds:FOLDER``, ``*.csv``/``*.tsv``, ...; see :func:`mmsae.embed.sources.open_source`) or a
     :class:`~mmsae.embed.sources.Source`. Rerunning resumes: finished shards are kept, a cache
-    written by another encoder / data set is refused (:class:`~mmsae.embed.cache.CacheMismatch`).
+    written by another encoder / data set is refused (:class:`~mmsae.data.cache.CacheMismatch`).
     ``encoder`` reuses a built encoder; otherwise ``encoder_options`` (``clip_model``,
     ``clip_pretrained``, ``clap_checkpoint``, ``device``, ``precision``, ``seed``...) build one.
     Returns the cache as memory-mapped :class:`PairedEmbeddings` (L2-normalised).
