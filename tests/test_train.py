@@ -162,7 +162,7 @@ def test_interrupted_swap_keeps_previous_checkpoint(tmp_path, pairs, monkeypatch
     cfg = mgsae_config(32, 64, 4, dead_after=500)
     full = _run(pairs, cfg, steps=60, seed=3)
     ck = tmp_path / "ck"
-    real = T._replace_dir
+    real = T.replace_dir
     calls = []
 
     def swap_then_die(src, dst):
@@ -172,10 +172,10 @@ def test_interrupted_swap_keeps_previous_checkpoint(tmp_path, pairs, monkeypatch
             raise KeyboardInterrupt
         real(src, dst)
 
-    monkeypatch.setattr(T, "_replace_dir", swap_then_die)
+    monkeypatch.setattr(T, "replace_dir", swap_then_die)
     with pytest.raises(KeyboardInterrupt):
         _run(pairs, cfg, steps=60, seed=3, checkpoint_dir=str(ck), checkpoint_every=20)
-    monkeypatch.setattr(T, "_replace_dir", real)
+    monkeypatch.setattr(T, "replace_dir", real)
     assert not (ck / "last").exists() and (ck / ".last.old").is_dir()
     resumed = _run(pairs, cfg, steps=60, seed=3, checkpoint_dir=str(ck), checkpoint_every=20)
     assert resumed.resumed_from == 20

@@ -12,7 +12,8 @@ autoencoders" (Kaushik, Barch, Fanelli; ICLR 2026). Modules, one concern each:
 ``plots``      one figure style; every figure as PDF + PNG
 """
 
-from .data.store import EmbeddingError, PairedEmbeddings, ZeroShotSet, load_paired
+from .data.load import load_paired
+from .data.store import EmbeddingError, PairedEmbeddings, ZeroShotSet
 from .models import SAEConfig, build_model, load_model
 from .train.loop import TrainConfig, train
 

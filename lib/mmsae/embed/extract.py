@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from ..data.cache import EmbeddingCache, load_arrays, load_cache
-from ..data.store import EmbeddingError, PairedEmbeddings, ZeroShotSet, l2_normalize, load_paired
+from ..data.load import load_paired
+from ..data.store import EmbeddingError, PairedEmbeddings, ZeroShotSet, l2_normalize
 from .encoders import ClapEncoder, ClipEncoder
 from .prompts import PromptSet, available_prompt_sets, get_prompt_set
 from .sources import CifarSource, LabelledFolder, Source, open_source

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -112,8 +113,6 @@ def probe_report(w: np.ndarray, atoms: np.ndarray, names: list[str], watch: str,
 def load_vocabulary(path) -> list[str]:
     """A vocabulary file: one word or phrase per line (blank lines and ``#`` comments
     skipped); an error naming the file when it is missing or empty."""
-    from pathlib import Path
-
     p = Path(path)
     if not p.is_file():
         raise EmbeddingError(f"{p}: vocabulary file not found")

@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 
 from .losses import reconstruction_loss
-from .base import LossOutput, SAEConfig, register
-from .topk import TopKSAE, _stats
+from .base import LossOutput, SAEConfig, register, step_stats
+from .topk import TopKSAE
 
 __all__ = ["BatchTopKSAE", "batch_topk"]
 
@@ -123,5 +123,5 @@ class BatchTopKSAE(TopKSAE):
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
         aux = self._auxk(pre, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = rec_x + rec_y + self.config.auxk_coef * aux
-        return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
+        return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
                                        threshold=self.threshold.detach().clone()))

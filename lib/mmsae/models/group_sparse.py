@@ -25,8 +25,9 @@ from __future__ import annotations
 import torch
 
 from .losses import group_l21, reconstruction_loss
-from .base import LossOutput, SAEConfig, register
-from .topk import TopKSAE, _stats
+from .base import LossOutput, SAEConfig, register, step_stats
+from .sparse import group_sparse_fast_loss
+from .topk import TopKSAE
 
 __all__ = ["GroupSparseSAE", "gsae_config", "mgsae_config"]
 
@@ -64,8 +65,6 @@ class GroupSparseSAE(TopKSAE):
         objective (index-form mask, l2,1 on the union of active sets); ``fast_path = False``
         selects this dense reference code (mask drawn by :meth:`draw_mask`)."""
         if self._use_fast(GroupSparseSAE) and type(self).draw_mask is GroupSparseSAE.draw_mask:
-            from .sparse import group_sparse_fast_loss
-
             return group_sparse_fast_loss(self, x, y, keep, self.fast_select_dtype)
         if keep is None and self.training and self.config.mask_rate > 0:
             keep = self.draw_mask(x.shape[0], x.device)
@@ -80,4 +79,4 @@ class GroupSparseSAE(TopKSAE):
         aux = self._auxk(torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = loss + self.config.auxk_coef * aux
         self._update_firing((vx, ix), (vy, iy), n_samples=2 * x.shape[0])  # zero-valued slots do not fire
-        return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, group=group))
+        return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, group=group))

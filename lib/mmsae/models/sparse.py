@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .base import LossOutput, step_stats
 from .losses import auxk_loss, reconstruction_loss
 
 __all__ = ["HashMask", "SparseEncoderValues", "sparse_encoder_values", "group_l21_sparse", "fast_branch",
@@ -283,9 +284,6 @@ def group_l21_sparse(vx: torch.Tensor, ix: torch.Tensor, vy: torch.Tensor, iy: t
 
 # ----------------------------------------------------------------------- losses
 def topk_fast_loss(model, x: torch.Tensor, y: torch.Tensor, select_dtype=None):
-    from .base import LossOutput
-    from .topk import _stats
-
     B = x.shape[0]
     pre, u_c, vals, idx, u_hat, mod = fast_pair_branch(model, x, y, None, select_dtype)
     x_hat, y_hat, ix, iy = u_hat[:B], u_hat[B:], idx[:B], idx[B:]
@@ -293,13 +291,10 @@ def topk_fast_loss(model, x: torch.Tensor, y: torch.Tensor, select_dtype=None):
     aux = fast_auxk(model, (pre,), (u_c,), (mod,), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
     loss = rec_x + rec_y + model.config.auxk_coef * aux
     model._update_firing((vals[:B], ix), (vals[B:], iy), n_samples=2 * B)
-    return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))
+    return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))
 
 
 def group_sparse_fast_loss(model, x: torch.Tensor, y: torch.Tensor, keep=None, select_dtype=None):
-    from .base import LossOutput
-    from .topk import _stats
-
     cfg = model.config
     if keep is None and model.training and cfg.mask_rate > 0:
         keep = draw_hash_mask(cfg.mask_rate, cfg.mask_mode == "pair", getattr(model, "mask_row_offset", 0))
@@ -312,4 +307,4 @@ def group_sparse_fast_loss(model, x: torch.Tensor, y: torch.Tensor, keep=None, s
     aux = fast_auxk(model, (pre,), (u_c,), (mod,), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
     loss = loss + cfg.auxk_coef * aux
     model._update_firing((vals[:B], ix), (vals[B:], iy), n_samples=2 * B)
-    return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, group=group))
+    return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, group=group))

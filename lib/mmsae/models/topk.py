@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from .losses import auxk_loss, reconstruction_loss
-from .base import Dictionary, LossOutput, SAEConfig, register
+from .base import Dictionary, LossOutput, SAEConfig, register, step_stats
+from .sparse import topk_fast_loss
 
 __all__ = ["TopKSAE", "geometric_median"]
 
@@ -214,8 +215,6 @@ class TopKSAE(Dictionary):
         With ``fast_path`` (default) the same objective is computed by the sparse path of
         :mod:`mmsae.models.sparse`; ``fast_path = False`` selects this dense reference code."""
         if self._use_fast(TopKSAE):
-            from .sparse import topk_fast_loss
-
             return topk_fast_loss(self, x, y, self.fast_select_dtype)
         pre_x, vx, ix, x_hat = self._branch(x, 0)
         pre_y, vy, iy, y_hat = self._branch(y, 1)
@@ -224,16 +223,4 @@ class TopKSAE(Dictionary):
         aux = self._auxk(torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = loss + self.config.auxk_coef * aux
         self._update_firing((vx, ix), (vy, iy), n_samples=2 * x.shape[0])
-        return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))
-
-
-@torch.no_grad()
-def _stats(x, y, x_hat, y_hat, rec_x, rec_y, **extra) -> dict[str, torch.Tensor]:
-    """Per-step statistics kept as tensors (the loop syncs them only when it logs)."""
-    def ev(u, uh):
-        return 1.0 - (u - uh).pow(2).sum() / (u - u.mean(0)).pow(2).sum().clamp_min(1e-12)
-
-    out = {"rec_x": rec_x.detach(), "rec_y": rec_y.detach(), "ev_x": ev(x, x_hat), "ev_y": ev(y, y_hat)}
-    out.update({k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in extra.items()})
-    return out
-
+        return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))

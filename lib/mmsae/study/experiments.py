@@ -39,19 +39,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
 from ..data.store import PairedEmbeddings, array_digest, atomic_write
+from ..data.synthetic import SyntheticConfig, make_synthetic
+from ..eval.analysis import analyze, mms_reference
 from ..models.base import CheckpointError, Dictionary, SAEConfig, build_model, load_model
 from ..models.group_sparse import gsae_config, mgsae_config
 from ..models.matryoshka import default_prefixes
 from ..train.loop import TrainConfig, seed_everything, train
+from .plots import PALETTE, model_color
+from .runs import write_table
 
 __all__ = [
     "METHODS", "METHOD_ORDER", "SWEEPS", "method_config", "train_method", "evaluate_model", "aggregate_seeds",
@@ -303,8 +312,6 @@ def evaluate_model(model: Dictionary, val_pairs: PairedEmbeddings, ref_x=None, r
     used throughout (SharedSupport: its single-modality encoder). ``details``, if a dict,
     receives the :class:`~mmsae.eval.analysis.ModelAnalysis` under ``"analysis"``.
     """
-    from ..eval.analysis import analyze, mms_reference
-
     t = _truth_dict(truth)
     if ref_x is None or ref_y is None:
         ref_x, ref_y, kind = mms_reference(val_pairs, t)
@@ -347,8 +354,6 @@ def to_latex(df: pd.DataFrame, path: str | Path, caption: str = "", label: str |
              digits: int = 3) -> tuple[Path, Path]:
     """Write ``path`` (``.tex``, booktabs; ``c`` +- ``c_std`` pairs typeset as mean $\\pm$ std) and
     the CSV beside it (same stem), both atomically. Returns ``(csv, tex)``."""
-    from .runs import write_table
-
     path = Path(path)
     return write_table(df, path.stem, path.parent, caption=caption, label=label, digits=digits)
 
@@ -418,8 +423,6 @@ SWEEPS: dict[str, dict[str, Any]] = {
 
 
 def _iter_bar(items, desc: str, progress: bool, total: int | None = None):
-    from tqdm.auto import tqdm
-
     return tqdm(items, desc=desc, total=total, disable=not progress, dynamic_ncols=True, mininterval=0.5)
 
 
@@ -435,21 +438,15 @@ class _num_threads:
         self.n = n
 
     def __enter__(self):
-        import torch
-
         self.old = torch.get_num_threads()
         if self.n:
             torch.set_num_threads(int(self.n))
 
     def __exit__(self, *exc):
-        import torch
-
         torch.set_num_threads(self.old)
 
 
 def _init_worker(datasets: dict[str, dict[str, Any]], threads: int | None) -> None:
-    import torch
-
     if threads:
         torch.set_num_threads(int(threads))
     _DATA.clear()
@@ -481,9 +478,6 @@ def run_jobs(jobs: Sequence[dict[str, Any]], datasets: dict[str, dict[str, Any]]
     if n_jobs <= 1 or len(jobs) <= 1:
         with _num_threads(threads):
             return [_run_job(j, datasets) for j in _iter_bar(jobs, desc, progress)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     out: list[dict[str, Any] | None] = [None] * len(jobs)
     with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=mp.get_context("spawn"),
                              initializer=_init_worker, initargs=(datasets, threads)) as ex:
@@ -582,8 +576,6 @@ def run_sweep(sweep: str, train_pairs, val_pairs, profile: Mapping[str, Any], *,
 def synthetic_split(profile: Mapping[str, Any], alpha: float, data_seed: int = 0, n_pairs: int | None = None):
     """Synthetic pairs at concept cosine ``alpha`` with the profile's sizes, split like notebook 01:
     ``(train, val, truth_of_val)`` (``truth_of_val`` a :class:`~mmsae.data.synthetic.SyntheticData`)."""
-    from ..data.synthetic import SyntheticConfig, make_synthetic
-
     n = int(n_pairs or profile.get("alpha_n_pairs", profile["n_pairs"]))
     cfg = SyntheticConfig(n_pairs=n, d=profile["synthetic_d"], n_shared=profile["n_shared"],
                           n_image_only=profile["n_image_only"], n_text_only=profile["n_text_only"],
@@ -663,10 +655,6 @@ def plot_sweep(agg: pd.DataFrame, x: str, metrics: Mapping[str, str] | None = No
     """One panel per metric: mean over seeds against ``x`` with +-1 std error bars (``<metric>_std``),
     one line per ``hue`` value (model colours for ``hue="model"``). A non-numeric ``x`` (e.g. the
     mask mode) is drawn as grouped bars."""
-    import matplotlib.pyplot as plt
-
-    from .plots import PALETTE, model_color
-
     metrics = {k: v for k, v in (metrics or SWEEP_METRICS).items() if k in agg.columns}
     if not metrics:
         raise ValueError(f"none of the metrics are columns of the table: {list(agg.columns)}")

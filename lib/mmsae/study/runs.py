@@ -41,7 +41,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..data.store import atomic_write
+from ..data.load import load_paired
+from ..data.store import EmbeddingError, ZeroShotSet, atomic_write
+from ..data.synthetic import load_truth
 
 __all__ = ["RunPaths", "write_table", "write_json", "data_slug", "load_run_data", "DEFAULT_DATA", "REAL_CLIP_RUN",
            "RunSetupError", "parse_param", "notebook_parameters", "select_notebooks", "resolve_data",
@@ -229,8 +231,6 @@ def load_run_data(paths: RunPaths):
     Raises :class:`~mmsae.data.EmbeddingError` naming the missing file when notebook
     01 has not been run for this profile and data source.
     """
-    from ..data.store import EmbeddingError, ZeroShotSet, load_paired
-
     if not paths.sources.exists():
         raise EmbeddingError(f"{paths.sources}: missing; run notebooks/01_extract first for profile "
                              f"{paths.profile!r} and data {paths.data!r}")
@@ -238,8 +238,6 @@ def load_run_data(paths: RunPaths):
     train, val = load_paired(src["train"]), load_paired(src["val"])
     truth = None
     if paths.truth.exists():
-        from ..data.synthetic import load_truth
-
         truth = load_truth(paths.truth)
     zs = {}
     for f in paths.zero_shot_files():
