@@ -305,6 +305,26 @@ def test_shared_support_training_decodes_from_the_shared_set():
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert model.W_enc.grad is not None and model.W_enc.grad.abs().sum() > 0
+    with torch.no_grad():
+        support = model.shared_support(x, y)
+        z_x, z_y = model.encode_pair(x, y)
+        # both members' codes live on the pair's one shared index set
+        for z in (z_x, z_y):
+            outside = torch.ones_like(z, dtype=torch.bool).scatter_(1, support, False)
+            assert not (z[outside] != 0).any()
+        # the loss reconstructs each member from that shared-support code ...
+        rec_x = (x - model.decode(z_x, 0)).pow(2).sum(-1).mean()
+        rec_y = (y - model.decode(z_y, 1)).pow(2).sum(-1).mean()
+        torch.testing.assert_close(out.stats["rec_x"], rec_x, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.stats["rec_y"], rec_y, rtol=1e-5, atol=1e-6)
+        # ... not from each modality's own TopK code (which picks other latents here)
+        own_x = (x - model.decode(model.encode(x, 0), 0)).pow(2).sum(-1).mean()
+        assert abs(float(own_x) - float(out.stats["rec_x"])) > 1e-4
+    # decoder atoms outside every pair's shared set get no gradient
+    used = torch.zeros(model.config.m, dtype=torch.bool)
+    used[support.flatten()] = True
+    dec_grad = model.W_dec.grad.abs().sum(-1)
+    assert (dec_grad[~used] == 0).all() and (dec_grad[used] > 0).any()
 
 
 # --------------------------------------------------------------------------- AuxK weighting
