@@ -43,7 +43,6 @@ text_encoder_pretrained = "openai"  # its weights ("random" for a test)
 umap_seed = 0
 comparison_seeds = None  # seeds of the method comparison (profile default; smoke: 0, 1, 2)
 sweep_seeds = None  # seeds of the ablations and the alpha sweep (profile default)
-ablation_steps = None  # must match notebook 03 to reuse its ablation models
 run_ablations = True
 run_alpha_sweep = None  # None: only when data == "synthetic"
 
@@ -60,7 +59,7 @@ from mmsae.models import load_model
 from mmsae.study.profiles import get_profile
 from mmsae.study.runs import RunPaths, load_run_data, write_json, write_table
 
-P = get_profile(profile, comparison_seeds=comparison_seeds, sweep_seeds=sweep_seeds, ablation_steps=ablation_steps)
+P = get_profile(profile, comparison_seeds=comparison_seeds, sweep_seeds=sweep_seeds)
 SEEDS = P["comparison_seeds"]  # every table: mean and std over these seeds
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
 train, val, truth, zero_shot = load_run_data(paths)
@@ -389,7 +388,7 @@ if "gt_recovery_mean" in cmp_full:
 #
 # Each ablation model (trained by notebook 03, reused here) is evaluated on the same
 # held-out pairs; tables give mean $\pm$ std over `sweep_seeds` seeds, figures the mean
-# with $\pm 1$ std error bars. `ablation_steps` training steps per model, so absolute
+# with $\pm 1$ std error bars. Notebook 03's `ablation_steps` training steps per model, so absolute
 # numbers sit below the main table's at the smoke profile; compare within a sweep.
 #
 # * `ablation_lambda`: the l2,1 weight (0 = no group penalty);
@@ -409,7 +408,9 @@ ablations = {}
 if run_ablations:
     for sweep, (xcol, xlabel) in sweep_x.items():
         raw = ex.add_derived(ex.run_sweep(sweep, train, val, P, models_dir=paths.root / "models", truth=truth,
-                                          zero_shot_sets=zero_shot, ref_x=ref_x, ref_y=ref_y))
+                                          zero_shot_sets=zero_shot, ref_x=ref_x, ref_y=ref_y, train=False,
+                                          hint=f"(profile={profile!r}, data={data!r}, run_ablations=True)"))
+        abl_steps = ex.read_sweep_manifest(paths.root / "models", sweep)["steps"]
         raw.drop(columns=TIMING, errors="ignore").to_csv(paths.results / f"ablation_{sweep}_per_seed.csv", index=False)
         raw.to_csv(paths.root / f"ablation_{sweep}_per_seed_with_timings.csv", index=False)
         by = ["model", "expansion", "k", "m"] if sweep == "width_k" else ["model", xcol]
@@ -417,7 +418,7 @@ if run_ablations:
         cols = [c for c in abl_cols if c in agg.columns]
         tab = agg[by + [c for col in cols for c in (col, f"{col}_std")] + ["n_seeds"]]
         ex.to_latex(tab, paths.results / f"ablation_{sweep}.tex", label=f"tab:ablation_{sweep}",
-                    caption=(f"Ablation: {xlabel} ({profile} profile, {data}, {P['ablation_steps']} steps; mean "
+                    caption=(f"Ablation: {xlabel} ({profile} profile, {data}, {abl_steps} steps; mean "
                              f"$\\pm$ std over {len(P['sweep_seeds'])} seeds)."))
         if sweep == "width_k":
             agg = agg.assign(series=[f"{mo} K={k}" if agg["model"].nunique() > 1 else f"K={k}"
@@ -455,7 +456,9 @@ if run_ablations:
 if run_alpha_sweep is None:
     run_alpha_sweep = data == "synthetic"
 if run_alpha_sweep:
-    alpha_raw = ex.add_derived(ex.sweep_alpha(P, models_dir=paths.root / "models"))
+    alpha_raw = ex.add_derived(ex.sweep_alpha(P, models_dir=paths.root / "models", train=False,
+                                              hint=f"(profile={profile!r}, run_alpha_sweep=True)"))
+    alpha_man = ex.read_sweep_manifest(paths.root / "models", "alpha")
     alpha_raw.drop(columns=TIMING, errors="ignore").to_csv(paths.results / "alpha_sweep_per_seed.csv", index=False)
     alpha_raw.to_csv(paths.root / "alpha_sweep_per_seed_with_timings.csv", index=False)
     alpha_agg = ex.aggregate_seeds(alpha_raw, ["model", "alpha"])
@@ -464,8 +467,8 @@ if run_alpha_sweep:
     a_cols = [c for c in a_cols if c in alpha_agg]
     alpha_tab = alpha_agg[["model", "alpha"] + [c for col in a_cols for c in (col, f"{col}_std")] + ["n_seeds"]]
     ex.to_latex(alpha_tab, paths.results / "alpha_sweep.tex", label="tab:alpha_sweep",
-                caption=(f"Synthetic alpha sweep ({profile} profile, {P['alpha_n_pairs']} pairs, "
-                         f"{P['alpha_steps']} steps; mean $\\pm$ std over {len(P['sweep_seeds'])} seeds)."))
+                caption=(f"Synthetic alpha sweep ({profile} profile, {alpha_man['n_pairs']} pairs, "
+                         f"{alpha_man['steps']} steps; mean $\\pm$ std over {len(P['sweep_seeds'])} seeds)."))
     fig = ex.plot_sweep(alpha_agg, "alpha", ex.ALPHA_METRICS, xlabel="alpha = cos(image dir., text dir.)")
     plots.save_figure(fig, "alpha_sweep", paths.figures)
     best = []

@@ -237,13 +237,18 @@ def _try_reuse(path: Path, cfg: SAEConfig, key: dict[str, Any], fp: str) -> Dict
 
 
 def _fit(name: str, cfg: SAEConfig, data, tc: TrainConfig, path: Path | None, reuse: bool,
-         align: bool = True) -> Dictionary:
+         align: bool = True, missing: str | None = None) -> Dictionary:
+    """Train, or reuse an identical saved run. ``missing`` (load-only): no training; a run
+    not on disk raises :class:`CheckpointError` with this hint (the notebook to run)."""
     fp = _fingerprint(data)
     key = _train_key(tc)
-    if path is not None and reuse:
+    if path is not None and (reuse or missing):
         model = _try_reuse(path, cfg, key, fp)
         if model is not None:
             return model
+    if missing:
+        raise CheckpointError(f"{path}: no saved {name} seed {tc.seed} for these settings (steps={tc.steps}, "
+                              f"lr={tc.lr}); {missing}")
     seed_everything(tc.seed)
     model = build_model(cfg, seed=tc.seed)
     res = train(model, data, tc)
@@ -457,7 +462,7 @@ def _run_job(job: dict[str, Any], datasets: dict[str, dict[str, Any]] | None = N
     b = (datasets if datasets is not None else _DATA)[job["data"]]
     cfg, tc = SAEConfig.from_dict(job["cfg"]), TrainConfig(**job["tc"])
     path = Path(job["path"]) if job.get("path") else None
-    model = _fit(job["name"], cfg, b["train"], tc, path, reuse=job.get("reuse", True))
+    model = _fit(job["name"], cfg, b["train"], tc, path, reuse=job.get("reuse", True), missing=job.get("missing"))
     info = getattr(model, "train_info", {})
     row = dict(job["meta"])
     row["wall_time_s"] = float(info.get("wall_time_s", float("nan")))
@@ -488,9 +493,39 @@ def run_jobs(jobs: Sequence[dict[str, Any]], datasets: dict[str, dict[str, Any]]
 
 
 def _job(name: str, cfg: SAEConfig, tc: TrainConfig, path: Path | None, data: str, meta: dict[str, Any],
-         evaluate: bool) -> dict[str, Any]:
+         evaluate: bool, missing: str | None = None) -> dict[str, Any]:
     return {"name": name, "cfg": cfg.to_dict(), "tc": tc.to_dict(), "path": str(path) if path else None,
-            "data": data, "meta": meta, "evaluate": evaluate}
+            "data": data, "meta": meta, "evaluate": evaluate, "missing": missing}
+
+
+# --------------------------------------------------------------------------- sweep manifests
+TRAIN_NOTEBOOK = "notebooks/03_train_group_sparse"
+
+
+def sweep_manifest_path(models_dir: str | Path, sweep: str) -> Path:
+    """``<models_dir>/sweeps/<sweep>.json``: what notebook 03 trained for ``sweep``."""
+    return Path(models_dir) / "sweeps" / f"{sweep}.json"
+
+
+def write_sweep_manifest(models_dir: str | Path, sweep: str, **settings: Any) -> Path:
+    path = sweep_manifest_path(models_dir, sweep)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = json.dumps({"sweep": sweep, **settings}, indent=2, default=lambda v: list(v) if isinstance(v, tuple) else str(v))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(body))
+
+
+def read_sweep_manifest(models_dir: str | Path | None, sweep: str, hint: str = "") -> dict[str, Any]:
+    """The settings notebook 03 trained ``sweep`` with; a missing manifest is a
+    :class:`CheckpointError` naming notebook 03 (and ``hint``: the parameters to run it with)."""
+    if models_dir is None:
+        raise CheckpointError(f"sweep {sweep!r}: no models folder given; run {TRAIN_NOTEBOOK} first {hint}".rstrip())
+    path = sweep_manifest_path(models_dir, sweep)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing: sweep {sweep!r} was not trained; run {TRAIN_NOTEBOOK} first "
+                              f"{hint}".rstrip())
+    m = json.loads(path.read_text())
+    m["values"] = [tuple(v) if isinstance(v, list) else v for v in m.get("values", [])]
+    return m
 
 
 def _as_pairs(p) -> PairedEmbeddings:
@@ -534,7 +569,7 @@ def run_sweep(sweep: str, train_pairs, val_pairs, profile: Mapping[str, Any], *,
               seeds: Sequence[int] | None = None, steps: int | None = None, models_dir: str | Path | None = None,
               data_tag: str = "main", evaluate: bool = True, truth=None, zero_shot_sets=None, ref_x=None,
               ref_y=None, progress: bool = True, n_jobs: int | None = None, threads: int | None = 1,
-              **train_overrides: Any) -> pd.DataFrame:
+              train: bool = True, hint: str = "", **train_overrides: Any) -> pd.DataFrame:
     """Train (or reuse) every ``method x value x seed`` of sweep ``sweep`` (a key of
     :data:`SWEEPS`) and, with ``evaluate``, score each with :func:`evaluate_model`.
 
@@ -542,14 +577,21 @@ def run_sweep(sweep: str, train_pairs, val_pairs, profile: Mapping[str, Any], *,
     ``ablation_steps`` (else ``steps``), ``sweep_jobs`` worker processes. Returns one row
     per run: ``sweep``, ``model``, the parameter column(s), ``seed``, ``wall_time_s`` and,
     with ``evaluate``, the metrics. ``train_overrides``: TrainConfig fields (``device`` ...).
+
+    ``train=True`` (notebook 03) trains what is missing and writes the sweep's manifest
+    (:func:`write_sweep_manifest`) under ``models_dir``; ``train=False`` (notebook 04) only
+    loads: the grid, seeds and steps come from that manifest, and a missing manifest or
+    model raises :class:`CheckpointError` naming notebook 03 (plus ``hint``).
     """
     if sweep not in SWEEPS:
         raise ValueError(f"unknown sweep {sweep!r}; choose from {list(SWEEPS)}")
     spec = SWEEPS[sweep]
-    methods = list(methods or profile.get(spec["methods_key"]) or spec["default_methods"])
-    values = list(values if values is not None else spec["grid"](profile))
-    seeds = list(seeds if seeds is not None else profile.get("sweep_seeds", profile["seeds"]))
-    steps = int(steps or profile.get("ablation_steps", profile["steps"]))
+    man = {} if train else read_sweep_manifest(models_dir, sweep, hint)
+    methods = list(methods or man.get("methods") or profile.get(spec["methods_key"]) or spec["default_methods"])
+    values = list(values if values is not None else man.get("values") or spec["grid"](profile))
+    seeds = list(seeds if seeds is not None else man.get("seeds") or profile.get("sweep_seeds", profile["seeds"]))
+    steps = int(steps or man.get("steps") or profile.get("ablation_steps", profile["steps"]))
+    missing = None if train else f"run {TRAIN_NOTEBOOK} first {hint}".rstrip()
     sweep_lr = float(profile.get("sweep_lr", profile["lr"]))  # short sweep runs may use a larger step size
     d = _as_pairs(train_pairs).dim
     jobs = []
@@ -567,9 +609,12 @@ def run_sweep(sweep: str, train_pairs, val_pairs, profile: Mapping[str, Any], *,
                 else:
                     meta[param] = v
                 meta["seed"] = s
-                jobs.append(_job(mth, cfg, tc, _sweep_path(models_dir, data_tag, cfg, tc), "main", meta, evaluate))
+                jobs.append(_job(mth, cfg, tc, _sweep_path(models_dir, data_tag, cfg, tc), "main", meta, evaluate,
+                                 missing))
     data = {"main": _bundle(train_pairs, val_pairs if evaluate else None, truth, zero_shot_sets, ref_x, ref_y)}
     rows = run_jobs(jobs, data, n_jobs or int(profile.get("sweep_jobs", 1)), threads, progress, f"sweep {sweep}")
+    if train and models_dir is not None:
+        write_sweep_manifest(models_dir, sweep, methods=methods, values=values, seeds=seeds, steps=steps)
     return pd.DataFrame(rows)
 
 
@@ -592,17 +637,23 @@ def sweep_alpha(profile: Mapping[str, Any], *, alphas: Sequence[float] | None = 
                 methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, steps: int | None = None,
                 n_pairs: int | None = None, models_dir: str | Path | None = None, evaluate: bool = True,
                 data_seed: int = 0, progress: bool = True, n_jobs: int | None = None, threads: int | None = 1,
-                **train_overrides: Any) -> pd.DataFrame:
+                train: bool = True, hint: str = "", **train_overrides: Any) -> pd.DataFrame:
     """The synthetic alpha sweep: for each concept cosine ``alpha`` regenerate the data
     (:func:`synthetic_split`) and train every method; score atom recovery, alignment error
     and collapse (the ``gt_*`` columns) plus every other metric.
 
     Defaults: ``alpha_grid``, ``alpha_methods`` (else ``methods``), ``sweep_seeds``,
-    ``alpha_steps`` (else ``ablation_steps``), ``alpha_n_pairs``, ``sweep_jobs`` from ``profile``."""
-    alphas = list(alphas if alphas is not None else profile.get("alpha_grid", [0.0, 0.25, 0.5, 0.75, 1.0]))
-    methods = list(methods or profile.get("alpha_methods") or profile.get("methods") or METHOD_ORDER)
-    seeds = list(seeds if seeds is not None else profile.get("sweep_seeds", profile["seeds"]))
-    steps = int(steps or profile.get("alpha_steps", profile.get("ablation_steps", profile["steps"])))
+    ``alpha_steps`` (else ``ablation_steps``), ``alpha_n_pairs``, ``sweep_jobs`` from ``profile``.
+    ``train``: as in :func:`run_sweep` (manifest ``alpha``; ``False`` only loads)."""
+    man = {} if train else read_sweep_manifest(models_dir, "alpha", hint)
+    alphas = list(alphas if alphas is not None else man.get("values")
+                  or profile.get("alpha_grid", [0.0, 0.25, 0.5, 0.75, 1.0]))
+    methods = list(methods or man.get("methods") or profile.get("alpha_methods") or profile.get("methods")
+                   or METHOD_ORDER)
+    seeds = list(seeds if seeds is not None else man.get("seeds") or profile.get("sweep_seeds", profile["seeds"]))
+    steps = int(steps or man.get("steps") or profile.get("alpha_steps", profile.get("ablation_steps", profile["steps"])))
+    n_pairs = n_pairs or man.get("n_pairs")
+    missing = None if train else f"run {TRAIN_NOTEBOOK} first {hint}".rstrip()
     sweep_lr = float(profile.get("sweep_lr", profile["lr"]))
     data, jobs = {}, []
     for a in alphas:
@@ -616,8 +667,11 @@ def sweep_alpha(profile: Mapping[str, Any], *, alphas: Sequence[float] | None = 
                 tc = _train_config(profile, s, {"steps": steps, "lr": sweep_lr, "progress": False,
                                                 **train_overrides})
                 jobs.append(_job(mth, cfg, tc, _sweep_path(models_dir, key, cfg, tc), key,
-                                 {"sweep": "alpha", "model": mth, "alpha": float(a), "seed": s}, evaluate))
+                                 {"sweep": "alpha", "model": mth, "alpha": float(a), "seed": s}, evaluate, missing))
     rows = run_jobs(jobs, data, n_jobs or int(profile.get("sweep_jobs", 1)), threads, progress, "alpha sweep")
+    if train and models_dir is not None:
+        write_sweep_manifest(models_dir, "alpha", methods=methods, values=alphas, seeds=seeds, steps=steps,
+                             n_pairs=int(n_pairs or profile.get("alpha_n_pairs", profile["n_pairs"])))
     return pd.DataFrame(rows)
 
 
