@@ -133,7 +133,7 @@ prep=(prepare --root "$root" --cwd "$caller" --out "$out" --profile "$profile" -
       --real "$real" --work "$tmp/prepared")
 for kv in "${params[@]+"${params[@]}"}"; do prep+=(--param "$kv"); done
 for kv in "${extract[@]+"${extract[@]}"}"; do prep+=(--extract "$kv"); done
-"$py" -m mmsae.runs "${prep[@]}" > "$tmp/plan.tsv" || exit 2
+"$py" -m mmsae.study.runs "${prep[@]}" > "$tmp/plan.tsv" || exit 2
 mapfile -t chains < "$tmp/plan.tsv"
 
 mkdir -p "$out"; out="$(cd "$out" && pwd -P)"

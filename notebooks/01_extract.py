@@ -22,7 +22,7 @@
 #
 # * `synthetic` (default, offline): aligned multimodal embeddings with a known ground truth
 #   (shared concepts whose image and text directions have cosine `alpha`, image-only and
-#   text-only concepts, a CLIP-sized modality gap). See `mmsae.synthetic`.
+#   text-only concepts, a CLIP-sized modality gap). See `mmsae.data.synthetic`.
 # * `embeddings:PATH`: precomputed pairs (`.npy` of shape `(2, N, d)`, `.safetensors`,
 #   `.npz` or an embedding-cache folder).
 # * `clip` / `clap`: encode an image/audio-caption data set with open_clip or LAION-CLAP
@@ -47,11 +47,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from mmsae import metrics, plots
+from mmsae.eval import metrics
+from mmsae.study import plots
 from mmsae.data import load_paired
-from mmsae.profiles import get_profile
-from mmsae.runs import RunPaths, write_json
-from mmsae.synthetic import config_from_profile, make_synthetic
+from mmsae.study.profiles import get_profile
+from mmsae.study.runs import RunPaths, write_json
+from mmsae.data.synthetic import config_from_profile, make_synthetic
 
 P = get_profile(profile, alpha=alpha, n_pairs=n_pairs, val_fraction=val_fraction)
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
@@ -78,7 +79,7 @@ if data == "synthetic":
     zs.save(paths.embeddings / "zeroshot_synthetic_classes.safetensors")
     paths.write_sources(paths.train_pairs, paths.val_pairs, truth=paths.truth)
 elif data.startswith("embeddings:") or data in ("clip", "clap"):
-    from mmsae.extract import extract_from_params
+    from mmsae.embed.extract import extract_from_params
 
     got = extract_from_params(data, {**dict(extract_options), "seed": seed}, paths.embeddings / "cache")
     train, val = got["train"].validate(expect_normalized=True), got["val"]
@@ -113,7 +114,7 @@ print(f"train: {len(train)} pairs, val: {len(val)} pairs, d = {train.dim}")
 # between the modality means; 0.85 for CLIP ViT-B/16 on COCO) and how well a caption
 # retrieves its image by plain cosine (the dense ceiling every SAE is compared to).
 #
-# `mmsae.geometry.embedding_geometry` adds the rest of the picture: how far each modality
+# `mmsae.eval.geometry.embedding_geometry` adds the rest of the picture: how far each modality
 # sits in its cone (norm of its mean), the cosine between the two means, matched- and
 # random-pair cosines before and after centring, the overlap of the top-20 principal
 # subspaces of image and text, the per-sample variance and the effective rank. The table
@@ -125,9 +126,9 @@ print(f"train: {len(train)} pairs, val: {len(val)} pairs, d = {train.dim}")
 # %%
 import pandas as pd
 
-from mmsae.geometry import COUNT_KEYS, GEOMETRY_LABELS, REAL_CLIP_REFERENCE, compare_geometry, embedding_geometry, \
+from mmsae.eval.geometry import COUNT_KEYS, GEOMETRY_LABELS, REAL_CLIP_REFERENCE, compare_geometry, embedding_geometry, \
     real_clip_geometry
-from mmsae.runs import write_table
+from mmsae.study.runs import write_table
 
 xv, yv = np.asarray(val.x), np.asarray(val.y)
 n_ret = min(len(val), 1000)

@@ -22,7 +22,7 @@
 # caption. Notebook 04 shows what that does: a *split dictionary*, most latents firing for
 # one modality only.
 #
-# Model: `mmsae.models.TopKSAE`; loss: `mmsae.losses`; loop: `mmsae.train.train`.
+# Model: `mmsae.models.TopKSAE`; loss: `mmsae.models.losses`; loop: `mmsae.train.train`.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -37,10 +37,10 @@ device = "auto"
 # %%
 from pathlib import Path
 
-from mmsae import plots
-from mmsae.experiments import train_method
-from mmsae.profiles import get_profile
-from mmsae.runs import RunPaths, load_run_data
+from mmsae.study import plots
+from mmsae.study.experiments import train_method
+from mmsae.study.profiles import get_profile
+from mmsae.study.runs import RunPaths, load_run_data
 
 P = get_profile(profile, seeds=seeds, steps=steps, m=m, k=k)
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
@@ -60,7 +60,7 @@ for s in P["seeds"]:
 # (`train_log.csv` beside each checkpoint).
 
 # %%
-from mmsae.plots import plot_training_logs
+from mmsae.study.plots import plot_training_logs
 
 fig = plot_training_logs(paths.root / "models", ["SAE"], P["seeds"])
 plots.save_figure(fig, "training_SAE", paths.figures)

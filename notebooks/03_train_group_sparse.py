@@ -25,7 +25,7 @@
 # so both choose their top K among the same surviving latents.
 #
 # Model: `mmsae.models.GroupSparseSAE` (`gsae_config`, `mgsae_config`); penalty:
-# `mmsae.losses.group_l21`.
+# `mmsae.models.losses.group_l21`.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -48,11 +48,11 @@ run_alpha_sweep = None  # the synthetic alpha sweep (None: only when data == "sy
 # %%
 from pathlib import Path
 
-from mmsae import plots
-from mmsae.experiments import train_method
-from mmsae.plots import plot_training_logs
-from mmsae.profiles import get_profile
-from mmsae.runs import RunPaths, load_run_data
+from mmsae.study import plots
+from mmsae.study.experiments import train_method
+from mmsae.study.plots import plot_training_logs
+from mmsae.study.profiles import get_profile
+from mmsae.study.runs import RunPaths, load_run_data
 
 P = get_profile(profile, seeds=seeds, steps=steps, m=m, k=k, group_lambda=group_lambda, mask_rate=mask_rate,
                 mask_mode=mask_mode, comparison_seeds=comparison_seeds, sweep_seeds=sweep_seeds,
@@ -75,7 +75,7 @@ plots.save_figure(fig, "training_group_sparse", paths.figures)
 # ## Every method on the same data
 #
 # The comparison of notebook 04 puts seven methods side by side, all trained by the same
-# loop on the same pairs and saved the same way (`mmsae.experiments.METHODS`):
+# loop on the same pairs and saved the same way (`mmsae.study.experiments.METHODS`):
 #
 # | method | what couples an image to its caption |
 # |---|---|
@@ -90,13 +90,13 @@ plots.save_figure(fig, "training_group_sparse", paths.figures)
 # Every method is trained with `comparison_seeds` seeds (mean and spread in every table).
 # Models already on disk with the same settings (the SAE of notebook 02, GSAE/MGSAE
 # above) are reused, not retrained. The extra models run `sweep_jobs` at a time in worker
-# processes with one torch thread each (`mmsae.experiments.run_jobs`).
+# processes with one torch thread each (`mmsae.study.experiments.run_jobs`).
 
 # %%
 import time
 
-from mmsae.experiments import run_sweep, sweep_alpha, train_methods
-from mmsae.runs import write_json
+from mmsae.study.experiments import run_sweep, sweep_alpha, train_methods
+from mmsae.study.runs import write_json
 
 timings = {}
 t0 = time.perf_counter()

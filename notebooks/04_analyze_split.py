@@ -24,7 +24,7 @@
 #    (Table 1 analogue), from codes and from reconstructions.
 # 5. On synthetic data, **recovery of the ground truth**.
 #
-# Every number below comes from `mmsae.analysis.analyze`; tables go to `results/` (CSV +
+# Every number below comes from `mmsae.eval.analysis.analyze`; tables go to `results/` (CSV +
 # LaTeX), figures to `figures/` (PDF + PNG).
 
 # %% tags=["parameters"]
@@ -43,7 +43,6 @@ text_encoder_pretrained = "openai"  # its weights ("random" for a test)
 umap_seed = 0
 comparison_seeds = None  # seeds of the method comparison (profile default; smoke: 0, 1, 2)
 sweep_seeds = None  # seeds of the ablations and the alpha sweep (profile default)
-ablation_steps = None  # must match notebook 03 to reuse its ablation models
 run_ablations = True
 run_alpha_sweep = None  # None: only when data == "synthetic"
 
@@ -53,14 +52,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmsae import paper, plots
-from mmsae.analysis import mms_reference
+from mmsae.study import paper, plots
+from mmsae.eval.analysis import mms_reference
 from mmsae.data import load_paired
 from mmsae.models import load_model
-from mmsae.profiles import get_profile
-from mmsae.runs import RunPaths, load_run_data, write_json, write_table
+from mmsae.study.profiles import get_profile
+from mmsae.study.runs import RunPaths, load_run_data, write_json, write_table
 
-P = get_profile(profile, comparison_seeds=comparison_seeds, sweep_seeds=sweep_seeds, ablation_steps=ablation_steps)
+P = get_profile(profile, comparison_seeds=comparison_seeds, sweep_seeds=sweep_seeds)
 SEEDS = P["comparison_seeds"]  # every table: mean and std over these seeds
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
 train, val, truth, zero_shot = load_run_data(paths)
@@ -78,13 +77,13 @@ print("models:", names, "| seeds:", SEEDS, "| MMS reference:", ref_kind)
 
 # %% [markdown]
 # Each model is encoded once; every metric below derives from those codes
-# (`mmsae.experiments.evaluate_model` = `mmsae.analysis.analyze` plus training-side
+# (`mmsae.study.experiments.evaluate_model` = `mmsae.eval.analysis.analyze` plus training-side
 # counts).
 
 # %%
 from tqdm.auto import tqdm
 
-from mmsae import experiments as ex
+from mmsae.study import experiments as ex
 
 analyses, rows = {}, []
 for name in tqdm(names, desc="models"):
@@ -99,7 +98,7 @@ per_seed.to_csv(paths.results / "per_seed_metrics.csv", index=False)
 
 
 def mean_std(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
-    """Mean and std over seeds per model for ``cols`` (``mmsae.experiments.aggregate_seeds``)."""
+    """Mean and std over seeds per model for ``cols`` (``mmsae.study.experiments.aggregate_seeds``)."""
     return ex.aggregate_seeds(df[["model", "seed", *cols]], "model").drop(columns="n_seeds")
 
 
@@ -109,7 +108,7 @@ def mean_std(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
 # `min_count` held-out samples of that modality. The paper counts any firing
 # (`min_count = 1`); that rule turns leakage into "both" as the number of held-out pairs
 # grows, so by default we ask for a fixed *share* (`min_frac`) of a latent's expected
-# firings `N K / m` (`min_count = "scaled"`, `mmsae.metrics.category_min_count`). The rule
+# firings `N K / m` (`min_count = "scaled"`, `mmsae.eval.metrics.category_min_count`). The rule
 # is written into every table (`category_rule`). For the modality-specific SAEs, "both"
 # counts matched latent pairs, true by construction (`both_rule = matched`). The paper's
 # counts (CLIP ViT-B/16, CC3M validation, 8192 latents) are shown beside ours.
@@ -130,7 +129,7 @@ cats
 # %% [markdown]
 # **The split measure** (primary, stable in N): among latents with enough firings, the
 # share whose modality score is <= 0.1 or >= 0.9 (`unimodal_share`), its two ends, and
-# quantiles of the score distribution (`mmsae.metrics.split_measures`).
+# quantiles of the score distribution (`mmsae.eval.metrics.split_measures`).
 
 # %%
 split_cols = ["unimodal_share", "image_share", "text_share", "score_balance", "score_q10", "score_q50", "score_q90",
@@ -148,7 +147,7 @@ split_tab.round(3)
 # paper's fixed rule drifts with N, the scaled rule and the unimodal share do not.
 
 # %%
-from mmsae.analysis import split_vs_sample_size
+from mmsae.eval.analysis import split_vs_sample_size
 
 sizes = split_sizes or [n for n in (100, 250, 500, 1000, 2000, 4000, 8000) if n < len(val)] + [len(val)]
 vs_n = pd.concat([split_vs_sample_size(analyses[(n, SEEDS[0])].z_x, analyses[(n, SEEDS[0])].z_y, sizes,
@@ -219,7 +218,7 @@ write_table(rec, "reconstruction", paths.results,
 
 ret_cols = [f"{t}_{d}_{k}" for t in ("code", "recon") for d in ("x2y", "y2x") for k in ("R@1", "R@5", "R@10", "MRR")]
 ret = mean_std(per_seed, ret_cols)
-from mmsae import metrics
+from mmsae.eval import metrics
 
 n_pool = int(per_seed["retrieval_pool"].iloc[0])
 dense = metrics.cross_modal_retrieval(np.asarray(val.x)[:n_pool], np.asarray(val.y)[:n_pool])
@@ -266,7 +265,7 @@ if gt_cols:
 # (cosine) to its text-side decoder atom. On synthetic data the vocabulary is the true
 # concepts' text directions, so naming can be scored: an alive latent is named
 # correctly when its word is the concept it encodes (the concept whose true coefficients
-# correlate best with its activations, `mmsae.concepts.latent_concepts`).
+# correlate best with its activations, `mmsae.eval.concepts.latent_concepts`).
 # *Probe decomposition*: a logistic-regression probe for one class, trained on the image
 # embeddings only, is decomposed over the image-side atoms (NNLS over the 64 atoms most
 # aligned with it); the generator correlates that class with another concept (the
@@ -275,7 +274,7 @@ if gt_cols:
 # `text_encoder`); without ground truth it is a table of names, not a score.
 
 # %%
-from mmsae import concepts
+from mmsae.eval import concepts
 
 naming_rows, probe_rows = [], []
 if truth is not None:
@@ -312,7 +311,7 @@ if truth is not None:
                             "correlated with the class? (rank 0: not among the candidates)")
         print(probe.to_string(index=False))
 elif vocabulary_path:
-    from mmsae.encoders import ClipEncoder
+    from mmsae.embed.encoders import ClipEncoder
 
     vocab_words = concepts.load_vocabulary(vocabulary_path)
     vocab_emb = concepts.encode_vocabulary(vocab_words, ClipEncoder(text_encoder, text_encoder_pretrained))
@@ -334,7 +333,7 @@ else:
     print("concept naming skipped: no ground truth and no vocabulary_path")
 
 # %%
-from mmsae.analysis import headline_summary
+from mmsae.eval.analysis import headline_summary
 
 headline = headline_summary(per_seed, names)
 write_json({"profile": profile, "data": data, "seeds": SEEDS, "mms_reference": ref_kind, "n_val": len(val),
@@ -344,9 +343,9 @@ pd.DataFrame(headline).T.round(3)
 # %% [markdown]
 # ## 6 · Every method side by side
 #
-# The seven methods of notebook 03 (`mmsae.experiments.METHODS`) on the same held-out
+# The seven methods of notebook 03 (`mmsae.study.experiments.METHODS`) on the same held-out
 # pairs with the same metrics, mean $\pm$ std over `comparison_seeds` seeds
-# (`mmsae.experiments.evaluate_model`, the metrics above plus the training-side dead
+# (`mmsae.study.experiments.evaluate_model`, the metrics above plus the training-side dead
 # count). Codes of a single modality are used throughout: the SharedSupport SAE encodes
 # a lone image or caption with its own pre-activations (a query has no partner), the
 # modality-specific SAEs use their text code re-indexed by the Hungarian matching, so
@@ -389,7 +388,7 @@ if "gt_recovery_mean" in cmp_full:
 #
 # Each ablation model (trained by notebook 03, reused here) is evaluated on the same
 # held-out pairs; tables give mean $\pm$ std over `sweep_seeds` seeds, figures the mean
-# with $\pm 1$ std error bars. `ablation_steps` training steps per model, so absolute
+# with $\pm 1$ std error bars. Notebook 03's `ablation_steps` training steps per model, so absolute
 # numbers sit below the main table's at the smoke profile; compare within a sweep.
 #
 # * `ablation_lambda`: the l2,1 weight (0 = no group penalty);
@@ -409,7 +408,9 @@ ablations = {}
 if run_ablations:
     for sweep, (xcol, xlabel) in sweep_x.items():
         raw = ex.add_derived(ex.run_sweep(sweep, train, val, P, models_dir=paths.root / "models", truth=truth,
-                                          zero_shot_sets=zero_shot, ref_x=ref_x, ref_y=ref_y))
+                                          zero_shot_sets=zero_shot, ref_x=ref_x, ref_y=ref_y, train=False,
+                                          hint=f"(profile={profile!r}, data={data!r}, run_ablations=True)"))
+        abl_steps = ex.read_sweep_manifest(paths.root / "models", sweep)["steps"]
         raw.drop(columns=TIMING, errors="ignore").to_csv(paths.results / f"ablation_{sweep}_per_seed.csv", index=False)
         raw.to_csv(paths.root / f"ablation_{sweep}_per_seed_with_timings.csv", index=False)
         by = ["model", "expansion", "k", "m"] if sweep == "width_k" else ["model", xcol]
@@ -417,7 +418,7 @@ if run_ablations:
         cols = [c for c in abl_cols if c in agg.columns]
         tab = agg[by + [c for col in cols for c in (col, f"{col}_std")] + ["n_seeds"]]
         ex.to_latex(tab, paths.results / f"ablation_{sweep}.tex", label=f"tab:ablation_{sweep}",
-                    caption=(f"Ablation: {xlabel} ({profile} profile, {data}, {P['ablation_steps']} steps; mean "
+                    caption=(f"Ablation: {xlabel} ({profile} profile, {data}, {abl_steps} steps; mean "
                              f"$\\pm$ std over {len(P['sweep_seeds'])} seeds)."))
         if sweep == "width_k":
             agg = agg.assign(series=[f"{mo} K={k}" if agg["model"].nunique() > 1 else f"K={k}"
@@ -455,7 +456,9 @@ if run_ablations:
 if run_alpha_sweep is None:
     run_alpha_sweep = data == "synthetic"
 if run_alpha_sweep:
-    alpha_raw = ex.add_derived(ex.sweep_alpha(P, models_dir=paths.root / "models"))
+    alpha_raw = ex.add_derived(ex.sweep_alpha(P, models_dir=paths.root / "models", train=False,
+                                              hint=f"(profile={profile!r}, run_alpha_sweep=True)"))
+    alpha_man = ex.read_sweep_manifest(paths.root / "models", "alpha")
     alpha_raw.drop(columns=TIMING, errors="ignore").to_csv(paths.results / "alpha_sweep_per_seed.csv", index=False)
     alpha_raw.to_csv(paths.root / "alpha_sweep_per_seed_with_timings.csv", index=False)
     alpha_agg = ex.aggregate_seeds(alpha_raw, ["model", "alpha"])
@@ -464,8 +467,8 @@ if run_alpha_sweep:
     a_cols = [c for c in a_cols if c in alpha_agg]
     alpha_tab = alpha_agg[["model", "alpha"] + [c for col in a_cols for c in (col, f"{col}_std")] + ["n_seeds"]]
     ex.to_latex(alpha_tab, paths.results / "alpha_sweep.tex", label="tab:alpha_sweep",
-                caption=(f"Synthetic alpha sweep ({profile} profile, {P['alpha_n_pairs']} pairs, "
-                         f"{P['alpha_steps']} steps; mean $\\pm$ std over {len(P['sweep_seeds'])} seeds)."))
+                caption=(f"Synthetic alpha sweep ({profile} profile, {alpha_man['n_pairs']} pairs, "
+                         f"{alpha_man['steps']} steps; mean $\\pm$ std over {len(P['sweep_seeds'])} seeds)."))
     fig = ex.plot_sweep(alpha_agg, "alpha", ex.ALPHA_METRICS, xlabel="alpha = cos(image dir., text dir.)")
     plots.save_figure(fig, "alpha_sweep", paths.figures)
     best = []

@@ -48,10 +48,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmsae import plots, steering
+from mmsae.study import plots
+from mmsae.eval import steering
 from mmsae.models import load_model
-from mmsae.profiles import get_profile
-from mmsae.runs import RunPaths, load_run_data, write_json, write_table
+from mmsae.study.profiles import get_profile
+from mmsae.study.runs import RunPaths, load_run_data, write_json, write_table
 
 P = get_profile(profile, steer_alphas=alphas, steer_samples=n_samples)
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
@@ -68,7 +69,7 @@ x, y = np.asarray(val.x), np.asarray(val.y)
 # %% [markdown]
 # ## The concept: who carries it, and where it points
 #
-# `mmsae.steering.choose_concept` uses the best information the run has: the synthetic
+# `mmsae.eval.steering.choose_concept` uses the best information the run has: the synthetic
 # ground truth (true concept `concept`), else class `concept` of the first zero-shot set,
 # else, for a user's embeddings without labels, a **label-free concept**: cluster
 # `concept` of a k-means clustering (`n_clusters`) of the held-out caption embeddings

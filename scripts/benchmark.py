@@ -277,7 +277,7 @@ def _figure(df, figures_dir) -> None:
     try:
         import matplotlib.pyplot as plt
 
-        from mmsae.plots import save_figure, set_style
+        from mmsae.study.plots import save_figure, set_style
 
         set_style()
         settings = list(dict.fromkeys(df.setting))

@@ -3,7 +3,7 @@
 Fills the sections between ``<!-- results:NAME:begin -->`` and ``<!-- results:NAME:end -->``
 markers, and the benchmark section (rendered by scripts/benchmark.py --from-csv).
 Run by ./run_all.sh after the default run; safe to run by hand. The tables come from
-``results/`` (synthetic default) and ``results/<slug>/`` (other data, :class:`mmsae.runs.RunPaths`).
+``results/`` (synthetic default) and ``results/<slug>/`` (other data, :class:`mmsae.study.runs.RunPaths`).
 The runtime line is rewritten only with ``--runtime``: wall times vary between identical runs,
 so they are kept in the untracked ``runs/<profile>-<slug>/run_all.json`` and a plain rerun
 leaves README.md unchanged.
@@ -23,9 +23,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
-from mmsae import paper  # noqa: E402
+from mmsae.study import paper  # noqa: E402
 from mmsae.data import atomic_write  # noqa: E402
-from mmsae.runs import DEFAULT_DATA, REAL_CLIP_RUN, RunPaths  # noqa: E402
+from mmsae.study.runs import DEFAULT_DATA, REAL_CLIP_RUN, RunPaths  # noqa: E402
 
 RES = RunPaths(ROOT, "smoke", DEFAULT_DATA).results  # tables of the synthetic default: results/
 
@@ -57,7 +57,7 @@ def _md(df: pd.DataFrame) -> str:
 
 def _real_results() -> Path:
     """Where the default run's real-CLIP run (500 COCO pairs) writes its tables."""
-    from mmsae.runs import REAL_CLIP_RUN, RunPaths  # noqa: E402
+    from mmsae.study.runs import REAL_CLIP_RUN, RunPaths  # noqa: E402
 
     return RunPaths(ROOT, "smoke", REAL_CLIP_RUN["data"]).results
 

@@ -11,10 +11,10 @@ open_clip = pytest.importorskip("open_clip")
 skdata = pytest.importorskip("skimage.data")
 from PIL import Image  # noqa: E402
 
-from mmsae.cache import CacheMismatch, EmbeddingCache, load_cache, read_manifest  # noqa: E402
+from mmsae.data.cache import CacheMismatch, EmbeddingCache, load_cache, read_manifest  # noqa: E402
 from mmsae.data import EmbeddingError, ZeroShotSet, load_paired  # noqa: E402
-from mmsae.encoders import ClipEncoder  # noqa: E402
-from mmsae.extract import build_zero_shot_sets, extract_from_params, extract_pairs, extraction_help  # noqa: E402
+from mmsae.embed.encoders import ClipEncoder  # noqa: E402
+from mmsae.embed.extract import build_zero_shot_sets, extract_from_params, extract_pairs, extraction_help  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "clip_vitb16_coco500.npy"
 FUNCS = [skdata.astronaut, skdata.chelsea, skdata.coffee, skdata.rocket, skdata.camera, skdata.horse,

@@ -220,7 +220,7 @@ def test_array_digest_covers_every_row_and_caches_memmaps(tmp_path, monkeypatch)
     np.save(tmp_path / "e.npy", np.stack([a, b]))
     m = np.load(tmp_path / "e.npy", mmap_mode="r")
     assert array_digest(m[0]) == array_digest(a) and array_digest(m[1]) == array_digest(b)
-    import mmsae.data as D
+    import mmsae.data.store as D
 
     calls = []
     real = np.ascontiguousarray

@@ -97,7 +97,7 @@ def test_two_gloo_processes_match_single_process(ddp_results, which):
 
 
 def test_shard_slice_single_process():
-    from mmsae import distributed as ddp
+    from mmsae.train import distributed as ddp
 
     assert ddp.world_size() == 1 and ddp.rank() == 0
     assert ddp.shard_slice(128) == slice(0, 128)

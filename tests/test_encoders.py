@@ -14,7 +14,7 @@ import pytest
 open_clip = pytest.importorskip("open_clip")
 skdata = pytest.importorskip("skimage.data")
 
-from mmsae.encoders import ClapEncoder, ClipEncoder, EncoderUnavailable  # noqa: E402
+from mmsae.embed.encoders import ClapEncoder, ClipEncoder, EncoderUnavailable  # noqa: E402
 
 from clip_helpers import register_tiny_clip  # noqa: E402
 
@@ -81,7 +81,7 @@ def test_clip_bad_tag_and_missing_file():
 
 def test_clap_lazy_import():
     """Importing mmsae's encoder, cache, source and extract modules never imports laion_clap."""
-    code = ("import sys; import mmsae.encoders, mmsae.extract, mmsae.cache, mmsae.sources, mmsae.prompts; "
+    code = ("import sys; import mmsae.embed.encoders, mmsae.embed.extract, mmsae.data.cache, mmsae.embed.sources, mmsae.embed.prompts; "
             "print('laion_clap' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**__import__('os').environ, "PYTHONPATH": str(Path(__file__).parents[1] / "lib")})
@@ -102,7 +102,7 @@ def test_clap_offline_missing_checkpoint_fails_fast(monkeypatch, tmp_path):
 
 
 def test_clap_offline_missing_tokenizer_fails_fast(monkeypatch, tmp_path):
-    from mmsae import encoders
+    from mmsae.embed import encoders
 
     if encoders._hf_cached("roberta-base", "vocab.json"):
         pytest.skip("roberta-base tokenizer is cached on this machine")
@@ -138,7 +138,7 @@ def test_clap_random_extraction_on_synthetic_audio(monkeypatch, tmp_path):
 
     if importlib.util.find_spec("laion_clap") is None:  # not importorskip: a plain import retries the hub
         pytest.skip("laion_clap is not installed")
-    from mmsae import encoders
+    from mmsae.embed import encoders
 
     # a 1-layer RoBERTa keeps random init fast; the width (768) is what CLAP's projection expects
     monkeypatch.setitem(encoders._ROBERTA_BASE_CONFIG, "num_hidden_layers", 1)
@@ -164,7 +164,7 @@ def test_clap_random_extraction_on_synthetic_audio(monkeypatch, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(txt, axis=1), 1.0, atol=1e-5)
 
     # end to end through the cache: a CSV of synthesised audio + captions, one broken file
-    from mmsae.extract import extract_pairs
+    from mmsae.embed.extract import extract_pairs
 
     rows = []
     for i, f0 in enumerate((220, 330, 440)):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmsae.analysis import analyze, mms_reference
+from mmsae.eval.analysis import analyze, mms_reference
 from mmsae.models import SAEConfig, build_model, gsae_config, mgsae_config
-from mmsae.synthetic import make_synthetic
+from mmsae.data.synthetic import make_synthetic
 from mmsae.train import train
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""mmsae.experiments: method table, train/evaluate, seed aggregation, tables, sweeps."""
+"""mmsae.study.experiments: method table, train/evaluate, seed aggregation, tables, sweeps."""
 
 import json
 
@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmsae import experiments as ex
+from mmsae.study import experiments as ex
 from mmsae.models import load_model
-from mmsae.profiles import get_profile
+from mmsae.study.profiles import get_profile
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +163,31 @@ def test_reuse_is_keyed_on_the_training_code(tiny, tmp_path, monkeypatch):
     newer = ex.train_method("SAE", tr, P, seed=0, out_dir=tmp_path, steps=5, progress=False)
     assert newer.train_info["train_key"]["code"] == "0" * 16
     assert newer.train_info["wall_time_s"] != first.train_info["wall_time_s"]
+
+
+def test_sweeps_load_only_what_notebook_03_trained(tiny, tmp_path, monkeypatch):
+    """Notebook 04's sweeps never train: no manifest or no model is an error naming notebook
+    03; with both on disk the rows come from the saved models, with 03's steps and grid."""
+    P, tr, va, sv = tiny
+    with pytest.raises(ex.CheckpointError, match="03_train_group_sparse.*profile='smoke'"):
+        ex.run_sweep("mask_rate", tr, va, P, models_dir=tmp_path, train=False, hint="(profile='smoke')",
+                     progress=False)
+    with pytest.raises(ex.CheckpointError, match="03_train_group_sparse"):
+        ex.sweep_alpha(P, models_dir=tmp_path, train=False, progress=False)
+    trained = ex.run_sweep("mask_rate", tr, va, P, values=[0.0, 0.2], seeds=[0], steps=10, models_dir=tmp_path,
+                           evaluate=False, progress=False, n_jobs=1)
+    man = json.loads(ex.sweep_manifest_path(tmp_path, "mask_rate").read_text())
+    assert man["steps"] == 10 and man["values"] == [0.0, 0.2] and man["seeds"] == [0]
+
+    def no_training(*a, **k):
+        raise AssertionError("notebook 04 trained a model")
+
+    monkeypatch.setattr(ex, "train", no_training)
+    loaded = ex.run_sweep("mask_rate", tr, va, P, models_dir=tmp_path, train=False, progress=False, n_jobs=1)
+    assert list(loaded["mask_rate"]) == [0.0, 0.2] and "explained_variance_x" in loaded
+    assert list(loaded["wall_time_s"]) == list(trained["wall_time_s"])  # the saved runs' summaries
+    # a model deleted after 03 ran: an error naming 03, not a retrain
+    victim = next(p for p in (tmp_path / "sweeps").rglob("model.safetensors"))
+    victim.unlink()
+    with pytest.raises(ex.CheckpointError, match="03_train_group_sparse"):
+        ex.run_sweep("mask_rate", tr, va, P, models_dir=tmp_path, train=False, progress=False, n_jobs=1)

@@ -1,4 +1,4 @@
-"""The sparse fast path (mmsae.fast) against the dense reference path.
+"""The sparse fast path (mmsae.models.sparse) against the dense reference path.
 
 Tolerance: losses and every parameter gradient agree to a relative error of 1e-5
 (max |g_fast - g_ref| / max |g_ref|, float32); the same top-K sets are selected.
@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmsae.fast import HashMask, group_l21_sparse
-from mmsae.losses import group_l21
+from mmsae.models.sparse import HashMask, group_l21_sparse
+from mmsae.models.losses import group_l21
 from mmsae.models import GroupSparseSAE, SAEConfig, TopKSAE, build_model, gsae_config, mgsae_config
 from mmsae.train import TrainConfig, train
 
@@ -124,7 +124,7 @@ def test_mask_is_shared_across_pair_in_fast_path():
     x, _ = _data()
     model = _model(GroupSparseSAE, mgsae_config(d=32, m=256, k=8), x, x)
     mask = HashMask(salt=99, rate=0.5)
-    from mmsae.fast import fast_branch
+    from mmsae.models.sparse import fast_branch
 
     _, _, _, ix, _ = fast_branch(model, x, 0, mask)
     _, _, _, iy, _ = fast_branch(model, x + 0.1, 1, mask)

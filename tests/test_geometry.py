@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mmsae.geometry import COUNT_KEYS, compare_geometry, embedding_geometry, real_clip_geometry
+from mmsae.eval.geometry import COUNT_KEYS, compare_geometry, embedding_geometry, real_clip_geometry
 
 
 def _unit(a):

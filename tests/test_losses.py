@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmsae.losses import (auxk_loss, explained_variance, group_l21, normalized_mse, reconstruction_loss,
+from mmsae.models.losses import (auxk_loss, explained_variance, group_l21, normalized_mse, reconstruction_loss,
                           total_variance)
 
 

@@ -10,7 +10,7 @@ import torch
 from mmsae.models import (MODEL_REGISTRY, BatchTopKSAE, MatryoshkaSAE, ModalitySpecificSAE, SAEConfig,
                           SharedSupportSAE, build_model, load_model)
 from mmsae.models.modality_specific import hungarian_match, pearson_cross_correlation
-from mmsae.synthetic import make_synthetic
+from mmsae.data.synthetic import make_synthetic
 from mmsae.train import train
 
 
@@ -182,7 +182,7 @@ def test_modality_specific_flags_both_by_construction():
 
 
 def test_modality_specific_method_config_has_equal_atoms():
-    from mmsae import experiments as ex
+    from mmsae.study import experiments as ex
 
     prof = {"m": 64, "k": 4, "dead_after": 1000}
     cfg = ex.method_config("ModalitySpecific", prof, d=16)
@@ -305,6 +305,26 @@ def test_shared_support_training_decodes_from_the_shared_set():
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert model.W_enc.grad is not None and model.W_enc.grad.abs().sum() > 0
+    with torch.no_grad():
+        support = model.shared_support(x, y)
+        z_x, z_y = model.encode_pair(x, y)
+        # both members' codes live on the pair's one shared index set
+        for z in (z_x, z_y):
+            outside = torch.ones_like(z, dtype=torch.bool).scatter_(1, support, False)
+            assert not (z[outside] != 0).any()
+        # the loss reconstructs each member from that shared-support code ...
+        rec_x = (x - model.decode(z_x, 0)).pow(2).sum(-1).mean()
+        rec_y = (y - model.decode(z_y, 1)).pow(2).sum(-1).mean()
+        torch.testing.assert_close(out.stats["rec_x"], rec_x, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.stats["rec_y"], rec_y, rtol=1e-5, atol=1e-6)
+        # ... not from each modality's own TopK code (which picks other latents here)
+        own_x = (x - model.decode(model.encode(x, 0), 0)).pow(2).sum(-1).mean()
+        assert abs(float(own_x) - float(out.stats["rec_x"])) > 1e-4
+    # decoder atoms outside every pair's shared set get no gradient
+    used = torch.zeros(model.config.m, dtype=torch.bool)
+    used[support.flatten()] = True
+    dec_grad = model.W_dec.grad.abs().sum(-1)
+    assert (dec_grad[~used] == 0).all() and (dec_grad[used] > 0).any()
 
 
 # --------------------------------------------------------------------------- AuxK weighting
@@ -321,10 +341,10 @@ AUXK_CONFIGS = {
 @pytest.mark.parametrize("arch", sorted(AUXK_CONFIGS))
 def test_every_method_weights_auxk_per_modality(arch, monkeypatch):
     """Every method hands AuxK each modality's own embeddings (Gao et al.'s weight TV(u) / TV(e)
-    per modality, mmsae.losses.auxk_loss) and adds auxk_coef times the result to its loss."""
-    import mmsae.fast
+    per modality, mmsae.models.losses.auxk_loss) and adds auxk_coef times the result to its loss."""
+    import mmsae.models.sparse
     import mmsae.models.topk
-    from mmsae.losses import auxk_loss
+    from mmsae.models.losses import auxk_loss
 
     calls = []
 
@@ -334,7 +354,7 @@ def test_every_method_weights_auxk_per_modality(arch, monkeypatch):
         return out
 
     monkeypatch.setattr(mmsae.models.topk, "auxk_loss", spy)
-    monkeypatch.setattr(mmsae.fast, "auxk_loss", spy)
+    monkeypatch.setattr(mmsae.models.sparse, "auxk_loss", spy)
     torch.manual_seed(0)
     coef = AUXK_CONFIGS[arch].auxk_coef
     model = build_model(copy.deepcopy(AUXK_CONFIGS[arch])).train()  # a copy: the test edits its config

@@ -1,4 +1,4 @@
-"""Tests for mmsae.metrics: hand-computed expectations and fast-vs-naive checks."""
+"""Tests for mmsae.eval.metrics: hand-computed expectations and fast-vs-naive checks."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmsae import metrics as M
+from mmsae.eval import metrics as M
 
 
 # --------------------------------------------------------------------------- MMS

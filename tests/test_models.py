@@ -86,7 +86,18 @@ def test_mask_per_batch_and_no_mask_at_inference():
     assert m.draw_mask(10, torch.device("cpu")).shape == (1, 64)
     m.eval()
     u = torch.randn(5, 8)
-    torch.testing.assert_close(m.encode(u, 0), m.encode(u, 0))  # deterministic: no mask
+    # at inference the code is the unmasked TopK code: that of the same weights with no mask
+    plain = build_model(mgsae_config(8, 64, 4, mask_rate=0.0))
+    plain.load_state_dict(m.state_dict())
+    plain.eval()
+    z = m.encode(u, 0)
+    torch.testing.assert_close(z, plain.encode(u, 0))
+    pre = m.pre_activations(u, 0)
+    top = pre.topk(4, dim=-1).indices
+    assert ((z > 0).sum(1) <= 4).all() and bool((z.gather(1, top) == torch.relu(pre.gather(1, top))).all())
+    m.train()  # while training, the mask does remove latents from the code
+    assert any(not torch.equal(m.training_loss(u, u).stats["ev_x"], plain.training_loss(u, u).stats["ev_x"])
+               for _ in range(5))
     with pytest.raises(ValueError, match="mask_mode"):
         build_model(mgsae_config(8, 64, 4, mask_mode="sometimes"))
     with pytest.raises(ValueError, match="drop probability"):

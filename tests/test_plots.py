@@ -1,4 +1,4 @@
-"""Tests for mmsae.plots: every function returns a figure; save_figure is atomic."""
+"""Tests for mmsae.study.plots: every function returns a figure; save_figure is atomic."""
 
 import matplotlib
 
@@ -10,7 +10,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from mmsae import plots as P  # noqa: E402
+from mmsae.study import plots as P  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

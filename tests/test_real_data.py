@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmsae import metrics
+from mmsae.eval import metrics
 from mmsae.data import load_paired
 from mmsae.models import SAEConfig, build_model, mgsae_config
 from mmsae.train import train

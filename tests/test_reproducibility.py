@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from mmsae import experiments as ex
+from mmsae.study import experiments as ex
 from mmsae.models import build_model, load_model
-from mmsae.profiles import get_profile
-from mmsae.synthetic import make_synthetic
+from mmsae.study.profiles import get_profile
+from mmsae.data.synthetic import make_synthetic
 from mmsae.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -115,7 +115,7 @@ def test_stale_mkdir_lock_of_a_dead_process_is_reported_and_taken(tmp_path):
 def test_save_figure_twice_gives_identical_bytes(tmp_path):
     import matplotlib.pyplot as plt
 
-    from mmsae import plots
+    from mmsae.study import plots
 
     plots.set_style()
     digests = []

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from mmsae.data import EmbeddingError
-from mmsae.profiles import PROFILES, get_profile
-from mmsae.runs import (REAL_CLIP_RUN, RunPaths, RunSetupError, data_slug, load_run_data, notebook_parameters,
+from mmsae.study.profiles import PROFILES, get_profile
+from mmsae.study.runs import (REAL_CLIP_RUN, RunPaths, RunSetupError, data_slug, load_run_data, notebook_parameters,
                         parse_param, prepare_runs, resolve_data, select_notebooks, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 skdata = pytest.importorskip("skimage.data")
 from PIL import Image  # noqa: E402
 
-from mmsae.sources import (CifarSource, CocoCaptions, CsvSource, LabelledFolder, NSynthSource,  # noqa: E402
+from mmsae.embed.sources import (CifarSource, CocoCaptions, CsvSource, LabelledFolder, NSynthSource,  # noqa: E402
                            WebDatasetSource, open_source)
 
 IMAGES = {"astronaut": skdata.astronaut, "cat": skdata.chelsea, "coffee": skdata.coffee, "rocket": skdata.rocket}
@@ -122,7 +122,7 @@ def test_labelled_folder_and_prompt_names(tmp_path):
         for i in range(2):
             Image.fromarray(f()).resize((32, 32)).save(tmp_path / cls / f"{i}.png")
     (tmp_path / "cat" / "bad.png").write_bytes(b"x")
-    from mmsae.prompts import CIFAR10_CLASSES
+    from mmsae.embed.prompts import CIFAR10_CLASSES
 
     src = LabelledFolder(tmp_path, class_names=CIFAR10_CLASSES)
     rows = list(src)

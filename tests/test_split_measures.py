@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mmsae import metrics as M
-from mmsae.analysis import split_vs_sample_size
+from mmsae.eval import metrics as M
+from mmsae.eval.analysis import split_vs_sample_size
 
 
 def _codes(n: int, seed: int = 0):

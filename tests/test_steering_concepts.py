@@ -2,9 +2,9 @@ import pytest
 import numpy as np
 import torch
 
-from mmsae.concepts import decompose_probe, name_latents
+from mmsae.eval.concepts import decompose_probe, name_latents
 from mmsae.models import SAEConfig, build_model
-from mmsae.steering import concept_target, latent_std, pick_latent_by_codes, pick_latent_by_direction, steering_curve
+from mmsae.eval.steering import concept_target, latent_std, pick_latent_by_codes, pick_latent_by_direction, steering_curve
 
 
 def _identity_sae(d=4):
@@ -65,7 +65,7 @@ def _clustered_pairs(n=120, d=16, k=4, seed=0):
 def test_text_clusters_recover_planted_groups():
     import numpy as np
 
-    from mmsae.steering import text_clusters
+    from mmsae.eval.steering import text_clusters
 
     x, y, lab = _clustered_pairs()
     got = text_clusters(y, n_clusters=4, seed=0)
@@ -77,7 +77,7 @@ def test_text_clusters_recover_planted_groups():
 def test_choose_concept_without_labels_uses_a_caption_cluster():
     import numpy as np
 
-    from mmsae.steering import choose_concept, steering_samples
+    from mmsae.eval.steering import choose_concept, steering_samples
 
     x, y, lab = _clustered_pairs()
     c = choose_concept(x, y, truth=None, zero_shot={}, concept=1, n_clusters=4)
@@ -97,7 +97,7 @@ def test_choose_concept_prefers_truth_then_zero_shot():
     import numpy as np
 
     from mmsae.data import ZeroShotSet
-    from mmsae.steering import choose_concept
+    from mmsae.eval.steering import choose_concept
 
     x, y, lab = _clustered_pairs()
     truth = {"codes_x": np.eye(4)[lab].astype("float32"), "codes_y": np.eye(4)[lab].astype("float32")}
@@ -109,7 +109,7 @@ def test_choose_concept_prefers_truth_then_zero_shot():
 
 # --- concept naming and probe decomposition scored against a known truth ---------------------
 def test_naming_accuracy_by_hand():
-    from mmsae.concepts import naming_accuracy
+    from mmsae.eval.concepts import naming_accuracy
 
     vocab = np.eye(3, 5)  # word j -> direction e_j, stands for concept 10 + j
     vocab_concept = np.array([10, 11, 12])
@@ -123,7 +123,7 @@ def test_naming_accuracy_by_hand():
 
 
 def test_probe_exposes_a_correlated_concept():
-    from mmsae.concepts import fit_probe, probe_report
+    from mmsae.eval.concepts import fit_probe, probe_report
     from mmsae.data import l2_normalize
 
     rng = np.random.default_rng(0)
@@ -144,7 +144,7 @@ def test_probe_exposes_a_correlated_concept():
 
 
 def test_vocabulary_file_errors(tmp_path):
-    from mmsae.concepts import load_vocabulary
+    from mmsae.eval.concepts import load_vocabulary
     from mmsae.data import EmbeddingError
 
     with pytest.raises(EmbeddingError, match="not found"):
@@ -161,8 +161,8 @@ def test_vocabulary_naming_with_a_random_weight_clip(tmp_path, tmp_path_factory)
     """Real-data naming path: words -> CLIP text embeddings -> the closest atom's word."""
     from clip_helpers import register_tiny_clip
 
-    from mmsae.concepts import encode_vocabulary, load_vocabulary, name_latents
-    from mmsae.encoders import ClipEncoder
+    from mmsae.eval.concepts import encode_vocabulary, load_vocabulary, name_latents
+    from mmsae.embed.encoders import ClipEncoder
 
     enc = ClipEncoder(register_tiny_clip(tmp_path_factory), pretrained="random", device="cpu")
     f = tmp_path / "vocab.txt"

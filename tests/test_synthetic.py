@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from mmsae.geometry import compare_geometry, embedding_geometry, real_clip_geometry
-from mmsae.profiles import PROFILES, get_profile
-from mmsae.synthetic import (GENERATOR_PROFILE_KEYS, IMAGE_ONLY, SHARED, TEXT_ONLY, SyntheticConfig,
+from mmsae.eval.geometry import compare_geometry, embedding_geometry, real_clip_geometry
+from mmsae.study.profiles import PROFILES, get_profile
+from mmsae.data.synthetic import (GENERATOR_PROFILE_KEYS, IMAGE_ONLY, SHARED, TEXT_ONLY, SyntheticConfig,
                              concept_frequencies, config_from_profile, load_truth, make_synthetic)
 
 KW = dict(n_pairs=4000, d=128, n_shared=60, n_image_only=20, n_text_only=20, alpha=0.6, seed=3)

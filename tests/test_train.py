@@ -9,7 +9,7 @@ import torch
 
 from mmsae.models import SAEConfig, build_model, gsae_config, mgsae_config
 from mmsae.models.base import CheckpointMismatchError
-from mmsae.synthetic import make_synthetic
+from mmsae.data.synthetic import make_synthetic
 from mmsae.train import train
 
 
@@ -157,12 +157,12 @@ def test_interrupted_swap_keeps_previous_checkpoint(tmp_path, pairs, monkeypatch
     """An exception between the renames (the new folder is cleaned up): resume from the old one."""
     import importlib
 
-    T = importlib.import_module("mmsae.train")  # the module (the package attribute is the function)
+    T = importlib.import_module("mmsae.train.loop")  # the module (the package attribute is the function)
 
     cfg = mgsae_config(32, 64, 4, dead_after=500)
     full = _run(pairs, cfg, steps=60, seed=3)
     ck = tmp_path / "ck"
-    real = T._replace_dir
+    real = T.replace_dir
     calls = []
 
     def swap_then_die(src, dst):
@@ -172,10 +172,10 @@ def test_interrupted_swap_keeps_previous_checkpoint(tmp_path, pairs, monkeypatch
             raise KeyboardInterrupt
         real(src, dst)
 
-    monkeypatch.setattr(T, "_replace_dir", swap_then_die)
+    monkeypatch.setattr(T, "replace_dir", swap_then_die)
     with pytest.raises(KeyboardInterrupt):
         _run(pairs, cfg, steps=60, seed=3, checkpoint_dir=str(ck), checkpoint_every=20)
-    monkeypatch.setattr(T, "_replace_dir", real)
+    monkeypatch.setattr(T, "replace_dir", real)
     assert not (ck / "last").exists() and (ck / ".last.old").is_dir()
     resumed = _run(pairs, cfg, steps=60, seed=3, checkpoint_dir=str(ck), checkpoint_every=20)
     assert resumed.resumed_from == 20

@@ -12,9 +12,10 @@ autoencoders" (Kaushik, Barch, Fanelli; ICLR 2026). Modules, one concern each:
 ``plots``      one figure style; every figure as PDF + PNG
 """
 
-from .data import EmbeddingError, PairedEmbeddings, ZeroShotSet, load_paired
+from .data.load import load_paired
+from .data.store import EmbeddingError, PairedEmbeddings, ZeroShotSet
 from .models import SAEConfig, build_model, load_model
-from .train import TrainConfig, train
+from .train.loop import TrainConfig, train
 
 __version__ = "0.1.0"
 

@@ -30,7 +30,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..data.store import make_temp_dir, replace_dir
 
 __all__ = ["SAEConfig", "LossOutput", "Dictionary", "register", "load_model", "build_model", "MODEL_REGISTRY",
            "CheckpointError", "CheckpointMismatchError"]
@@ -166,9 +169,7 @@ class Dictionary(nn.Module):
     # --- persistence -----------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path/config.json`` and ``path/model.safetensors`` atomically."""
-        from safetensors.torch import save_file
 
-        from ..data import make_temp_dir
 
         path = Path(path)
         tmp = make_temp_dir(path.parent, f".{path.name}.")
@@ -180,24 +181,11 @@ class Dictionary(nn.Module):
             save_file(state, str(tmp / "model.safetensors"))
             # safetensors writes 0600 files: give the weights the mode of an ordinary write
             os.chmod(tmp / "model.safetensors", stat.S_IMODE((tmp / "config.json").stat().st_mode))
-            _replace_dir(tmp, path)
+            replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return path
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move folder ``src`` onto ``dst``; an existing ``dst`` is swapped out, then removed."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def build_model(config: SAEConfig | dict[str, Any], seed: int | None = None) -> Dictionary:
@@ -208,8 +196,6 @@ def build_model(config: SAEConfig | dict[str, Any], seed: int | None = None) -> 
     the global torch generator is left as it was. ``None`` draws from the global torch
     generator, so the weights then depend on everything that used it before.
     """
-    from . import MODEL_REGISTRY as reg  # noqa: F401  (ensures all archs are imported)
-
     cfg = config if isinstance(config, SAEConfig) else SAEConfig.from_dict(config)
     if cfg.arch not in MODEL_REGISTRY:
         raise ValueError(f"unknown arch {cfg.arch!r}; known: {sorted(MODEL_REGISTRY)}")
@@ -222,8 +208,6 @@ def build_model(config: SAEConfig | dict[str, Any], seed: int | None = None) -> 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Dictionary:
     """Load a model saved with :meth:`Dictionary.save` (``config.json`` + ``model.safetensors``)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     cfg_file, weights = path / "config.json", path / "model.safetensors"
     if not cfg_file.exists() or not weights.exists():
@@ -241,3 +225,14 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except Exception as e:
         raise CheckpointError(f"{path}: could not load checkpoint ({type(e).__name__}: {e})") from e
     return model.to(map_location)
+
+
+@torch.no_grad()
+def step_stats(x, y, x_hat, y_hat, rec_x, rec_y, **extra) -> dict[str, torch.Tensor]:
+    """Per-step statistics of a paired loss, kept as tensors (the loop syncs them only when it logs)."""
+    def ev(u, uh):
+        return 1.0 - (u - uh).pow(2).sum() / (u - u.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+    out = {"rec_x": rec_x.detach(), "rec_y": rec_y.detach(), "ev_x": ev(x, x_hat), "ev_y": ev(y, y_hat)}
+    out.update({k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in extra.items()})
+    return out

@@ -15,7 +15,7 @@ pre-bias, nothing couples a pair), but the sparsity constraint is taken over the
 
 ``extra["inference"] = "topk"`` forces per-sample TopK at inference (default
 ``"threshold"``). AuxK (per modality, at Gao et al.'s relative weight:
-:func:`mmsae.losses.auxk_loss`) and the decoder-norm constraint are the TopK recipe's. A
+:func:`mmsae.models.losses.auxk_loss`) and the decoder-norm constraint are the TopK recipe's. A
 kept entry of value 0 (when fewer than ``2B * K`` pre-activations are positive) is not a
 firing for the dead-latent counter.
 """
@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import reconstruction_loss
-from .base import LossOutput, SAEConfig, register
-from .topk import TopKSAE, _stats
+from .losses import reconstruction_loss
+from .base import LossOutput, SAEConfig, register, step_stats
+from .topk import TopKSAE
 
 __all__ = ["BatchTopKSAE", "batch_topk"]
 
@@ -123,5 +123,5 @@ class BatchTopKSAE(TopKSAE):
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
         aux = self._auxk(pre, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = rec_x + rec_y + self.config.auxk_coef * aux
-        return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
+        return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
                                        threshold=self.threshold.detach().clone()))

@@ -6,7 +6,7 @@ image/audio, ``b_1`` for text), trained on pairs ``(x, y)``:
     z_x = TopK(ReLU(W_enc (x - b_0) + b_enc)),   z_y = TopK(ReLU(W_enc (y - b_1) + b_enc))
     L   = ||x - x_hat||^2 + ||y - y_hat||^2 + lambda * sum_i sqrt(z_x,i^2 + z_y,i^2)
 
-(plus AuxK, as for the baseline). The l2,1 term (:func:`mmsae.losses.group_l21`) groups
+(plus AuxK, as for the baseline). The l2,1 term (:func:`mmsae.models.losses.group_l21`) groups
 each latent's two activations on a pair and so rewards latents shared by an image and
 its caption.
 
@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import group_l21, reconstruction_loss
-from .base import LossOutput, SAEConfig, register
-from .topk import TopKSAE, _stats
+from .losses import group_l21, reconstruction_loss
+from .base import LossOutput, SAEConfig, register, step_stats
+from .sparse import group_sparse_fast_loss
+from .topk import TopKSAE
 
 __all__ = ["GroupSparseSAE", "gsae_config", "mgsae_config"]
 
@@ -58,14 +59,12 @@ class GroupSparseSAE(TopKSAE):
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, keep=None) -> LossOutput:
         """``keep``: optional mask to use instead of a freshly drawn one, a bool tensor
-        ``(B, m)`` / ``(1, m)`` or an index-form :class:`mmsae.fast.HashMask`.
+        ``(B, m)`` / ``(1, m)`` or an index-form :class:`mmsae.models.sparse.HashMask`.
 
-        With ``fast_path`` (default) the sparse path of :mod:`mmsae.fast` computes the same
+        With ``fast_path`` (default) the sparse path of :mod:`mmsae.models.sparse` computes the same
         objective (index-form mask, l2,1 on the union of active sets); ``fast_path = False``
         selects this dense reference code (mask drawn by :meth:`draw_mask`)."""
         if self._use_fast(GroupSparseSAE) and type(self).draw_mask is GroupSparseSAE.draw_mask:
-            from ..fast import group_sparse_fast_loss
-
             return group_sparse_fast_loss(self, x, y, keep, self.fast_select_dtype)
         if keep is None and self.training and self.config.mask_rate > 0:
             keep = self.draw_mask(x.shape[0], x.device)
@@ -80,4 +79,4 @@ class GroupSparseSAE(TopKSAE):
         aux = self._auxk(torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = loss + self.config.auxk_coef * aux
         self._update_firing((vx, ix), (vy, iy), n_samples=2 * x.shape[0])  # zero-valued slots do not fire
-        return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, group=group))
+        return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, group=group))

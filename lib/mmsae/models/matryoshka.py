@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import LossOutput, SAEConfig, register
+from .base import LossOutput, SAEConfig, register, step_stats
 from .batchtopk import BatchTopKSAE
-from .topk import _stats
 
 __all__ = ["MatryoshkaSAE", "default_prefixes"]
 
@@ -84,5 +83,5 @@ class MatryoshkaSAE(BatchTopKSAE):
         aux = self._auxk(pre, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = loss + self.config.auxk_coef * aux
         prefix_stats = {f"rec_prefix{p}": t for p, t in zip(self.prefixes, terms)}
-        return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
+        return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
                                        threshold=self.threshold.detach().clone(), **prefix_stats))

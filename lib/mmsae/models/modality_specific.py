@@ -43,9 +43,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..losses import reconstruction_loss
-from .base import Dictionary, LossOutput, SAEConfig, register
-from .topk import TopKSAE, _stats
+from .losses import reconstruction_loss
+from .base import Dictionary, LossOutput, SAEConfig, register, step_stats
+from .topk import TopKSAE
 
 __all__ = ["ModalitySpecificSAE", "pearson_cross_correlation", "hungarian_match", "latents_per_side"]
 
@@ -205,7 +205,7 @@ class ModalitySpecificSAE(Dictionary):
         rec_x, aux_x, x_hat = self._own_loss(self.sae_x, x)
         rec_y, aux_y, y_hat = self._own_loss(self.sae_y, y)
         loss = rec_x + rec_y + self.config.auxk_coef * (aux_x + aux_y)
-        return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux_x + aux_y))
+        return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux_x + aux_y))
 
     # ------------------------------------------------------------------ alignment
     @torch.no_grad()

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import reconstruction_loss
-from .base import LossOutput, SAEConfig, register
-from .topk import TopKSAE, _stats
+from .losses import reconstruction_loss
+from .base import LossOutput, SAEConfig, register, step_stats
+from .topk import TopKSAE
 
 __all__ = ["SharedSupportSAE", "global_topk"]
 
@@ -81,4 +81,4 @@ class SharedSupportSAE(TopKSAE):
         aux = self._auxk(torch.relu(torch.cat([h_x, h_y])), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = rec_x + rec_y + self.config.auxk_coef * aux
         self._update_firing((vx, idx), (vy, idx), n_samples=2 * x.shape[0])
-        return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))
+        return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))

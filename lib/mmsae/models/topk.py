@@ -19,7 +19,7 @@ reconstruct the residual ``e = u - u_hat``, which pulls them back into use. Gao 
 (2024, "Scaling and evaluating sparse autoencoders") weigh it against a *normalised* main
 loss, ``NMSE(u, u_hat) + alpha * NMSE(e, e_hat)`` (each squared error divided by its
 target's variance). Our main loss is un-normalised, so each modality's AuxK term is
-rescaled to keep that relative weight (:func:`mmsae.losses.auxk_loss`):
+rescaled to keep that relative weight (:func:`mmsae.models.losses.auxk_loss`):
 
     L = ||x - x_hat||^2 + ||y - y_hat||^2
         + auxk_coef * (TV(x) ||e_x - e_x_hat||^2 / TV(e_x) + TV(y) ||e_y - e_y_hat||^2 / TV(e_y))
@@ -39,8 +39,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..losses import auxk_loss, reconstruction_loss
-from .base import Dictionary, LossOutput, SAEConfig, register
+from .losses import auxk_loss, reconstruction_loss
+from .base import Dictionary, LossOutput, SAEConfig, register, step_stats
+from .sparse import topk_fast_loss
 
 __all__ = ["TopKSAE", "geometric_median"]
 
@@ -74,7 +75,7 @@ class TopKSAE(Dictionary):
         self.b_pre = nn.Parameter(torch.zeros(config.n_modalities, d))
         # samples since each latent last fired (training only), for AuxK / dead counts
         self.register_buffer("since_fired", torch.zeros(m, dtype=torch.long))
-        # training path: True = sparse fast path (mmsae.fast), False = dense reference path
+        # training path: True = sparse fast path (mmsae.models.sparse), False = dense reference path
         self.fast_path = True
         # dtype of the encoder matmul used only to *select* the top-K on the fast path
         # (None = parameter dtype; the loop sets bfloat16 on CUDA); values stay float32
@@ -188,7 +189,7 @@ class TopKSAE(Dictionary):
     def _auxk(self, pre: torch.Tensor, residual: torch.Tensor, inputs: torch.Tensor, n_blocks: int = 2) -> torch.Tensor:
         """AuxK term for one batch (before ``auxk_coef``): the top-k_aux dead pre-activations
         (``pre``, after ReLU) decode ``e_hat``, which must fit the residual ``e = u - u_hat``;
-        the value is :func:`mmsae.losses.auxk_loss`, ``TV(u) ||e - e_hat||^2 / TV(e)`` (Gao et
+        the value is :func:`mmsae.models.losses.auxk_loss`, ``TV(u) ||e - e_hat||^2 / TV(e)`` (Gao et
         al.'s relative weight for our un-normalised main loss). ``inputs``: the embeddings
         ``u`` of the rows; ``n_blocks``: modalities stacked in the rows (default 2, the
         ``[x; y]`` stacking: the value is ``aux_x + aux_y`` like the main loss ``rec_x + rec_y``;
@@ -212,10 +213,8 @@ class TopKSAE(Dictionary):
         """Pooled objective: ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK), no pair coupling.
 
         With ``fast_path`` (default) the same objective is computed by the sparse path of
-        :mod:`mmsae.fast`; ``fast_path = False`` selects this dense reference code."""
+        :mod:`mmsae.models.sparse`; ``fast_path = False`` selects this dense reference code."""
         if self._use_fast(TopKSAE):
-            from ..fast import topk_fast_loss
-
             return topk_fast_loss(self, x, y, self.fast_select_dtype)
         pre_x, vx, ix, x_hat = self._branch(x, 0)
         pre_y, vy, iy, y_hat = self._branch(y, 1)
@@ -224,16 +223,4 @@ class TopKSAE(Dictionary):
         aux = self._auxk(torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = loss + self.config.auxk_coef * aux
         self._update_firing((vx, ix), (vy, iy), n_samples=2 * x.shape[0])
-        return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))
-
-
-@torch.no_grad()
-def _stats(x, y, x_hat, y_hat, rec_x, rec_y, **extra) -> dict[str, torch.Tensor]:
-    """Per-step statistics kept as tensors (the loop syncs them only when it logs)."""
-    def ev(u, uh):
-        return 1.0 - (u - uh).pow(2).sum() / (u - u.mean(0)).pow(2).sum().clamp_min(1e-12)
-
-    out = {"rec_x": rec_x.detach(), "rec_y": rec_y.detach(), "ev_x": ev(x, x_hat), "ev_y": ev(y, y_hat)}
-    out.update({k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in extra.items()})
-    return out
-
+        return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))

@@ -1,6 +1,6 @@
 """Sparse ("fast") training path for the TopK family: same objective, K-sparse work.
 
-The dense reference path (``TopKSAE._branch`` / ``_auxk`` / :func:`mmsae.losses.group_l21`)
+The dense reference path (``TopKSAE._branch`` / ``_auxk`` / :func:`mmsae.models.losses.group_l21`)
 builds autograd through the full ``(B, m)`` pre-activation matrix: its backward is a
 second and third ``B x d x m`` matmul, the decoder gather ``W_dec[idx]`` back-propagates
 through a slow ``index_put``, and the group penalty and the MGSAE mask are ``(B, m)``
@@ -14,7 +14,7 @@ tensors. Here:
   ``m x d`` mat-vec;
 * the decoder is :func:`torch.nn.functional.embedding_bag` over the K active atoms;
 * AuxK works on the dead latents' columns only (same value as the reference path,
-  :func:`mmsae.losses.auxk_loss`: Gao et al.'s weight, ``TV(u) ||e - e_hat||^2 / TV(e)``
+  :func:`mmsae.models.losses.auxk_loss`: Gao et al.'s weight, ``TV(u) ||e - e_hat||^2 / TV(e)``
   per modality);
 * the dead-latent counter gets the selected ``(values, indices)``: a slot holding 0
   (fewer than K positive pre-activations) is not a firing, as on the reference path;
@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .base import LossOutput, step_stats
 from .losses import auxk_loss, reconstruction_loss
 
 __all__ = ["HashMask", "SparseEncoderValues", "sparse_encoder_values", "group_l21_sparse", "fast_branch",
@@ -245,7 +246,7 @@ def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_
 def fast_auxk(model, pres, u_cs, mods, residual: torch.Tensor, inputs: torch.Tensor,
               n_blocks: int = 2) -> torch.Tensor:
     """AuxK on the dead latents' columns only (same value and gradients as ``_auxk``:
-    :func:`mmsae.losses.auxk_loss` of the residual, with ``inputs`` the rows' embeddings and
+    :func:`mmsae.models.losses.auxk_loss` of the residual, with ``inputs`` the rows' embeddings and
     ``n_blocks`` the modalities stacked in the rows, default 2 for ``[x; y]``)."""
     cfg = model.config
     if cfg.auxk_coef <= 0:
@@ -283,9 +284,6 @@ def group_l21_sparse(vx: torch.Tensor, ix: torch.Tensor, vy: torch.Tensor, iy: t
 
 # ----------------------------------------------------------------------- losses
 def topk_fast_loss(model, x: torch.Tensor, y: torch.Tensor, select_dtype=None):
-    from .models.base import LossOutput
-    from .models.topk import _stats
-
     B = x.shape[0]
     pre, u_c, vals, idx, u_hat, mod = fast_pair_branch(model, x, y, None, select_dtype)
     x_hat, y_hat, ix, iy = u_hat[:B], u_hat[B:], idx[:B], idx[B:]
@@ -293,13 +291,10 @@ def topk_fast_loss(model, x: torch.Tensor, y: torch.Tensor, select_dtype=None):
     aux = fast_auxk(model, (pre,), (u_c,), (mod,), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
     loss = rec_x + rec_y + model.config.auxk_coef * aux
     model._update_firing((vals[:B], ix), (vals[B:], iy), n_samples=2 * B)
-    return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))
+    return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))
 
 
 def group_sparse_fast_loss(model, x: torch.Tensor, y: torch.Tensor, keep=None, select_dtype=None):
-    from .models.base import LossOutput
-    from .models.topk import _stats
-
     cfg = model.config
     if keep is None and model.training and cfg.mask_rate > 0:
         keep = draw_hash_mask(cfg.mask_rate, cfg.mask_mode == "pair", getattr(model, "mask_row_offset", 0))
@@ -312,4 +307,4 @@ def group_sparse_fast_loss(model, x: torch.Tensor, y: torch.Tensor, keep=None, s
     aux = fast_auxk(model, (pre,), (u_c,), (mod,), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
     loss = loss + cfg.auxk_coef * aux
     model._update_firing((vals[:B], ix), (vals[B:], iy), n_samples=2 * B)
-    return LossOutput(loss, _stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, group=group))
+    return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, group=group))

@@ -27,7 +27,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .data import l2_normalize
+from ..data.store import l2_normalize
+from .sources import load_audio, load_image
 
 __all__ = [
     "EncoderUnavailable",
@@ -355,8 +356,6 @@ class ClipEncoder(_Encoder):
         from PIL import Image
 
         if isinstance(item, (str, os.PathLike)):
-            from .sources import load_image
-
             item = load_image(item)
         elif isinstance(item, np.ndarray):
             item = Image.fromarray(np.asarray(item, np.uint8)).convert("RGB")
@@ -624,8 +623,6 @@ class ClapEncoder(_Encoder):
     def prepare(self, item: Any) -> np.ndarray:
         """Path or mono waveform (48 kHz) -> 10 s float32 waveform, deterministic (thread-safe)."""
         if isinstance(item, (str, os.PathLike, bytes)):
-            from .sources import load_audio
-
             item = load_audio(item, CLAP_SAMPLE_RATE)
         w = np.asarray(item, np.float32).reshape(-1)
         if w.size == 0:

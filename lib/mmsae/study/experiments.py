@@ -20,7 +20,7 @@ SharedSupport       ``shared_support``      one TopK over the summed pre-activat
   whose configuration, training settings and data fingerprint match is loaded instead
   of retrained, so notebook 04 (and a re-run of 03) reuses what 03 trained.
 * :func:`evaluate_model` is one flat dict of every metric of the comparison table
-  (:func:`mmsae.analysis.analyze` plus the training-side dead count and, for the
+  (:func:`mmsae.eval.analysis.analyze` plus the training-side dead count and, for the
   modality-specific SAEs, the alignment quality).
 * :func:`aggregate_seeds` gives mean and ``<col>_std`` columns over seeds;
   :func:`to_latex` writes the booktabs table and its CSV atomically.
@@ -39,19 +39,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
-from .data import PairedEmbeddings, array_digest, atomic_write
-from .models.base import CheckpointError, Dictionary, SAEConfig, build_model, load_model
-from .models.group_sparse import gsae_config, mgsae_config
-from .models.matryoshka import default_prefixes
-from .train import TrainConfig, seed_everything, train
+from ..data.store import PairedEmbeddings, array_digest, atomic_write
+from ..data.synthetic import config_from_profile, make_synthetic
+from ..eval.analysis import analyze, mms_reference
+from ..models.base import CheckpointError, Dictionary, SAEConfig, build_model, load_model
+from ..models.group_sparse import gsae_config, mgsae_config
+from ..models.matryoshka import default_prefixes
+from ..train.loop import TrainConfig, seed_everything, train
+from .plots import PALETTE, model_color
+from .runs import write_table
 
 __all__ = [
     "METHODS", "METHOD_ORDER", "SWEEPS", "method_config", "train_method", "evaluate_model", "aggregate_seeds",
@@ -187,8 +196,8 @@ def training_code_version() -> str:
     """Digest of the source files that decide what training produces (the models, losses,
     sparse path and training loop): part of the reuse key, so a model saved by older code
     is retrained instead of silently reused after the objective or the loop changed."""
-    here = Path(__file__).resolve().parent
-    files = sorted((here / "models").glob("*.py")) + [here / f for f in ("losses.py", "fast.py", "train.py")]
+    here = Path(__file__).resolve().parents[1]
+    files = sorted((here / "models").glob("*.py")) + sorted((here / "train").glob("*.py"))
     h = hashlib.sha256(b"code-v1")
     for f in files:
         if f.exists():
@@ -228,13 +237,18 @@ def _try_reuse(path: Path, cfg: SAEConfig, key: dict[str, Any], fp: str) -> Dict
 
 
 def _fit(name: str, cfg: SAEConfig, data, tc: TrainConfig, path: Path | None, reuse: bool,
-         align: bool = True) -> Dictionary:
+         align: bool = True, missing: str | None = None) -> Dictionary:
+    """Train, or reuse an identical saved run. ``missing`` (load-only): no training; a run
+    not on disk raises :class:`CheckpointError` with this hint (the notebook to run)."""
     fp = _fingerprint(data)
     key = _train_key(tc)
-    if path is not None and reuse:
+    if path is not None and (reuse or missing):
         model = _try_reuse(path, cfg, key, fp)
         if model is not None:
             return model
+    if missing:
+        raise CheckpointError(f"{path}: no saved {name} seed {tc.seed} for these settings (steps={tc.steps}, "
+                              f"lr={tc.lr}); {missing}")
     seed_everything(tc.seed)
     model = build_model(cfg, seed=tc.seed)
     res = train(model, data, tc)
@@ -290,21 +304,19 @@ def evaluate_model(model: Dictionary, val_pairs: PairedEmbeddings, ref_x=None, r
                    **analyze_kw: Any) -> dict[str, Any]:
     """Every metric of the comparison table for one model on held-out pairs, as one flat dict.
 
-    Keys (from :func:`mmsae.analysis.analyze`): ``image_only``, ``text_only``, ``both``,
+    Keys (from :func:`mmsae.eval.analysis.analyze`): ``image_only``, ``text_only``, ``both``,
     ``dead`` (neuron categories on ``val_pairs``), ``frac_both``; ``mms_{img_img,txt_txt,
     img_txt}_{mean,median,frac_gt_0.5}``; ``{explained_variance,nmse,cosine,mse}_{x,y}``;
     ``{code,recon}_{x2y,y2x}_{R@1,R@5,R@10,MRR}``; ``zs_<set>_{dense,code,recon}`` per
-    zero-shot set; ``gt_*`` (:func:`mmsae.metrics.ground_truth_report`) when ``truth`` (a
-    :class:`~mmsae.synthetic.SyntheticData` of the val pairs or the dict of
-    :func:`~mmsae.synthetic.load_truth`) is given. Added here: ``dead_train`` (latents dead
+    zero-shot set; ``gt_*`` (:func:`mmsae.eval.metrics.ground_truth_report`) when ``truth`` (a
+    :class:`~mmsae.data.synthetic.SyntheticData` of the val pairs or the dict of
+    :func:`~mmsae.data.synthetic.load_truth`) is given. Added here: ``dead_train`` (latents dead
     at the end of training), ``mms_reference`` and, for ModalitySpecific, ``n_matched`` and
     ``mean_match_corr``. MMS reference: ``ref_x``/``ref_y`` if given, else the true concept
     codes (synthetic), else the embeddings themselves. Codes of a single modality are
     used throughout (SharedSupport: its single-modality encoder). ``details``, if a dict,
-    receives the :class:`~mmsae.analysis.ModelAnalysis` under ``"analysis"``.
+    receives the :class:`~mmsae.eval.analysis.ModelAnalysis` under ``"analysis"``.
     """
-    from .analysis import analyze, mms_reference
-
     t = _truth_dict(truth)
     if ref_x is None or ref_y is None:
         ref_x, ref_y, kind = mms_reference(val_pairs, t)
@@ -347,8 +359,6 @@ def to_latex(df: pd.DataFrame, path: str | Path, caption: str = "", label: str |
              digits: int = 3) -> tuple[Path, Path]:
     """Write ``path`` (``.tex``, booktabs; ``c`` +- ``c_std`` pairs typeset as mean $\\pm$ std) and
     the CSV beside it (same stem), both atomically. Returns ``(csv, tex)``."""
-    from .runs import write_table
-
     path = Path(path)
     return write_table(df, path.stem, path.parent, caption=caption, label=label, digits=digits)
 
@@ -418,8 +428,6 @@ SWEEPS: dict[str, dict[str, Any]] = {
 
 
 def _iter_bar(items, desc: str, progress: bool, total: int | None = None):
-    from tqdm.auto import tqdm
-
     return tqdm(items, desc=desc, total=total, disable=not progress, dynamic_ncols=True, mininterval=0.5)
 
 
@@ -435,21 +443,15 @@ class _num_threads:
         self.n = n
 
     def __enter__(self):
-        import torch
-
         self.old = torch.get_num_threads()
         if self.n:
             torch.set_num_threads(int(self.n))
 
     def __exit__(self, *exc):
-        import torch
-
         torch.set_num_threads(self.old)
 
 
 def _init_worker(datasets: dict[str, dict[str, Any]], threads: int | None) -> None:
-    import torch
-
     if threads:
         torch.set_num_threads(int(threads))
     _DATA.clear()
@@ -460,7 +462,7 @@ def _run_job(job: dict[str, Any], datasets: dict[str, dict[str, Any]] | None = N
     b = (datasets if datasets is not None else _DATA)[job["data"]]
     cfg, tc = SAEConfig.from_dict(job["cfg"]), TrainConfig(**job["tc"])
     path = Path(job["path"]) if job.get("path") else None
-    model = _fit(job["name"], cfg, b["train"], tc, path, reuse=job.get("reuse", True))
+    model = _fit(job["name"], cfg, b["train"], tc, path, reuse=job.get("reuse", True), missing=job.get("missing"))
     info = getattr(model, "train_info", {})
     row = dict(job["meta"])
     row["wall_time_s"] = float(info.get("wall_time_s", float("nan")))
@@ -481,9 +483,6 @@ def run_jobs(jobs: Sequence[dict[str, Any]], datasets: dict[str, dict[str, Any]]
     if n_jobs <= 1 or len(jobs) <= 1:
         with _num_threads(threads):
             return [_run_job(j, datasets) for j in _iter_bar(jobs, desc, progress)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     out: list[dict[str, Any] | None] = [None] * len(jobs)
     with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=mp.get_context("spawn"),
                              initializer=_init_worker, initargs=(datasets, threads)) as ex:
@@ -494,9 +493,39 @@ def run_jobs(jobs: Sequence[dict[str, Any]], datasets: dict[str, dict[str, Any]]
 
 
 def _job(name: str, cfg: SAEConfig, tc: TrainConfig, path: Path | None, data: str, meta: dict[str, Any],
-         evaluate: bool) -> dict[str, Any]:
+         evaluate: bool, missing: str | None = None) -> dict[str, Any]:
     return {"name": name, "cfg": cfg.to_dict(), "tc": tc.to_dict(), "path": str(path) if path else None,
-            "data": data, "meta": meta, "evaluate": evaluate}
+            "data": data, "meta": meta, "evaluate": evaluate, "missing": missing}
+
+
+# --------------------------------------------------------------------------- sweep manifests
+TRAIN_NOTEBOOK = "notebooks/03_train_group_sparse"
+
+
+def sweep_manifest_path(models_dir: str | Path, sweep: str) -> Path:
+    """``<models_dir>/sweeps/<sweep>.json``: what notebook 03 trained for ``sweep``."""
+    return Path(models_dir) / "sweeps" / f"{sweep}.json"
+
+
+def write_sweep_manifest(models_dir: str | Path, sweep: str, **settings: Any) -> Path:
+    path = sweep_manifest_path(models_dir, sweep)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = json.dumps({"sweep": sweep, **settings}, indent=2, default=lambda v: list(v) if isinstance(v, tuple) else str(v))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(body))
+
+
+def read_sweep_manifest(models_dir: str | Path | None, sweep: str, hint: str = "") -> dict[str, Any]:
+    """The settings notebook 03 trained ``sweep`` with; a missing manifest is a
+    :class:`CheckpointError` naming notebook 03 (and ``hint``: the parameters to run it with)."""
+    if models_dir is None:
+        raise CheckpointError(f"sweep {sweep!r}: no models folder given; run {TRAIN_NOTEBOOK} first {hint}".rstrip())
+    path = sweep_manifest_path(models_dir, sweep)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing: sweep {sweep!r} was not trained; run {TRAIN_NOTEBOOK} first "
+                              f"{hint}".rstrip())
+    m = json.loads(path.read_text())
+    m["values"] = [tuple(v) if isinstance(v, list) else v for v in m.get("values", [])]
+    return m
 
 
 def _as_pairs(p) -> PairedEmbeddings:
@@ -540,7 +569,7 @@ def run_sweep(sweep: str, train_pairs, val_pairs, profile: Mapping[str, Any], *,
               seeds: Sequence[int] | None = None, steps: int | None = None, models_dir: str | Path | None = None,
               data_tag: str = "main", evaluate: bool = True, truth=None, zero_shot_sets=None, ref_x=None,
               ref_y=None, progress: bool = True, n_jobs: int | None = None, threads: int | None = 1,
-              **train_overrides: Any) -> pd.DataFrame:
+              train: bool = True, hint: str = "", **train_overrides: Any) -> pd.DataFrame:
     """Train (or reuse) every ``method x value x seed`` of sweep ``sweep`` (a key of
     :data:`SWEEPS`) and, with ``evaluate``, score each with :func:`evaluate_model`.
 
@@ -548,14 +577,21 @@ def run_sweep(sweep: str, train_pairs, val_pairs, profile: Mapping[str, Any], *,
     ``ablation_steps`` (else ``steps``), ``sweep_jobs`` worker processes. Returns one row
     per run: ``sweep``, ``model``, the parameter column(s), ``seed``, ``wall_time_s`` and,
     with ``evaluate``, the metrics. ``train_overrides``: TrainConfig fields (``device`` ...).
+
+    ``train=True`` (notebook 03) trains what is missing and writes the sweep's manifest
+    (:func:`write_sweep_manifest`) under ``models_dir``; ``train=False`` (notebook 04) only
+    loads: the grid, seeds and steps come from that manifest, and a missing manifest or
+    model raises :class:`CheckpointError` naming notebook 03 (plus ``hint``).
     """
     if sweep not in SWEEPS:
         raise ValueError(f"unknown sweep {sweep!r}; choose from {list(SWEEPS)}")
     spec = SWEEPS[sweep]
-    methods = list(methods or profile.get(spec["methods_key"]) or spec["default_methods"])
-    values = list(values if values is not None else spec["grid"](profile))
-    seeds = list(seeds if seeds is not None else profile.get("sweep_seeds", profile["seeds"]))
-    steps = int(steps or profile.get("ablation_steps", profile["steps"]))
+    man = {} if train else read_sweep_manifest(models_dir, sweep, hint)
+    methods = list(methods or man.get("methods") or profile.get(spec["methods_key"]) or spec["default_methods"])
+    values = list(values if values is not None else man.get("values") or spec["grid"](profile))
+    seeds = list(seeds if seeds is not None else man.get("seeds") or profile.get("sweep_seeds", profile["seeds"]))
+    steps = int(steps or man.get("steps") or profile.get("ablation_steps", profile["steps"]))
+    missing = None if train else f"run {TRAIN_NOTEBOOK} first {hint}".rstrip()
     sweep_lr = float(profile.get("sweep_lr", profile["lr"]))  # short sweep runs may use a larger step size
     d = _as_pairs(train_pairs).dim
     jobs = []
@@ -573,17 +609,18 @@ def run_sweep(sweep: str, train_pairs, val_pairs, profile: Mapping[str, Any], *,
                 else:
                     meta[param] = v
                 meta["seed"] = s
-                jobs.append(_job(mth, cfg, tc, _sweep_path(models_dir, data_tag, cfg, tc), "main", meta, evaluate))
+                jobs.append(_job(mth, cfg, tc, _sweep_path(models_dir, data_tag, cfg, tc), "main", meta, evaluate,
+                                 missing))
     data = {"main": _bundle(train_pairs, val_pairs if evaluate else None, truth, zero_shot_sets, ref_x, ref_y)}
     rows = run_jobs(jobs, data, n_jobs or int(profile.get("sweep_jobs", 1)), threads, progress, f"sweep {sweep}")
+    if train and models_dir is not None:
+        write_sweep_manifest(models_dir, sweep, methods=methods, values=values, seeds=seeds, steps=steps)
     return pd.DataFrame(rows)
 
 
 def synthetic_split(profile: Mapping[str, Any], alpha: float, data_seed: int = 0, n_pairs: int | None = None):
     """Synthetic pairs at concept cosine ``alpha`` with the profile's sizes, split like notebook 01:
-    ``(train, val, truth_of_val)`` (``truth_of_val`` a :class:`~mmsae.synthetic.SyntheticData`)."""
-    from .synthetic import config_from_profile, make_synthetic
-
+    ``(train, val, truth_of_val)`` (``truth_of_val`` a :class:`~mmsae.data.synthetic.SyntheticData`)."""
     n = int(n_pairs or profile.get("alpha_n_pairs", profile["n_pairs"]))
     cfg = config_from_profile(profile, n_pairs=n, alpha=float(alpha), seed=data_seed)
     synth = make_synthetic(cfg)
@@ -598,17 +635,23 @@ def sweep_alpha(profile: Mapping[str, Any], *, alphas: Sequence[float] | None = 
                 methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, steps: int | None = None,
                 n_pairs: int | None = None, models_dir: str | Path | None = None, evaluate: bool = True,
                 data_seed: int = 0, progress: bool = True, n_jobs: int | None = None, threads: int | None = 1,
-                **train_overrides: Any) -> pd.DataFrame:
+                train: bool = True, hint: str = "", **train_overrides: Any) -> pd.DataFrame:
     """The synthetic alpha sweep: for each concept cosine ``alpha`` regenerate the data
     (:func:`synthetic_split`) and train every method; score atom recovery, alignment error
     and collapse (the ``gt_*`` columns) plus every other metric.
 
     Defaults: ``alpha_grid``, ``alpha_methods`` (else ``methods``), ``sweep_seeds``,
-    ``alpha_steps`` (else ``ablation_steps``), ``alpha_n_pairs``, ``sweep_jobs`` from ``profile``."""
-    alphas = list(alphas if alphas is not None else profile.get("alpha_grid", [0.0, 0.25, 0.5, 0.75, 1.0]))
-    methods = list(methods or profile.get("alpha_methods") or profile.get("methods") or METHOD_ORDER)
-    seeds = list(seeds if seeds is not None else profile.get("sweep_seeds", profile["seeds"]))
-    steps = int(steps or profile.get("alpha_steps", profile.get("ablation_steps", profile["steps"])))
+    ``alpha_steps`` (else ``ablation_steps``), ``alpha_n_pairs``, ``sweep_jobs`` from ``profile``.
+    ``train``: as in :func:`run_sweep` (manifest ``alpha``; ``False`` only loads)."""
+    man = {} if train else read_sweep_manifest(models_dir, "alpha", hint)
+    alphas = list(alphas if alphas is not None else man.get("values")
+                  or profile.get("alpha_grid", [0.0, 0.25, 0.5, 0.75, 1.0]))
+    methods = list(methods or man.get("methods") or profile.get("alpha_methods") or profile.get("methods")
+                   or METHOD_ORDER)
+    seeds = list(seeds if seeds is not None else man.get("seeds") or profile.get("sweep_seeds", profile["seeds"]))
+    steps = int(steps or man.get("steps") or profile.get("alpha_steps", profile.get("ablation_steps", profile["steps"])))
+    n_pairs = n_pairs or man.get("n_pairs")
+    missing = None if train else f"run {TRAIN_NOTEBOOK} first {hint}".rstrip()
     sweep_lr = float(profile.get("sweep_lr", profile["lr"]))
     data, jobs = {}, []
     for a in alphas:
@@ -622,8 +665,11 @@ def sweep_alpha(profile: Mapping[str, Any], *, alphas: Sequence[float] | None = 
                 tc = _train_config(profile, s, {"steps": steps, "lr": sweep_lr, "progress": False,
                                                 **train_overrides})
                 jobs.append(_job(mth, cfg, tc, _sweep_path(models_dir, key, cfg, tc), key,
-                                 {"sweep": "alpha", "model": mth, "alpha": float(a), "seed": s}, evaluate))
+                                 {"sweep": "alpha", "model": mth, "alpha": float(a), "seed": s}, evaluate, missing))
     rows = run_jobs(jobs, data, n_jobs or int(profile.get("sweep_jobs", 1)), threads, progress, "alpha sweep")
+    if train and models_dir is not None:
+        write_sweep_manifest(models_dir, "alpha", methods=methods, values=alphas, seeds=seeds, steps=steps,
+                             n_pairs=int(n_pairs or profile.get("alpha_n_pairs", profile["n_pairs"])))
     return pd.DataFrame(rows)
 
 
@@ -661,10 +707,6 @@ def plot_sweep(agg: pd.DataFrame, x: str, metrics: Mapping[str, str] | None = No
     """One panel per metric: mean over seeds against ``x`` with +-1 std error bars (``<metric>_std``),
     one line per ``hue`` value (model colours for ``hue="model"``). A non-numeric ``x`` (e.g. the
     mask mode) is drawn as grouped bars."""
-    import matplotlib.pyplot as plt
-
-    from .plots import PALETTE, model_color
-
     metrics = {k: v for k, v in (metrics or SWEEP_METRICS).items() if k in agg.columns}
     if not metrics:
         raise ValueError(f"none of the metrics are columns of the table: {list(agg.columns)}")

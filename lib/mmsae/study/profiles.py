@@ -17,7 +17,7 @@ __all__ = ["PROFILES", "get_profile"]
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
-        # synthetic data (mmsae.synthetic): the generator is calibrated so that 500 pairs match the
+        # synthetic data (mmsae.data.synthetic): the generator is calibrated so that 500 pairs match the
         # embedding geometry of 500 real CLIP ViT-B/16 COCO pairs (tests/test_synthetic.py)
         "n_pairs": 12_000,
         "synthetic_d": 128,
@@ -57,7 +57,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "umap_max_atoms": 256,
         "steer_alphas": [0.0, 1.0, 2.0, 4.0, 8.0],
         "steer_samples": 256,
-        # method comparison and sweeps (mmsae.experiments; notebooks 03/04). Sized so the whole
+        # method comparison and sweeps (mmsae.study.experiments; notebooks 03/04). Sized so the whole
         # chain fits the smoke time budget on 2 CPU cores (see README "Time budget").
         "methods": ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"],
         "comparison_seeds": [0, 1, 2],  # seeds of the main comparison table

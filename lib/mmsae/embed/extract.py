@@ -19,7 +19,7 @@ encoder      ``clip_model`` (ViT-B-16), ``clip_pretrained`` (openai | tag | file
 running      ``batch_size``, ``workers`` (decode threads), ``shard_size``, ``limit``,
              ``overwrite``, ``progress``, ``dataset_name``, ``coco_captions`` (first | all),
              ``modality`` (auto | image | audio)
-data         ``train_source``, ``val_source`` (see :func:`mmsae.sources.open_source`),
+data         ``train_source``, ``val_source`` (see :func:`mmsae.embed.sources.open_source`),
              ``zeroshot_cifar10``, ``zeroshot_cifar100``, ``zeroshot_imagenet``,
              ``zeroshot_gtzan``, ``zeroshot_nsynth`` (paths), ``zeroshot_max_per_class``
 """
@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from .cache import EmbeddingCache, load_arrays, load_cache
-from .data import EmbeddingError, PairedEmbeddings, ZeroShotSet, l2_normalize, load_paired
+from ..data.cache import EmbeddingCache, load_arrays, load_cache
+from ..data.load import load_paired
+from ..data.store import EmbeddingError, PairedEmbeddings, ZeroShotSet, l2_normalize
 from .encoders import ClapEncoder, ClipEncoder
 from .prompts import PromptSet, available_prompt_sets, get_prompt_set
 from .sources import CifarSource, LabelledFolder, Source, open_source
@@ -221,9 +222,9 @@ def extract_pairs(source: str, out_dir: str | os.PathLike, data: Any = None, *,
     """Encode the pairs of ``data`` with ``source`` (``"clip"`` or ``"clap"``) into the cache ``out_dir``.
 
     ``data``: a source spec (``coco:ANN.json:IMAGES``, WebDataset ``*.tar`` pattern or
-    ``wds:FOLDER``, ``*.csv``/``*.tsv``, ...; see :func:`mmsae.sources.open_source`) or a
-    :class:`~mmsae.sources.Source`. Rerunning resumes: finished shards are kept, a cache
-    written by another encoder / data set is refused (:class:`~mmsae.cache.CacheMismatch`).
+    ``wds:FOLDER``, ``*.csv``/``*.tsv``, ...; see :func:`mmsae.embed.sources.open_source`) or a
+    :class:`~mmsae.embed.sources.Source`. Rerunning resumes: finished shards are kept, a cache
+    written by another encoder / data set is refused (:class:`~mmsae.data.cache.CacheMismatch`).
     ``encoder`` reuses a built encoder; otherwise ``encoder_options`` (``clip_model``,
     ``clip_pretrained``, ``clap_checkpoint``, ``device``, ``precision``, ``seed``...) build one.
     Returns the cache as memory-mapped :class:`PairedEmbeddings` (L2-normalised).
@@ -291,7 +292,7 @@ def build_zero_shot_sets(encoder: ClipEncoder | ClapEncoder, sets: dict[str, Any
     ``sets`` maps a name to a data spec: a path (CIFAR pickles folder, a folder per class
     such as ImageNet val in WordNet-id folders or GTZAN ``genres_original``, an NSynth split
     folder) or a dict ``{"data": spec, "classes": prompt-set name or list, "templates": [...],
-    "max_per_class": n}``. Class names and templates come from :mod:`mmsae.prompts` by name
+    "max_per_class": n}``. Class names and templates come from :mod:`mmsae.embed.prompts` by name
     (``cifar10``, ``cifar100``, ``imagenet``, ``gtzan``, ``nsynth``). Sample embeddings go
     through a resumable cache (``<out_dir>/zeroshot_<name>.cache``); an existing saved set
     made with the same encoder is reused.

@@ -31,7 +31,7 @@ with the same number of rows ``N`` and any width ``d`` by a dict of scalars:
     covariance eigenvalues ``lambda_k``; between 1 and ``min(N - 1, d)``.
 ``i2t_R@1``, ``t2i_R@1``
     dense image-to-text and text-to-image recall@1 by cosine on the first
-    ``retrieval_pool`` pairs (:func:`mmsae.metrics.cross_modal_retrieval`).
+    ``retrieval_pool`` pairs (:func:`mmsae.eval.metrics.cross_modal_retrieval`).
 
 plus the counts ``n``, ``d``, ``top`` and ``retrieval_pool``. :func:`compare_geometry`
 sets two such dicts side by side (every scalar except the counts) with a tolerance; the
@@ -52,7 +52,7 @@ __all__ = ["REAL_CLIP_REFERENCE", "COUNT_KEYS", "GEOMETRY_LABELS", "embedding_ge
            "load_real_clip"]
 
 #: Real CLIP ViT-B/16 embeddings of 500 MS-COCO pairs, ``(2, 500, 512)`` ``[img, txt]``.
-REAL_CLIP_REFERENCE = Path(__file__).resolve().parents[2] / "data" / "clip_vitb16_coco500.npy"
+REAL_CLIP_REFERENCE = Path(__file__).resolve().parents[3] / "data" / "clip_vitb16_coco500.npy"
 
 #: Keys of :func:`embedding_geometry` that are sizes, not statistics (never compared).
 COUNT_KEYS = ("n", "d", "top", "retrieval_pool")

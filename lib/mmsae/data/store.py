@@ -16,9 +16,9 @@ Files
 ``.npy``          an array of shape ``(2, N, d)`` = ``[x, y]`` (the layout of the
                   shared ``clip_vitb16_coco500.npy``), meta defaults.
 ``.npz``          arrays ``x``, ``y`` (and ``labels``), optional ``meta`` JSON string.
-directory         an embedding cache written by :mod:`mmsae.cache` (memory-mapped).
+directory         an embedding cache written by :mod:`mmsae.data.cache` (memory-mapped).
 
-Every loader validates what it reads and raises :class:`EmbeddingError` naming the
+Loading lives in :mod:`mmsae.data.load`; every loader validates what it reads and raises :class:`EmbeddingError` naming the
 file and the problem. Writers are atomic: a temporary file in the same folder is
 renamed over the target, so an interrupted save never leaves a half-written file.
 """
@@ -29,20 +29,21 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 __all__ = [
     "EmbeddingError",
     "PairedEmbeddings",
-    "load_paired",
     "atomic_write",
     "make_temp_dir",
+    "replace_dir",
     "array_digest",
-    "check_validation_pairs",
     "l2_normalize",
     "ZeroShotSet",
 ]
@@ -84,6 +85,19 @@ def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
     return _new_temp(parent, prefix, "", is_dir=True)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move folder ``src`` onto ``dst``; an existing ``dst`` is swapped out, then removed."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
 
 
 def atomic_write(path: str | os.PathLike, write_fn) -> Path:
@@ -137,8 +151,6 @@ def _chunks(n: int, step: int, desc: str):
     starts = range(0, n, step)
     if len(starts) < 16:
         return starts
-    from tqdm.auto import tqdm
-
     return tqdm(starts, desc=desc, unit="chunk", mininterval=1.0, leave=False)
 
 
@@ -328,114 +340,6 @@ class PairedEmbeddings:
                     np.savez(f, **arrays)
             return atomic_write(path, _w)
         raise EmbeddingError(f"{path}: unsupported suffix {path.suffix!r} (use .safetensors or .npz)")
-
-
-def _load_safetensors(path: Path) -> PairedEmbeddings:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="np") as f:
-        keys = set(f.keys())
-        header = f.metadata() or {}
-        missing = {"x", "y"} - keys
-        if missing:
-            raise EmbeddingError(f"{path}: missing tensors {sorted(missing)} (found {sorted(keys)})")
-        x, y = f.get_tensor("x"), f.get_tensor("y")
-        labels = f.get_tensor("labels") if "labels" in keys else None
-    meta = json.loads(header.get("mmsae_meta", "{}"))
-    captions = json.loads(header["captions"]) if "captions" in header else None
-    return PairedEmbeddings(x, y, labels, captions, meta, str(path))
-
-
-def _load_npy(path: Path, mmap: bool) -> PairedEmbeddings:
-    arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    if arr.ndim != 3 or arr.shape[0] != 2:
-        raise EmbeddingError(
-            f"{path}: expected an array of shape (2, N, d) = [image, text], got {tuple(arr.shape)}"
-        )
-    x, y = arr[0], arr[1]
-    if not mmap:
-        x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
-    meta = {"dataset": path.stem, "normalized": None, "format": "npy(2,N,d)"}
-    return PairedEmbeddings(x, y, None, None, meta, str(path))
-
-
-def _load_npz(path: Path) -> PairedEmbeddings:
-    with np.load(path, allow_pickle=False) as z:
-        if "x" not in z or "y" not in z:
-            raise EmbeddingError(f"{path}: .npz must hold arrays 'x' and 'y' (found {list(z.keys())})")
-        meta = json.loads(str(z["meta"])) if "meta" in z else {}
-        captions = json.loads(str(z["captions"])) if "captions" in z else None
-        labels = z["labels"] if "labels" in z else None
-        return PairedEmbeddings(z["x"], z["y"], labels, captions, meta, str(path))
-
-
-def load_paired(
-    path: str | os.PathLike,
-    expect_normalized: bool | None = None,
-    expected_dim: int | None = None,
-    mmap: bool = False,
-) -> PairedEmbeddings:
-    """Load and validate paired embeddings from a file or an embedding-cache folder.
-
-    ``expect_normalized``: ``True`` requires unit-norm rows, ``False`` skips the check,
-    ``None`` follows the file's metadata. Raises :class:`EmbeddingError` (naming the
-    file) on a missing file, a bad layout, unpaired rows, NaN/inf or a wrong dimension.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise EmbeddingError(f"{path}: no such file or folder")
-    try:
-        if path.is_dir():
-            from . import cache  # embedding cache folders (manifest.json + shards)
-
-            data = cache.load_cache(path)
-        elif path.suffix == ".safetensors":
-            data = _load_safetensors(path)
-        elif path.suffix == ".npy":
-            data = _load_npy(path, mmap)
-        elif path.suffix == ".npz":
-            data = _load_npz(path)
-        else:
-            raise EmbeddingError(
-                f"{path}: unsupported file type {path.suffix!r} (expected .safetensors, .npy, .npz or a cache folder)"
-            )
-    except EmbeddingError:
-        raise
-    except Exception as e:  # corrupt files: name them
-        raise EmbeddingError(f"{path}: could not be read ({type(e).__name__}: {e})") from e
-    data.source = str(path)
-    data.validate(expect_normalized=expect_normalized, expected_dim=expected_dim)
-    if data.meta.get("normalized") is None:
-        if expect_normalized is not None:
-            data.meta["normalized"] = bool(expect_normalized)
-        else:  # unknown provenance: record what the data is rather than guess
-            norms = np.linalg.norm(np.asarray(data.x[: min(len(data), 1000)], np.float32), axis=1)
-            data.meta["normalized"] = bool(np.all(np.abs(norms - 1) < 1e-2))
-    return data
-
-
-def check_validation_pairs(train: PairedEmbeddings, val: PairedEmbeddings | None,
-                           expect_normalized: bool | None = None) -> PairedEmbeddings | None:
-    """Validate held-out pairs against the training pairs they are evaluated with: same
-    embedding dimension, finite everywhere, and unit-norm rows when the training rows are
-    (``expect_normalized=None``: when ``train.meta["normalized"]`` is true or its first 1000
-    rows are unit-norm). Raises :class:`EmbeddingError` naming the validation file; returns
-    ``val`` (``None`` passes through: no validation source)."""
-    if val is None:
-        return None
-    ctx = f"validation pairs for the training pairs {train.source} (d={train.dim})"
-    if val.dim != train.dim:
-        raise EmbeddingError(f"{val.source}: wrong dimension: d={val.dim}, but the training pairs {train.source} "
-                             f"have d={train.dim}; both must come from the same encoder")
-    if expect_normalized is None:
-        head = np.asarray(train.x[: min(len(train), 1000)], np.float32)
-        expect_normalized = bool(train.meta.get("normalized")) or bool(
-            np.all(np.abs(np.linalg.norm(head, axis=1) - 1) < 1e-2))
-    try:
-        val.validate(expect_normalized=expect_normalized, expected_dim=train.dim)
-    except EmbeddingError as e:
-        raise EmbeddingError(f"{e} [{ctx}]") from None
-    return val
 
 
 @dataclass

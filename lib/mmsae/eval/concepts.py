@@ -9,12 +9,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from scipy.optimize import nnls
 
-from .data import EmbeddingError, l2_normalize
+from ..data.store import EmbeddingError, l2_normalize
 from .metrics import activation_correlation_best
 
 __all__ = ["name_latents", "decompose_probe", "latent_concepts", "naming_accuracy", "fit_probe", "probe_report",
@@ -112,8 +113,6 @@ def probe_report(w: np.ndarray, atoms: np.ndarray, names: list[str], watch: str,
 def load_vocabulary(path) -> list[str]:
     """A vocabulary file: one word or phrase per line (blank lines and ``#`` comments
     skipped); an error naming the file when it is missing or empty."""
-    from pathlib import Path
-
     p = Path(path)
     if not p.is_file():
         raise EmbeddingError(f"{p}: vocabulary file not found")
@@ -125,7 +124,7 @@ def load_vocabulary(path) -> list[str]:
 
 def encode_vocabulary(words: list[str], encoder, template: str = "a photo of {}.") -> np.ndarray:
     """Text embeddings of the vocabulary through ``encoder`` (anything with
-    ``encode_texts(list[str]) -> (n, d)``, e.g. :class:`mmsae.encoders.ClipEncoder`), one
+    ``encode_texts(list[str]) -> (n, d)``, e.g. :class:`mmsae.embed.encoders.ClipEncoder`), one
     prompt per word from ``template``; unit rows."""
     emb = np.asarray(encoder.encode_texts([template.format(w) for w in words]), np.float32)
     return l2_normalize(emb)

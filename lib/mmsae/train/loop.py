@@ -8,7 +8,7 @@ count and throughput (shown live in a tqdm bar).
 
 Determinism: on CPU, the same model initialisation (``build_model(config, seed=...)``),
 data, settings and torch thread count give bit-identical weights and logs, in the main
-process as in the worker processes of :func:`mmsae.experiments.run_jobs`. The loop turns
+process as in the worker processes of :func:`mmsae.study.experiments.run_jobs`. The loop turns
 on torch's deterministic algorithms on CPU for its duration (and restores the previous
 setting): with more than one intra-op thread the backward of an indexed gather
 (``W_dec[indices]``, an ``index_put_`` with accumulation) otherwise adds its rows in a
@@ -35,6 +35,7 @@ with a printed note (fewer than 2 pairs is an error).
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from contextlib import contextmanager
@@ -43,10 +44,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from .data import PairedEmbeddings, atomic_write, make_temp_dir
-from .models.base import CheckpointError, CheckpointMismatchError, Dictionary, _replace_dir, load_model
+from ..data.store import PairedEmbeddings, atomic_write, make_temp_dir, replace_dir
+from ..models.base import CheckpointError, CheckpointMismatchError, Dictionary, load_model
+from . import distributed as ddp
 
 __all__ = ["TrainConfig", "TrainResult", "train", "seed_everything", "resolve_device", "RUN_KEYS"]
 
@@ -78,7 +82,7 @@ class TrainConfig:
     progress: bool = True
     desc: str | None = None
     # --- performance (see docs/performance.md) ---
-    path: str = "fast"  # "fast": sparse K-active path (mmsae.fast); "reference": dense autograd
+    path: str = "fast"  # "fast": sparse K-active path (mmsae.models.sparse); "reference": dense autograd
     bf16_select: bool | str = "auto"  # CUDA: bf16 encoder matmul for top-K *selection* (values stay fp32)
     fused_adam: bool | str = "auto"  # fused Adam kernel (CUDA and CPU) when available, else foreach
     stream: bool | None = None  # None: stream batches from a np.memmap / data over stream_threshold_gb
@@ -107,8 +111,6 @@ class TrainResult:
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators."""
-    import random
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -243,7 +245,7 @@ def _save_checkpoint(ckpt_dir: Path, model: Dictionary, opt, sampler: _Sampler, 
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         atomic_write(tmp / "trainer_state.pt", lambda t: torch.save(state, t))
-        _replace_dir(tmp, ckpt_dir / "last")
+        replace_dir(tmp, ckpt_dir / "last")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -334,10 +336,6 @@ def _deterministic_cpu(device: torch.device):
 def _write_log(path: Path, history: list[dict[str, float]]) -> None:
     if not history:
         return
-    import pandas as pd
-
-    from .data import atomic_write
-
     atomic_write(path, lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
 
 
@@ -360,8 +358,6 @@ def train(
         cfg = TrainConfig(**{**cfg.to_dict(), **overrides})
     if cfg.path not in ("fast", "reference"):
         raise ValueError(f"path must be 'fast' or 'reference', got {cfg.path!r}")
-    from . import distributed as ddp
-
     world, rank = ddp.world_size(), ddp.rank()
     is_main = rank == 0
     device = resolve_device(cfg.device)
@@ -433,7 +429,6 @@ def train(
     model.train()
     t0 = time.perf_counter()
     t_log, step_log = t0, start
-    from tqdm.auto import tqdm
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (cfg.progress and is_main),
                desc=cfg.desc or model.arch, dynamic_ncols=True, mininterval=0.5)

@@ -3,7 +3,7 @@
 The generator mimics what the paper says about CLIP/CLAP spaces and what the competing
 paper ("Same Concept, Different Directions") argues, so that both designs can be scored
 against a known truth, and it reproduces the measured geometry of real CLIP ViT-B/16
-(:mod:`mmsae.geometry`). An image row is
+(:mod:`mmsae.eval.geometry`). An image row is
 
     v_x = sum_c codes_x[c] * atoms_x[c]  +  P_x g_x  +  n_x        (per-sample variation)
     x   = normalise(offset_scale * m_x  +  v_x / |v_x|)
@@ -61,7 +61,7 @@ it off).
 
 **Calibration.** The defaults (``d = 128``, equal to the smoke profile) and the ``paper``
 profile (``d = 512``) are set so that every statistic of
-:func:`mmsae.geometry.embedding_geometry` on 500 pairs is within 15 % (0.05 absolute where
+:func:`mmsae.eval.geometry.embedding_geometry` on 500 pairs is within 15 % (0.05 absolute where
 the real value is below 0.3) of the 500 real CLIP ViT-B/16 COCO pairs shipped in ``data/``
 (mean norms 0.73 / 0.72, cosine of the means 0.31, gap 0.85, pair cosine 0.31, random-pair
 cosine 0.16, centred pair cosine 0.31, top-20 subspace overlap 0.17, per-sample variance
@@ -77,7 +77,7 @@ two unrelated subspaces is about ``20 / d`` (0.16 at d = 128, 0.04 at d = 512).
 
 ``make_synthetic`` returns a :class:`SyntheticData` with the pairs, the true atoms and
 each sample's true concept code (used as MMS reference similarity and by the
-ground-truth metrics in :mod:`mmsae.metrics`). Profiles: :func:`config_from_profile`.
+ground-truth metrics in :mod:`mmsae.eval.metrics`). Profiles: :func:`config_from_profile`.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .data import PairedEmbeddings, ZeroShotSet, atomic_write, l2_normalize
+from .store import PairedEmbeddings, ZeroShotSet, atomic_write, l2_normalize
 
 __all__ = ["SyntheticConfig", "SyntheticData", "make_synthetic", "load_truth", "config_from_profile",
            "concept_frequencies", "GENERATOR_PROFILE_KEYS"]

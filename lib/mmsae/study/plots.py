@@ -295,7 +295,7 @@ def _umap_scatter(ax, emb, categories, title) -> None:
 
 def plot_umap(atoms, categories, title: str = "", seed: int = 0, n_neighbors: int = 15):
     """UMAP (cosine metric) of dictionary atoms ``(m, d)``, points coloured by category
-    (e.g. from :func:`mmsae.metrics.neuron_categories`).  ``n_neighbors`` is clipped to
+    (e.g. from :func:`mmsae.eval.metrics.neuron_categories`).  ``n_neighbors`` is clipped to
     ``m - 1``."""
     fig, ax = plt.subplots(figsize=(4.0, 4.0))
     _umap_scatter(ax, _umap_embed(atoms, seed, n_neighbors), categories, title)
@@ -399,7 +399,7 @@ def plot_training_logs(models_dir, names, seeds, metrics=("loss", "ev_x", "ev_y"
 def plot_split_vs_sample_size(df: pd.DataFrame):
     """"Both" and unimodal share against the number of held-out pairs, per model and rule.
 
-    ``df``: rows of :func:`mmsae.analysis.split_vs_sample_size` with a ``model`` column.
+    ``df``: rows of :func:`mmsae.eval.analysis.split_vs_sample_size` with a ``model`` column.
     Left: fraction of "both" latents under the fixed rule (dashed) and the scaled rule
     (solid); right: the unimodal share (scaled rule). Mean over repeats, log-x.
     """

@@ -1,13 +1,13 @@
 """Data-parallel training with :mod:`torch.distributed` (torchrun, several GPUs / nodes).
 
-The one loop in :mod:`mmsae.train` is data-parallel when a process group is initialised
+The one loop in :mod:`mmsae.train.loop` is data-parallel when a process group is initialised
 with more than one rank: every rank draws the same *global* batch (same seeded sampler),
 computes the loss on its contiguous shard of ``batch_size / world_size`` pairs, and the
 gradients are averaged with one all-reduce of a flat buffer before the model's
 ``before_optimizer_step`` hook, so every rank applies the same update as a single
 process on the global batch. The dead-latent bookkeeping (``since_fired``) is merged
 across ranks after each step (a latent fired if it fired on any shard), the MGSAE mask
-uses global pair indices (:class:`mmsae.fast.HashMask` ``row_offset``) and the same salt
+uses global pair indices (:class:`mmsae.models.sparse.HashMask` ``row_offset``) and the same salt
 on every rank, so masks are those of the single-process run. Rank 0 logs and writes
 checkpoints.
 
@@ -20,9 +20,10 @@ We all-reduce gradients explicitly rather than wrapping the model in
 (not ``forward``) and the sparse path builds its own autograd graph; one bucketed
 all-reduce per step is what DDP would do for these four parameters anyway.
 
-Launch (one process per GPU; CPU processes use gloo)::
+Launch (one process per GPU; CPU processes use gloo) with the command line of
+:mod:`mmsae.train.cli`::
 
-    torchrun --nproc_per_node 4 -m mmsae.distributed --data pairs.npy --preset mgsae \\
+    torchrun --nproc_per_node 4 -m mmsae.train --data pairs.npy --preset mgsae \\
         --steps 25000 --batch-size 4096 --out runs/mgsae_ddp
 
 With no torchrun environment the same command trains in one process.
@@ -30,14 +31,13 @@ With no torchrun environment the same command trains in one process.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "allreduce_grads", "sync_firing", "firing_buffers",
-           "broadcast_model", "allreduce_stats", "shard_slice", "main"]
+           "broadcast_model", "allreduce_stats", "shard_slice"]
 
 
 def init_from_env(backend: str | None = None) -> tuple[int, int]:
@@ -138,60 +138,3 @@ def allreduce_stats(values: dict[str, float]) -> dict[str, float]:
     dist.all_reduce(t)
     t /= world_size()
     return {k: float(v) for k, v in zip(keys, t.tolist())}
-
-
-# ----------------------------------------------------------------------------- CLI
-def _build(args: argparse.Namespace):
-    from .models import SAEConfig, build_model, gsae_config, mgsae_config
-
-    if args.preset == "topk":
-        cfg = SAEConfig(d=args.d, m=args.m, k=args.k)
-    elif args.preset == "gsae":
-        cfg = gsae_config(d=args.d, m=args.m, k=args.k)
-    else:
-        cfg = mgsae_config(d=args.d, m=args.m, k=args.k)
-    return build_model(cfg)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mmsae.distributed",
-                                description="Train one SAE on all torchrun processes (data-parallel).")
-    p.add_argument("--data", required=True, help="paired embeddings (.npy (2,N,d) is memory-mapped)")
-    p.add_argument("--preset", choices=["topk", "gsae", "mgsae"], default="mgsae")
-    p.add_argument("--d", type=int, default=None)
-    p.add_argument("--m", type=int, default=8192)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--steps", type=int, default=25_000)
-    p.add_argument("--batch-size", type=int, default=128, help="global batch (pairs), split over ranks")
-    p.add_argument("--lr", type=float, default=4e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--path", choices=["fast", "reference"], default="fast")
-    p.add_argument("--backend", default=None)
-    p.add_argument("--out", default=None, help="checkpoint folder (rank 0 writes)")
-    args = p.parse_args(argv)
-
-    from .data import load_paired
-    from .train import TrainConfig, train
-
-    init_from_env(args.backend)
-    data = load_paired(args.data, expect_normalized=False, mmap=True)
-    if args.d is None:
-        args.d = data.dim
-    torch.manual_seed(args.seed)
-    model = _build(args)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    if dev == "cuda" and is_distributed():
-        dev = f"cuda:{torch.cuda.current_device()}"
-    res = train(model, data, TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                         seed=args.seed, path=args.path, device=dev, checkpoint_dir=args.out,
-                                         progress=rank() == 0))
-    if rank() == 0:
-        print(f"done: {res.steps_done} steps, {res.pairs_per_s:.0f} pairs/s over {world_size()} process(es)")
-    if is_distributed():
-        dist.barrier()
-        dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .data import EmbeddingError, PairedEmbeddings, atomic_write
+from .store import EmbeddingError, PairedEmbeddings, atomic_write
 
 __all__ = [
     "CACHE_FORMAT",

@@ -39,6 +39,8 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from .prompts import CIFAR10_CLASSES, CIFAR100_CLASSES, NSYNTH_FAMILIES
+
 __all__ = [
     "Row",
     "Source",
@@ -648,7 +650,6 @@ class CifarSource(Source):
             with open(folder / meta_file, "rb") as fh:
                 m = pickle.load(fh, encoding="bytes")
             names = [n.decode() for n in m.get(names_key.encode(), [])] or None
-        from .prompts import CIFAR10_CLASSES, CIFAR100_CLASSES
 
         self.class_names = names or list(CIFAR10_CLASSES if which == "cifar10" else CIFAR100_CLASSES)
         self.which, self.split, self.folder = which, split, folder
@@ -685,7 +686,6 @@ class NSynthSource(_LabelledFiles):
             raise FileNotFoundError(f"NSynth examples.json not found in {self.root}")
         with open(ex) as f:
             d = json.load(f)
-        from .prompts import NSYNTH_FAMILIES
 
         self.class_names = list(NSYNTH_FAMILIES)
         per: Counter = Counter()

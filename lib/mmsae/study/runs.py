@@ -20,7 +20,7 @@ for byte.
 Every table goes through :func:`write_table`: a CSV and a LaTeX ``booktabs`` table
 beside it, both written atomically.
 
-``python -m mmsae.runs prepare ...`` is the part of ``run_all.sh`` that needs Python: it
+``python -m mmsae.study.runs prepare ...`` is the part of ``run_all.sh`` that needs Python: it
 selects notebooks, checks ``--param`` names against their ``parameters`` cells, parses the
 values as YAML/JSON literals and writes one papermill parameter file per notebook
 (:func:`prepare_runs`).
@@ -41,7 +41,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import atomic_write
+from ..data.load import load_paired
+from ..data.store import EmbeddingError, ZeroShotSet, atomic_write
+from ..data.synthetic import load_truth
 
 __all__ = ["RunPaths", "write_table", "write_json", "data_slug", "load_run_data", "DEFAULT_DATA", "REAL_CLIP_RUN",
            "RunSetupError", "parse_param", "notebook_parameters", "select_notebooks", "resolve_data",
@@ -229,8 +231,6 @@ def load_run_data(paths: RunPaths):
     Raises :class:`~mmsae.data.EmbeddingError` naming the missing file when notebook
     01 has not been run for this profile and data source.
     """
-    from .data import EmbeddingError, ZeroShotSet, load_paired
-
     if not paths.sources.exists():
         raise EmbeddingError(f"{paths.sources}: missing; run notebooks/01_extract first for profile "
                              f"{paths.profile!r} and data {paths.data!r}")
@@ -238,8 +238,6 @@ def load_run_data(paths: RunPaths):
     train, val = load_paired(src["train"]), load_paired(src["val"])
     truth = None
     if paths.truth.exists():
-        from .synthetic import load_truth
-
         truth = load_truth(paths.truth)
     zs = {}
     for f in paths.zero_shot_files():
@@ -380,7 +378,7 @@ def prepare_runs(*, root: str | Path, cwd: str | Path, out_dir: str | Path, prof
         key, sep, raw = kv.partition("=")
         if not sep or not key.strip().isidentifier():
             raise RunSetupError(f"--extract {kv!r}: expected KEY=VALUE (see docs/real_data.md)")
-        extract_options[key.strip()] = raw  # text; mmsae.extract converts numbers and flags
+        extract_options[key.strip()] = raw  # text; mmsae.embed.extract converts numbers and flags
     data = resolve_data(data, cwd, root)
     if extract_options:
         if not any(n.startswith("01_") for n in loaded):
@@ -419,9 +417,9 @@ def prepare_runs(*, root: str | Path, cwd: str | Path, out_dir: str | Path, prof
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mmsae.runs prepare ...``: run_all.sh's option checks; prints one tab-separated
+    """``python -m mmsae.study.runs prepare ...``: run_all.sh's option checks; prints one tab-separated
     line per chain: work folder, run folder, data, results folder."""
-    ap = argparse.ArgumentParser(prog="python -m mmsae.runs", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mmsae.study.runs", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="check run_all.sh's options and write the notebooks' parameter files")
     p.add_argument("--root", required=True)

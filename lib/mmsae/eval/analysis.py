@@ -1,7 +1,7 @@
 """Everything notebook 04 measures for one trained model, in one call.
 
 :func:`analyze` encodes the held-out pairs once and derives every metric of
-:mod:`mmsae.metrics` from those codes: neuron categories, modality score, MMS (per
+:mod:`mmsae.eval.metrics` from those codes: neuron categories, modality score, MMS (per
 latent), reconstruction per modality, cross-modal retrieval from codes and from
 reconstructions (both directions), zero-shot accuracy through the SAE and, on
 synthetic data, recovery against the ground truth. The per-latent arrays feed the
@@ -16,8 +16,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import metrics
-from .data import PairedEmbeddings, ZeroShotSet
-from .models.base import Dictionary
+from ..data.store import PairedEmbeddings, ZeroShotSet
+from ..models.base import Dictionary
 
 __all__ = ["ModelAnalysis", "analyze", "mms_reference", "split_vs_sample_size", "headline_summary",
            "HEADLINE_COLUMNS"]
@@ -54,9 +54,9 @@ def analyze(model: Dictionary, val: PairedEmbeddings, ref_x: np.ndarray | None =
     """Encode ``val`` and compute every metric (see module docstring).
 
     Neuron categories use ``min_count`` (``"scaled"``: a share ``min_frac`` of the expected
-    firings per latent, :func:`mmsae.metrics.category_min_count`; ``1``: the paper's rule);
+    firings per latent, :func:`mmsae.eval.metrics.category_min_count`; ``1``: the paper's rule);
     the rule is recorded in the summary as ``category_rule`` and the applied count as
-    ``category_min_count``. The split measure (:func:`mmsae.metrics.split_measures`) uses
+    ``category_min_count``. The split measure (:func:`mmsae.eval.metrics.split_measures`) uses
     the same rule to decide which latents have enough firings to be scored.
     """
     model.eval()
@@ -116,7 +116,7 @@ def split_vs_sample_size(z_x: np.ndarray, z_y: np.ndarray, sizes, seed: int = 0,
     For each ``n`` in ``sizes`` (at most ``len(z_x)``), ``repeats`` random subsets of ``n``
     pairs are drawn (seeded) and the categories are computed under the paper's fixed rule
     (``min_count=1``) and under the scaled rule, together with the unimodal share of
-    :func:`mmsae.metrics.split_measures`. Returns one row per ``(n, rule, repeat)`` with
+    :func:`mmsae.eval.metrics.split_measures`. Returns one row per ``(n, rule, repeat)`` with
     ``frac_both``, ``frac_dead``, ``unimodal_share`` and the applied ``min_count``: the
     figure of notebook 04 that shows how much the fixed rule depends on ``n``.
     """

@@ -29,8 +29,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import l2_normalize
-from .models.base import Dictionary
+from ..data.store import l2_normalize
+from ..models.base import Dictionary
+from .metrics import best_latent_by_activation
 
 __all__ = ["latent_std", "steer", "steering_curve", "concept_target", "pick_latent_by_codes",
            "pick_latent_by_direction", "SteeringConcept", "text_clusters", "choose_concept", "steering_samples"]
@@ -83,8 +84,6 @@ def steering_curve(model: Dictionary, u: np.ndarray, modality: int, latent: int,
 def pick_latent_by_codes(z_x: np.ndarray, z_y: np.ndarray, c_x: np.ndarray, c_y: np.ndarray) -> int:
     """The latent whose activation correlates best with a known concept coefficient,
     images and captions pooled (the concept's latent for *both* modalities)."""
-    from .metrics import best_latent_by_activation
-
     z = np.concatenate([z_x, z_y])
     c = np.concatenate([np.asarray(c_x), np.asarray(c_y)])[:, None]
     i = int(best_latent_by_activation(c, z)[0])
