@@ -154,9 +154,13 @@ def test_profiles_carry_every_generator_key():
     for name, prof in PROFILES.items():
         missing = [k for k in GENERATOR_PROFILE_KEYS if k not in prof]
         assert not missing, f"profile {name} lacks generator keys {missing}"
-        cls, other, p = prof["correlated_concept"]
-        cfg = config_from_profile(prof, n_pairs=10, correlated=(cls, other, p))
+        cfg = config_from_profile(prof, n_pairs=10)
         make_synthetic(cfg)  # valid setting
+        # the profile's correlated concept is resolved to the last shared concept, whatever n_shared is
+        assert cfg.correlated == (0, prof["n_shared"] - 1, prof["correlated_concept"][2])
+        small = config_from_profile({**prof, "n_shared": 20}, n_pairs=10)
+        assert small.correlated[1] == 19
+        make_synthetic(small)
 
 
 def _profile_vs_real_clip(profile: str, coco500_path, seed: int = 0):

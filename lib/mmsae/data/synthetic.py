@@ -144,7 +144,10 @@ def config_from_profile(profile: Mapping[str, Any], **overrides: Any) -> Synthet
     names, e.g. ``seed``, ``alpha``, ``correlated``) applied last."""
     kw = {field_: profile[key] for key, field_ in GENERATOR_PROFILE_KEYS.items() if key in profile}
     if profile.get("correlated_concept") is not None:
-        kw["correlated"] = tuple(profile["correlated_concept"])
+        ci, cj, p = profile["correlated_concept"]
+        if int(cj) < 0:  # counted from the end of the shared concepts, whatever n_shared is
+            cj = int(overrides.get("n_shared", kw.get("n_shared", SyntheticConfig.n_shared))) + int(cj)
+        kw["correlated"] = (int(ci), int(cj), float(p))
     if "n_pairs" in profile:
         kw["n_pairs"] = int(profile["n_pairs"])
     kw.update(overrides)

@@ -38,8 +38,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "concept_zipf": 0.0,  # uniform concept frequencies (d = 128 needs a flat spectrum)
         # probe-decomposition experiment only (not the main data): pairs of class 0 ("woman")
         # also carry shared concept 127 ("blond hair", otherwise rare: ~5% of pairs) with probability 0.8;
-        # pass as SyntheticConfig(correlated=tuple(P["correlated_concept"]))
-        "correlated_concept": [0, 127, 0.8],
+        # [class, concept, p]: class 0 pairs also carry a concept with probability p (probe decomposition in
+        # notebook 04); a negative concept counts from the end of the shared concepts (-1: the last one)
+        "correlated_concept": [0, -1, 0.8],
         "val_fraction": 0.2,
         # models
         "m": 256,
@@ -100,7 +101,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "concept_zipf": 1.55,  # Zipfian concept frequencies: d = 512 needs a concentrated spectrum
         # probe-decomposition experiment only: class 0 ("woman") with shared concept 2047, the
         # rarest ("blond hair"), with probability 0.8
-        "correlated_concept": [0, 2047, 0.8],
+        "correlated_concept": [0, -1, 0.8],
         "val_fraction": 0.05,
         "m": 8192,
         "k": 32,
