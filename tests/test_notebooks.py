@@ -14,11 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
 
 SWEEPS = ["ablation_lambda", "ablation_mask_rate", "ablation_mask_mode", "ablation_width_k", "alpha_sweep"]
-TABLES = ["neuron_categories", "reconstruction", "retrieval", "mms_summary", "zero_shot", "ground_truth", "steering",
+TABLES = ["neuron_categories", "split_measures", "split_vs_sample_size", "concept_naming", "probe_decomposition", "geometry", "reconstruction", "retrieval", "mms_summary", "zero_shot", "ground_truth", "steering",
           "comparison"] + SWEEPS
-FIGURES = ["data_overview", "training_SAE", "training_group_sparse", "training_all_methods", "neuron_categories",
+FIGURES = ["data_overview", "split_vs_sample_size", "training_SAE", "training_group_sparse", "training_all_methods", "neuron_categories",
            "mms_curves", "modality_score_hist", "umap_decoder_atoms", "steering"] + SWEEPS
 METHODS = {"SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"}
+
+
+CI_PARAMS = ["--param", "n_pairs=6000", "--param", "steps=500", "--param", "ablation_steps=100",
+             "--param", "sweep_seeds=[0]"]
 
 
 def _run_all(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -32,7 +36,9 @@ def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
     assert not any(out.iterdir())  # a fresh folder: nothing left over from an earlier run
     started = time.time()
-    proc = _run_all(out)
+    # the synthetic chain of the default run at a smaller size, to keep CI well under 15 minutes;
+    # the embedding-file chain (the real-CLIP run's path) is exercised by tests/test_byo_data.py
+    proc = _run_all(out, "--no-real", *CI_PARAMS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout, started
 

@@ -36,7 +36,13 @@ def test_latent_choice_helpers():
     assert pick_latent_by_codes(z[:3], z[3:], c[:3], c[3:]) == 1
     assert pick_latent_by_direction(np.eye(3), np.array([0, 0.1, 1.0])) == 2
     assert latent_std(z, 0) == 1.0  # constant latent: std falls back to 1
-    np.testing.assert_allclose(concept_target(np.eye(3), np.array([1, 1, 0])), [2 ** -0.5, 2 ** -0.5, 0])
+    np.testing.assert_allclose(concept_target(np.eye(3), np.array([1, 1, 0]), center=False), [2 ** -0.5, 2 ** -0.5, 0])
+    # centred (default): carriers' mean (1/2, 1/2, 0) minus the mean of all (1/3, 1/3, 1/3) = (1, 1, -2) / 6
+    np.testing.assert_allclose(concept_target(np.eye(3), np.array([1, 1, 0])), np.array([1, 1, -2]) / 6 ** 0.5,
+                               rtol=1e-6)
+    # a shared offset (a modality mean) does not move the centred direction
+    np.testing.assert_allclose(concept_target(np.eye(3) + 5.0, np.array([1, 1, 0])),
+                               concept_target(np.eye(3), np.array([1, 1, 0])), rtol=1e-6)
 
 
 def test_naming_and_probe_decomposition():

@@ -71,6 +71,8 @@ def analyze(model: Dictionary, val: PairedEmbeddings, ref_x: np.ndarray | None =
     s["category_rule"] = metrics.category_rule(min_count, min_frac, threshold)
     s["category_min_count"] = int(cats["min_count"])
     s["n_val"] = int(len(x))
+    paper_rule = metrics.neuron_categories(z_x, z_y, threshold=threshold, min_count=1)  # the paper's: any firing
+    s["both_min1"], s["dead_min1"] = int(paper_rule["both"]), int(paper_rule["dead"])
     split = metrics.split_measures(z_x, z_y, threshold=threshold, min_count=min_count, min_frac=min_frac)
     s.update({k: v for k, v in split.items() if k != "min_count"})
     ms = metrics.modality_score(z_x, z_y)
@@ -141,7 +143,8 @@ def split_vs_sample_size(z_x: np.ndarray, z_y: np.ndarray, sizes, seed: int = 0,
 
 #: The per-model numbers of ``results/headline.json`` (notebook 04), read by
 #: ``scripts/update_readme.py``; zero-shot columns ``zs_*`` are added when present.
-HEADLINE_COLUMNS = ("m", "image_only", "text_only", "both", "dead", "frac_both", "unimodal_share", "image_share",
+HEADLINE_COLUMNS = ("m", "image_only", "text_only", "both", "dead", "frac_both", "both_min1", "dead_min1",
+                    "unimodal_share", "image_share",
                     "text_share", "mms_img_txt_mean_alive", "mms_img_txt_auc", "explained_variance_x", "explained_variance_y",
                     "code_x2y_R@1", "code_y2x_R@1", "code_x2y_MRR", "code_y2x_MRR", "recon_x2y_R@1",
                     "recon_y2x_R@1", "retrieval_pool")

@@ -8,13 +8,15 @@ activation over a reference set of codes) and decode:
 
 and measure, per alpha,
 
-* ``toward``: mean cosine of ``u'`` to the concept target *of the same modality* (the
-  mean embedding of the samples of that modality that carry the concept) minus the same
-  cosine at ``alpha = 0`` (so the curve starts at 0);
-* ``toward_captions``: the same gain toward the concept's *caption* embeddings (the
-  paper's "move toward the concept's captions"). For image codes this target sits
-  across the modality gap, so any latent carrying the text offset moves images toward
-  it; ``toward`` is the cleaner measure of concept movement and both are reported;
+* ``toward``: mean cosine of ``u'`` to the concept direction *of the same modality* minus
+  the same cosine at ``alpha = 0`` (so the curve starts at 0). The concept direction is
+  **centred**: the mean embedding of the samples that carry the concept minus the mean
+  of all samples of that modality (:func:`concept_target`). In a CLIP-like space every
+  embedding shares a large modality mean (norm ~0.73), so the uncentred mean of the
+  carriers points mostly along it and a "gain" toward it measures how much of the mean a
+  decoding keeps, not the concept;
+* ``toward_captions``: the same gain toward the concept's *caption* direction (the
+  paper's "move toward the concept's captions"), also centred on the caption mean;
 * ``kept``: mean cosine of ``u'`` to the original embedding ``u`` (similarity kept).
 
 Steering image codes and text codes with the same latent tells whether one latent
@@ -53,12 +55,17 @@ def steer(model: Dictionary, u: np.ndarray, modality: int, latent: int, amount: 
     return l2_normalize(model.decode(z, modality).float().cpu().numpy())
 
 
-def concept_target(emb: np.ndarray, has_concept: np.ndarray) -> np.ndarray:
-    """Unit mean of the embeddings of samples that have the concept."""
+def concept_target(emb: np.ndarray, has_concept: np.ndarray, center: bool = True) -> np.ndarray:
+    """Unit direction of a concept in one modality: the mean embedding of the samples that
+    have it minus the mean of all samples (``center=False``: the uncentred mean)."""
     has_concept = np.asarray(has_concept, bool)
     if not has_concept.any():
         raise ValueError("no sample carries the concept: cannot build a steering target")
-    return l2_normalize(np.asarray(emb)[has_concept].mean(0, keepdims=True))[0]
+    emb = np.asarray(emb, np.float64)
+    t = emb[has_concept].mean(0, keepdims=True)
+    if center:
+        t = t - emb.mean(0, keepdims=True)
+    return l2_normalize(t)[0].astype(np.float32)
 
 
 def steering_curve(model: Dictionary, u: np.ndarray, modality: int, latent: int, alphas: Sequence[float],
@@ -171,11 +178,12 @@ def choose_concept(x: np.ndarray, y: np.ndarray, truth=None, zero_shot=None, con
         zs = next(iter(zero_shot.values()))
         if not 0 <= concept < len(zs.class_emb):
             raise ValueError(f"concept {concept} is not a class of zero-shot set {zs.name} ({len(zs.class_emb)} classes)")
-        prompt = np.asarray(zs.class_emb[concept], np.float32)
+        raw_prompt = np.asarray(zs.class_emb[concept], np.float32)
+        prompt = l2_normalize((raw_prompt - y.mean(0))[None])[0]  # centred on the caption mean, like the others
         in_class = np.asarray(zs.labels) == concept
         img = concept_target(zs.emb, in_class) if in_class.any() else prompt
         return SteeringConcept(f"{zs.name}: {zs.class_names[concept]}", "zero_shot", {0: img, 1: prompt}, prompt,
-                               pick_direction=prompt)
+                               pick_direction=raw_prompt)
     k = max(2, min(n_clusters, len(y) // 5))  # at least ~5 captions per cluster on small data
     if k != n_clusters:
         print(f"note: {len(y)} held-out captions: using {k} caption clusters instead of {n_clusters}")
