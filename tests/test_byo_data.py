@@ -26,7 +26,7 @@ SHORT = ["--param", "steps=60", "--param", "comparison_seeds=[0]", "--param", "s
 
 def _run(out: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(ROOT / "run_all.sh"), "--no-readme", "--out", str(out), "--data", str(data),
-                           *SHORT, *extra], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+                           *extra], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
 
 
 def _save(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
@@ -48,7 +48,7 @@ def test_unlabelled_user_embeddings_complete_every_notebook(real, tmp_path, n, d
         x, y = x @ proj, y @ proj
     f = _save(tmp_path / f"pairs{n}.npy", x, y)
     out = tmp_path / "out"
-    proc = _run(out, f)
+    proc = _run(out, f, *SHORT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res, run = out / "results" / f"pairs{n}", out / "runs" / f"smoke-pairs{n}"
     log = (run / "notebooks" / "logs").glob("*.log")
