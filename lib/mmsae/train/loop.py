@@ -82,7 +82,6 @@ class TrainConfig:
     progress: bool = True
     desc: str | None = None
     # --- performance (see docs/performance.md) ---
-    path: str = "fast"  # "fast": sparse K-active path (mmsae.models.sparse); "reference": dense autograd
     bf16_select: bool | str = "auto"  # CUDA: bf16 encoder matmul for top-K *selection* (values stay fp32)
     fused_adam: bool | str = "auto"  # fused Adam kernel (CUDA and CPU) when available, else foreach
     stream: bool | None = None  # None: stream batches from a np.memmap / data over stream_threshold_gb
@@ -356,17 +355,14 @@ def train(
     cfg = config or TrainConfig()
     if overrides:
         cfg = TrainConfig(**{**cfg.to_dict(), **overrides})
-    if cfg.path not in ("fast", "reference"):
-        raise ValueError(f"path must be 'fast' or 'reference', got {cfg.path!r}")
     world, rank = ddp.world_size(), ddp.rank()
     is_main = rank == 0
     device = resolve_device(cfg.device)
     model.to(device)
-    if hasattr(model, "fast_path"):
-        model.fast_path = cfg.path == "fast"
+    if hasattr(model, "select_dtype"):
         sel = cfg.bf16_select
         use_bf16 = device.type == "cuda" and (sel is True or (sel == "auto" and torch.cuda.is_bf16_supported()))
-        model.fast_select_dtype = torch.bfloat16 if use_bf16 else None
+        model.select_dtype = torch.bfloat16 if use_bf16 else None
     raw_x, raw_y = (data.x, data.y) if isinstance(data, PairedEmbeddings) else data
     stream = cfg.stream
     if stream is None:
