@@ -148,11 +148,12 @@ split_tab.round(3)
 
 # %%
 from mmsae.eval.analysis import split_vs_sample_size
+from mmsae.study.methods import PAPER_METHODS
 
 sizes = split_sizes or [n for n in (100, 250, 500, 1000, 2000, 4000, 8000) if n < len(val)] + [len(val)]
 vs_n = pd.concat([split_vs_sample_size(analyses[(n, SEEDS[0])].z_x, analyses[(n, SEEDS[0])].z_y, sizes,
                                        seed=SEEDS[0], threshold=threshold, min_frac=min_frac).assign(model=n)
-                  for n in ("SAE", "GSAE", "MGSAE") if n in names], ignore_index=True)
+                  for n in PAPER_METHODS if n in names], ignore_index=True)
 vs_n_tab = vs_n.groupby(["model", "rule", "n_pairs"], sort=False)[["frac_both", "unimodal_share", "min_count"]] \
     .mean().reset_index()
 write_table(vs_n_tab, "split_vs_sample_size", paths.results, mean_std=False,

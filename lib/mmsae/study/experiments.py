@@ -60,6 +60,8 @@ from ..models.group_sparse import gsae_config, mgsae_config
 from ..models.matryoshka import default_prefixes
 from ..train.loop import TrainConfig, seed_everything, train
 from .plots import PALETTE, model_color
+from . import methods as M
+from .methods import METHOD_ORDER
 from .runs import write_table
 
 __all__ = [
@@ -68,7 +70,6 @@ __all__ = [
     "train_methods", "run_jobs", "add_derived", "plot_sweep", "markdown_table", "SWEEP_METRICS", "ALPHA_METRICS",
 ]
 
-METHOD_ORDER = ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"]
 _SAE_FIELDS = {f.name for f in fields(SAEConfig)}
 _TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 
@@ -142,14 +143,16 @@ def _shared_support(profile, ov):
 
 
 METHODS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], SAEConfig]] = {
-    "SAE": _sae,
-    "BatchTopK": _batchtopk,
-    "Matryoshka": _matryoshka,
-    "GSAE": _gsae,
-    "MGSAE": _mgsae,
-    "ModalitySpecific": _modality_specific,
-    "SharedSupport": _shared_support,
+    M.SAE: _sae,
+    M.BATCHTOPK: _batchtopk,
+    M.MATRYOSHKA: _matryoshka,
+    M.GSAE: _gsae,
+    M.MGSAE: _mgsae,
+    M.MODALITY_SPECIFIC: _modality_specific,
+    M.SHARED_SUPPORT: _shared_support,
 }
+if list(METHODS) != METHOD_ORDER:  # pragma: no cover - a registry edit that forgot one side
+    raise RuntimeError("every method of METHOD_ORDER needs its config builder, in that order")
 
 
 def method_config(name: str, profile: Mapping[str, Any], **overrides: Any) -> SAEConfig:
@@ -410,17 +413,18 @@ def _width_k_overrides(v, profile, d):
 
 #: name -> (parameter column(s), profile key of default methods, default grid builder, overrides builder)
 SWEEPS: dict[str, dict[str, Any]] = {
-    "lambda": {"param": "group_lambda", "methods_key": "lambda_methods", "default_methods": ["GSAE", "MGSAE"],
+    "lambda": {"param": "group_lambda", "methods_key": "lambda_methods",
+               "default_methods": list(M.GROUP_SPARSE_METHODS),
                "grid": lambda P: P.get("lambda_grid", [0.0, 0.01, 0.05, 0.2]),
                "overrides": lambda v, P, d: {"group_lambda": float(v)}},
-    "mask_rate": {"param": "mask_rate", "methods_key": "mask_methods", "default_methods": ["MGSAE"],
+    "mask_rate": {"param": "mask_rate", "methods_key": "mask_methods", "default_methods": [M.MGSAE],
                   "grid": lambda P: P.get("mask_grid", [0.0, 0.1, 0.2, 0.4]),
                   "overrides": lambda v, P, d: _mask_overrides(v)},
-    "mask_mode": {"param": "mask_mode", "methods_key": "mask_methods", "default_methods": ["MGSAE"],
+    "mask_mode": {"param": "mask_mode", "methods_key": "mask_methods", "default_methods": [M.MGSAE],
                   "grid": lambda P: P.get("mask_modes", ["pair", "batch"]),
                   "overrides": lambda v, P, d: {"mask_mode": str(v)}},
     "width_k": {"param": ("expansion", "k"), "methods_key": "width_k_methods",
-                "default_methods": ["SAE", "GSAE", "MGSAE"],
+                "default_methods": list(M.PAPER_METHODS),
                 "grid": lambda P: [(e, k) for e in P.get("expansion_grid", [4, 8, 16])
                                    for k in P.get("k_grid", [16, 32, 64])],
                 "overrides": _width_k_overrides},
