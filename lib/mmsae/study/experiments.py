@@ -22,8 +22,8 @@ SharedSupport       ``shared_support``      one TopK over the summed pre-activat
 * :func:`evaluate_model` is one flat dict of every metric of the comparison table
   (:func:`mmsae.eval.analysis.analyze` plus the training-side dead count and, for the
   modality-specific SAEs, the alignment quality).
-* :func:`aggregate_seeds` gives mean and ``<col>_std`` columns over seeds;
-  :func:`to_latex` writes the booktabs table and its CSV atomically.
+* :func:`aggregate_seeds` gives mean and ``<col>_std`` columns over seeds; tables are
+  written by :func:`mmsae.study.runs.write_table` (CSV and booktabs LaTeX, atomically).
 * Sweeps (:func:`run_sweep` with :data:`SWEEPS`: ``lambda``, ``mask_rate``, ``mask_mode``,
   ``width_k``; :func:`sweep_alpha` regenerates synthetic data per alpha). Sweep models
   live under ``<models_dir>/sweeps/<data>/<arch>-<hash>/seed<k>/`` keyed by a hash of the
@@ -58,15 +58,14 @@ from ..eval.analysis import analyze, mms_reference
 from ..models.base import CheckpointError, Dictionary, SAEConfig, build_model, load_model
 from ..models.group_sparse import gsae_config, mgsae_config
 from ..models.matryoshka import default_prefixes
-from ..train.loop import TrainConfig, seed_everything, train
+from ..train.loop import TRAIN_SUMMARY, TrainConfig, TrainSummary, seed_everything, train
 from .plots import PALETTE, model_color
 from . import methods as M
 from .methods import METHOD_ORDER
-from .runs import write_table
 
 __all__ = [
     "METHODS", "METHOD_ORDER", "SWEEPS", "method_config", "train_method", "evaluate_model", "aggregate_seeds",
-    "to_latex", "run_sweep", "sweep_alpha", "comparison_table", "COMPARISON_COLUMNS", "synthetic_split",
+    "run_sweep", "sweep_alpha", "comparison_table", "COMPARISON_COLUMNS", "synthetic_split",
     "train_methods", "run_jobs", "add_derived", "plot_sweep", "markdown_table", "SWEEP_METRICS", "ALPHA_METRICS",
 ]
 
@@ -220,7 +219,7 @@ def _train_key(tc: TrainConfig) -> dict[str, Any]:
 
 
 def _try_reuse(path: Path, cfg: SAEConfig, key: dict[str, Any], fp: str) -> Dictionary | None:
-    summ = path / "train_summary.json"
+    summ = path / TRAIN_SUMMARY
     if not (summ.exists() and (path / "config.json").exists()):
         return None
     try:
@@ -255,20 +254,19 @@ def _fit(name: str, cfg: SAEConfig, data, tc: TrainConfig, path: Path | None, re
     seed_everything(tc.seed)
     model = build_model(cfg, seed=tc.seed)
     res = train(model, data, tc)
-    info: dict[str, Any] = {"method": name, "arch": cfg.arch, "seed": tc.seed, "wall_time_s": res.wall_time_s,
-                            "pairs_per_s": res.pairs_per_s, "steps": tc.steps, "train_key": key,
-                            "data_fingerprint": fp, "n_train": len(data[0]) if isinstance(data, tuple) else len(data)}
+    alignment = None
     if align and hasattr(model, "align"):
         x, y = (data.x, data.y) if isinstance(data, PairedEmbeddings) else data
         t0 = time.perf_counter()
-        info["alignment"] = model.align(np.asarray(x), np.asarray(y))
-        info["alignment"]["wall_time_s"] = time.perf_counter() - t0
-    model.train_info = info
+        alignment = model.align(np.asarray(x), np.asarray(y))
+        alignment["wall_time_s"] = time.perf_counter() - t0
+    summary = TrainSummary.of(res, tc, method=name, train_key=key, data_fingerprint=fp, alignment=alignment)
+    model.train_info = summary.to_dict()
     if path is not None:
         model.save(path)
         if res.history:
             atomic_write(path / "train_log.csv", lambda tmp: pd.DataFrame(res.history).to_csv(tmp, index=False))
-        atomic_write(path / "train_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+        summary.write(path)
     return model
 
 
@@ -356,14 +354,6 @@ def aggregate_seeds(df: pd.DataFrame, by: str | Sequence[str], seed_col: str = "
     out["n_seeds"] = g.size()
     cols = [c for pair in zip(num, [f"{c}_std" for c in num]) for c in pair] + ["n_seeds"]
     return out[cols].reset_index()
-
-
-def to_latex(df: pd.DataFrame, path: str | Path, caption: str = "", label: str | None = None,
-             digits: int = 3) -> tuple[Path, Path]:
-    """Write ``path`` (``.tex``, booktabs; ``c`` +- ``c_std`` pairs typeset as mean $\\pm$ std) and
-    the CSV beside it (same stem), both atomically. Returns ``(csv, tex)``."""
-    path = Path(path)
-    return write_table(df, path.stem, path.parent, caption=caption, label=label, digits=digits)
 
 
 # --------------------------------------------------------------------------- comparison
