@@ -94,7 +94,7 @@ for name in tqdm(names, desc="models"):
         analyses[(name, s)] = det["analysis"]
         rows.append({"model": name, "seed": s, **r, "mms_reference": ref_kind})
 per_seed = ex.add_derived(pd.DataFrame(rows))
-per_seed.to_csv(paths.results / "per_seed_metrics.csv", index=False)
+write_table(per_seed, "per_seed_metrics", paths.results, latex=False)
 
 
 def mean_std(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
@@ -148,11 +148,12 @@ split_tab.round(3)
 
 # %%
 from mmsae.eval.analysis import split_vs_sample_size
+from mmsae.study.methods import PAPER_METHODS
 
 sizes = split_sizes or [n for n in (100, 250, 500, 1000, 2000, 4000, 8000) if n < len(val)] + [len(val)]
 vs_n = pd.concat([split_vs_sample_size(analyses[(n, SEEDS[0])].z_x, analyses[(n, SEEDS[0])].z_y, sizes,
                                        seed=SEEDS[0], threshold=threshold, min_frac=min_frac).assign(model=n)
-                  for n in ("SAE", "GSAE", "MGSAE") if n in names], ignore_index=True)
+                  for n in PAPER_METHODS if n in names], ignore_index=True)
 vs_n_tab = vs_n.groupby(["model", "rule", "n_pairs"], sort=False)[["frac_both", "unimodal_share", "min_count"]] \
     .mean().reset_index()
 write_table(vs_n_tab, "split_vs_sample_size", paths.results, mean_std=False,
@@ -359,7 +360,7 @@ pd.DataFrame(headline).T.round(3)
 
 # %%
 cmp_full = ex.comparison_table(per_seed)
-cmp_full.to_csv(paths.results / "comparison_full.csv", index=False)
+write_table(cmp_full, "comparison_full", paths.results, latex=False)
 
 zs_names = sorted(zero_shot)
 table_cols = (["image_only", "text_only", "both", "dead", "mms_img_txt_mean_alive", "explained_variance_x",
@@ -368,7 +369,7 @@ table_cols = (["image_only", "text_only", "both", "dead", "mms_img_txt_mean_aliv
               + [f"zs_{z}_{w}" for z in zs_names for w in ("code", "recon")])
 table_cols = [c for c in table_cols if c in cmp_full.columns]
 cmp = cmp_full[["model"] + [c for col in table_cols for c in (col, f"{col}_std")] + ["n_seeds"]]
-ex.to_latex(cmp, paths.results / "comparison.tex", label="tab:comparison",
+write_table(cmp, "comparison", paths.results, label="tab:comparison",
             caption=(f"Every method on held-out pairs ({profile} profile, {data}; mean $\\pm$ std over "
                      f"{len(P['comparison_seeds'])} seeds). Neuron categories; MMS image-text (reference: {ref_kind}); "
                      "explained variance per modality; retrieval from reconstructions; zero-shot through the SAE."))
@@ -411,13 +412,13 @@ if run_ablations:
                                           zero_shot_sets=zero_shot, ref_x=ref_x, ref_y=ref_y, train=False,
                                           hint=f"(profile={profile!r}, data={data!r}, run_ablations=True)"))
         abl_steps = ex.read_sweep_manifest(paths.root / "models", sweep)["steps"]
-        raw.drop(columns=TIMING, errors="ignore").to_csv(paths.results / f"ablation_{sweep}_per_seed.csv", index=False)
-        raw.to_csv(paths.root / f"ablation_{sweep}_per_seed_with_timings.csv", index=False)
+        write_table(raw.drop(columns=TIMING, errors="ignore"), f"ablation_{sweep}_per_seed", paths.results, latex=False)
+        write_table(raw, f"ablation_{sweep}_per_seed_with_timings", paths.root, latex=False)
         by = ["model", "expansion", "k", "m"] if sweep == "width_k" else ["model", xcol]
         agg = ex.aggregate_seeds(raw, by)
         cols = [c for c in abl_cols if c in agg.columns]
         tab = agg[by + [c for col in cols for c in (col, f"{col}_std")] + ["n_seeds"]]
-        ex.to_latex(tab, paths.results / f"ablation_{sweep}.tex", label=f"tab:ablation_{sweep}",
+        write_table(tab, f"ablation_{sweep}", paths.results, label=f"tab:ablation_{sweep}",
                     caption=(f"Ablation: {xlabel} ({profile} profile, {data}, {abl_steps} steps; mean "
                              f"$\\pm$ std over {len(P['sweep_seeds'])} seeds)."))
         if sweep == "width_k":
@@ -459,14 +460,14 @@ if run_alpha_sweep:
     alpha_raw = ex.add_derived(ex.sweep_alpha(P, models_dir=paths.root / "models", train=False,
                                               hint=f"(profile={profile!r}, run_alpha_sweep=True)"))
     alpha_man = ex.read_sweep_manifest(paths.root / "models", "alpha")
-    alpha_raw.drop(columns=TIMING, errors="ignore").to_csv(paths.results / "alpha_sweep_per_seed.csv", index=False)
-    alpha_raw.to_csv(paths.root / "alpha_sweep_per_seed_with_timings.csv", index=False)
+    write_table(alpha_raw.drop(columns=TIMING, errors="ignore"), "alpha_sweep_per_seed", paths.results, latex=False)
+    write_table(alpha_raw, "alpha_sweep_per_seed_with_timings", paths.root, latex=False)
     alpha_agg = ex.aggregate_seeds(alpha_raw, ["model", "alpha"])
     a_cols = ["gt_recovery_x_mean", "gt_recovery_y_mean", "gt_recovery_mean", "gt_alignment_error",
               "gt_collapse_rate", "explained_variance_x", "explained_variance_y", "recon_x2y_R@1", "both"]
     a_cols = [c for c in a_cols if c in alpha_agg]
     alpha_tab = alpha_agg[["model", "alpha"] + [c for col in a_cols for c in (col, f"{col}_std")] + ["n_seeds"]]
-    ex.to_latex(alpha_tab, paths.results / "alpha_sweep.tex", label="tab:alpha_sweep",
+    write_table(alpha_tab, "alpha_sweep", paths.results, label="tab:alpha_sweep",
                 caption=(f"Synthetic alpha sweep ({profile} profile, {alpha_man['n_pairs']} pairs, "
                          f"{alpha_man['steps']} steps; mean $\\pm$ std over {len(P['sweep_seeds'])} seeds)."))
     fig = ex.plot_sweep(alpha_agg, "alpha", ex.ALPHA_METRICS, xlabel="alpha = cos(image dir., text dir.)")
@@ -479,6 +480,6 @@ if run_alpha_sweep:
                      "lowest_alignment_error": g.loc[g["gt_alignment_error"].idxmin(), "model"],
                      "lowest_alignment_error_value": g["gt_alignment_error"].min()})
     winners = pd.DataFrame(best)
-    ex.to_latex(winners, paths.results / "alpha_sweep_winners.tex", label="tab:alpha_winners",
+    write_table(winners, "alpha_sweep_winners", paths.results, label="tab:alpha_winners",
                 caption="Which method wins at each alpha (mean over seeds).")
     print(winners.round(3).to_string(index=False))

@@ -9,6 +9,7 @@ import pytest
 from mmsae.study import experiments as ex
 from mmsae.models import load_model
 from mmsae.study.profiles import get_profile
+from mmsae.study.runs import write_table
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +76,14 @@ def test_aggregate_seeds_hand_example():
     assert len(two) == 4 and two.loc[(two.model == "A") & (two.p == 0.1), "x"].item() == 1.5
 
 
-def test_to_latex_writes_booktabs_and_csv(tmp_path):
+def test_aggregated_table_through_write_table(tmp_path):
     df = ex.aggregate_seeds(pd.DataFrame({"model": ["A", "A"], "seed": [0, 1], "ev": [0.5, 0.7]}), "model")
-    csv, tex = ex.to_latex(df, tmp_path / "t.tex", caption="cap", label="tab:t")
+    csv, tex = write_table(df, "t", tmp_path, caption="cap", label="tab:t")
     assert csv == tmp_path / "t.csv" and tex == tmp_path / "t.tex"
     body = tex.read_text()
     assert "\\toprule" in body and "\\label{tab:t}" in body and "$\\pm$" in body
     assert list(pd.read_csv(csv).columns) == ["model", "ev", "ev_std", "n_seeds"]
+    assert not hasattr(ex, "to_latex")  # one table writer: mmsae.study.runs.write_table
 
 
 def test_tiny_alpha_sweep(tiny, tmp_path):
@@ -191,3 +193,27 @@ def test_sweeps_load_only_what_notebook_03_trained(tiny, tmp_path, monkeypatch):
     victim.unlink()
     with pytest.raises(ex.CheckpointError, match="03_train_group_sparse"):
         ex.run_sweep("mask_rate", tr, va, P, models_dir=tmp_path, train=False, progress=False, n_jobs=1)
+
+
+def test_train_summary_has_one_schema(tiny, tmp_path):
+    """The loop (checkpoint_dir) and the study (a method's run folder) write the same keys."""
+    from dataclasses import fields
+
+    from mmsae.models import build_model
+    from mmsae.train import TrainConfig, train
+    from mmsae.train.loop import TRAIN_SUMMARY, TrainSummary
+
+    P, tr, _, _ = tiny
+    cfg = ex.method_config("ModalitySpecific", P)
+    train(build_model(cfg, seed=0), tr, TrainConfig(steps=5, batch_size=32, progress=False,
+                                                    checkpoint_dir=str(tmp_path / "loop")))
+    ex.train_method("ModalitySpecific", tr, P, seed=0, out_dir=tmp_path / "study", steps=5, progress=False)
+    by_loop = json.loads((tmp_path / "loop" / TRAIN_SUMMARY).read_text())
+    by_study = json.loads((tmp_path / "study" / "ModalitySpecific" / "seed0" / TRAIN_SUMMARY).read_text())
+    assert set(by_loop) == set(by_study) == {f.name for f in fields(TrainSummary)}
+    for s in (by_loop, by_study):
+        assert s["arch"] == "modality_specific" and s["seed"] == 0 and s["steps"] == 5 and s["n_train"] == len(tr)
+        assert s["wall_time_s"] > 0 and s["train_config"]["steps"] == 5 and s["model_config"]["m"] == cfg.m
+    assert by_loop["method"] is None and by_loop["train_key"] is None  # the study's fields
+    assert by_study["method"] == "ModalitySpecific" and by_study["train_key"]["steps"] == 5
+    assert by_study["data_fingerprint"] and by_study["alignment"]["wall_time_s"] >= 0

@@ -1,7 +1,12 @@
-"""The sparse fast path (mmsae.models.sparse) against the dense reference path.
+"""The models' K-sparse objectives against a dense evaluation of the same objectives.
+
+``TopKSAE.training_loss`` and ``GroupSparseSAE.training_loss`` are the one definition of
+their objective and are evaluated with :mod:`mmsae.models.sparse`. The dense forms below
+(:func:`dense_topk_loss`, :func:`dense_group_sparse_loss`, :func:`dense_group_l21`) exist
+only here, to check them: every ``(B, m)`` matrix is built and autograd goes through it.
 
 Tolerance: losses and every parameter gradient agree to a relative error of 1e-5
-(max |g_fast - g_ref| / max |g_ref|, float32); the same top-K sets are selected.
+(max |g_sparse - g_dense| / max |g_dense|, float32); the same top-K sets are selected.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmsae.models.sparse import HashMask, group_l21_sparse
-from mmsae.models.losses import group_l21
+from mmsae.models.sparse import HashMask
+from mmsae.models.losses import auxk_loss, group_l21, reconstruction_loss
 from mmsae.models import GroupSparseSAE, SAEConfig, TopKSAE, build_model, gsae_config, mgsae_config
+from mmsae.models.base import step_stats
 from mmsae.train import TrainConfig, train
 
 RTOL = 1e-5
@@ -35,11 +41,71 @@ def _data(n=48, d=32, seed=0):
     return x, y
 
 
-def _loss_and_grads(model, x, y, fast: bool, **kw):
-    model.fast_path = fast
+# ----------------------------------------------------------------------- dense references
+def dense_group_l21(z_x: torch.Tensor, z_y: torch.Tensor) -> torch.Tensor:
+    """``mean_b sum_i sqrt(z_x,bi^2 + z_y,bi^2)`` on dense ``(B, m)`` codes (subgradient 0 at 0)."""
+    return torch.linalg.vector_norm(torch.stack([z_x, z_y], dim=-1), dim=-1).sum(dim=-1).mean()
+
+
+def _dense_branch(model, u, modality, keep=None):
+    """Dense encoder: full ``(B, m)`` ReLU pre-activations in the graph, masked TopK, dense decode."""
+    b_pre = model.b_pre[model._mod(modality)]
+    pre = torch.relu((u - b_pre) @ model.W_enc.t() + model.b_enc)
+    sel = pre if keep is None else pre.masked_fill(~keep, 0.0)
+    vals, idx = sel.topk(model.config.k, dim=-1, sorted=False)
+    z = torch.zeros_like(pre).scatter(1, idx, vals)
+    return pre, vals, idx, z, z @ model.W_dec + b_pre
+
+
+def _dense_auxk(model, pre, residual, inputs):
+    """Top-k_aux of the dead latents' dense pre-activations decode the residual."""
+    dead = model.dead_mask()
+    n_dead = int(dead.sum())
+    if model.config.auxk_coef <= 0 or n_dead == 0:
+        return pre.new_zeros(())
+    k_aux = min(model.config.k_aux or model.config.d // 2, n_dead)
+    v, j = pre.masked_fill(~dead, 0.0).topk(k_aux, dim=-1, sorted=False)
+    e_hat = torch.zeros_like(pre).scatter(1, j, v) @ model.W_dec
+    return auxk_loss(residual.detach(), e_hat, inputs, n_blocks=2)
+
+
+def dense_topk_loss(model, x, y, keep=None, group_lambda=None):
+    """Dense form of ``TopKSAE.training_loss`` (and, with ``group_lambda``, of GSAE/MGSAE's)."""
+    pre_x, vx, ix, zx, x_hat = _dense_branch(model, x, 0, keep)
+    pre_y, vy, iy, zy, y_hat = _dense_branch(model, y, 1, keep)
+    rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
+    loss, extra = rec_x + rec_y, {}
+    if group_lambda is not None:
+        extra["group"] = dense_group_l21(zx, zy)
+        loss = loss + group_lambda * extra["group"]
+    aux = _dense_auxk(model, torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
+    loss = loss + model.config.auxk_coef * aux
+    model._update_firing((vx, ix), (vy, iy), n_samples=2 * x.shape[0])
+    return type("Out", (), {"loss": loss, "stats": step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, **extra)})
+
+
+def dense_group_sparse_loss(model, x, y, keep=None):
+    """Dense form of ``GroupSparseSAE.training_loss``; the mask (HashMask or bool, or drawn by
+    the model's ``draw_mask`` as in training) is densified to ``(B, m)``."""
+    if keep is None and model.training and model.config.mask_rate > 0:
+        keep = model.draw_mask()
+    if keep is not None and not torch.is_tensor(keep):
+        keep = keep.dense(x.shape[0], model.config.m)
+    return dense_topk_loss(model, x, y, keep, group_lambda=model.config.group_lambda)
+
+
+def _evaluate(model, x, y, dense: bool, **kw):
+    """The model's objective (``dense=False``) or its dense form written above."""
+    if not dense:
+        return model.training_loss(x, y, **kw)
+    fn = dense_group_sparse_loss if isinstance(model, GroupSparseSAE) else dense_topk_loss
+    return fn(model, x, y, **kw)
+
+
+def _loss_and_grads(model, x, y, dense: bool, **kw):
     model.zero_grad(set_to_none=True)
     state = model.since_fired.clone()
-    out = model.training_loss(x, y, **kw)
+    out = _evaluate(model, x, y, dense, **kw)
     out.loss.backward()
     fired = model.since_fired.clone()
     model.since_fired.copy_(state)
@@ -47,17 +113,17 @@ def _loss_and_grads(model, x, y, fast: bool, **kw):
 
 
 def _assert_same(model, x, y, **kw):
-    ref, g_ref, f_ref = _loss_and_grads(model, x, y, False, **kw)
-    fast, g_fast, f_fast = _loss_and_grads(model, x, y, True, **kw)
-    assert torch.allclose(fast.loss, ref.loss, rtol=RTOL, atol=1e-6)
+    ref, g_ref, f_ref = _loss_and_grads(model, x, y, True, **kw)
+    out, g_out, f_out = _loss_and_grads(model, x, y, False, **kw)
+    assert torch.allclose(out.loss, ref.loss, rtol=RTOL, atol=1e-6)
     for k in ("rec_x", "rec_y", "ev_x", "ev_y", "aux", "group"):
         if k in ref.stats:
-            assert torch.allclose(fast.stats[k], ref.stats[k], rtol=RTOL, atol=1e-6), k
+            assert torch.allclose(out.stats[k], ref.stats[k], rtol=RTOL, atol=1e-6), k
     for n in g_ref:
         scale = g_ref[n].abs().max().clamp_min(1e-12)
-        err = (g_fast[n] - g_ref[n]).abs().max() / scale
+        err = (g_out[n] - g_ref[n]).abs().max() / scale
         assert err < RTOL, f"{n}: relative gradient error {err:.2e}"
-    assert torch.equal(f_fast, f_ref)  # same latents fired -> same dead-latent bookkeeping
+    assert torch.equal(f_out, f_ref)  # same latents fired -> same dead-latent bookkeeping
 
 
 def _model(cls, cfg, x, y):
@@ -69,24 +135,24 @@ def _model(cls, cfg, x, y):
     return model
 
 
-def test_topk_fast_matches_reference():
+def test_topk_sparse_matches_dense():
     x, y = _data()
     model = _model(TopKSAE, SAEConfig(d=32, m=256, k=8, k_aux=16), x, y)
     _assert_same(model, x, y)
     assert model.dead_mask().any()
 
 
-def test_gsae_fast_matches_reference():
+def test_gsae_sparse_matches_dense():
     x, y = _data()
     _assert_same(_model(GroupSparseSAE, gsae_config(d=32, m=256, k=8), x, y), x, y)
 
 
 @pytest.mark.parametrize("mode", ["pair", "batch"])
-def test_mgsae_fast_matches_reference_same_mask(mode):
+def test_mgsae_sparse_matches_dense_same_mask(mode):
     x, y = _data()
     model = _model(GroupSparseSAE, mgsae_config(d=32, m=256, k=8, mask_mode=mode), x, y)
     mask = HashMask(salt=1234, rate=0.2, per_pair=mode == "pair")
-    _assert_same(model, x, y, keep=mask)  # reference path densifies the same mask
+    _assert_same(model, x, y, keep=mask)  # the dense form densifies the same mask
 
 
 def test_mgsae_dense_mask_and_fallback_rows():
@@ -119,7 +185,7 @@ def test_hash_mask_properties():
     assert torch.equal(off.dense(256, 1024), dense[256:])
 
 
-def test_mask_is_shared_across_pair_in_fast_path():
+def test_mask_is_shared_across_pair_in_sparse_selection():
     """Both members of a pair pick their latents among the same surviving latents."""
     x, _ = _data()
     model = _model(GroupSparseSAE, mgsae_config(d=32, m=256, k=8), x, x)
@@ -132,7 +198,7 @@ def test_mask_is_shared_across_pair_in_fast_path():
     assert dense.gather(1, ix).all() and dense.gather(1, iy).all()
 
 
-def test_group_l21_sparse_value_and_gradient():
+def test_group_l21_matches_dense_value_and_gradient():
     g = torch.Generator().manual_seed(0)
     B, K, m = 16, 6, 20
     ix = torch.stack([torch.randperm(m, generator=g)[:K] for _ in range(B)])
@@ -140,9 +206,10 @@ def test_group_l21_sparse_value_and_gradient():
     vx = torch.rand(B, K, generator=g, dtype=torch.float64).requires_grad_()
     vy = torch.rand(B, K, generator=g, dtype=torch.float64).requires_grad_()
     with torch.no_grad():
-        vx[0, 0] = 0.0  # a zero activation: subgradient 0 on both paths
-    dense = group_l21(TopKSAE.densify(vx, ix, m), TopKSAE.densify(vy, iy, m))
-    sparse = group_l21_sparse(vx, ix, vy, iy)
+        vx[0, 0] = 0.0  # a zero activation: subgradient 0 in both forms
+    ix[1, :3], iy[1, :3] = torch.arange(3), torch.arange(3)  # latents shared by a pair
+    dense = dense_group_l21(TopKSAE.densify(vx, ix, m), TopKSAE.densify(vy, iy, m))
+    sparse = group_l21(vx, ix, vy, iy)
     assert torch.allclose(dense, sparse, rtol=1e-12)
     gd = torch.autograd.grad(dense, (vx, vy))
     gs = torch.autograd.grad(sparse, (vx, vy))
@@ -150,23 +217,12 @@ def test_group_l21_sparse_value_and_gradient():
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_fast_path_skipped_for_overriding_subclass():
-    class MyTopK(TopKSAE):
-        def topk(self, pre, keep=None):
-            return super().topk(pre, keep)
-
-    model = MyTopK(SAEConfig(d=8, m=32, k=4))
-    model.train()
-    assert not model._use_fast(TopKSAE)
-    assert TopKSAE(SAEConfig(d=8, m=32, k=4)).train()._use_fast(TopKSAE)
-
-
 def test_bf16_selection_keeps_float32_values():
     x, y = _data()
     model = _model(TopKSAE, SAEConfig(d=32, m=256, k=8), x, y)
-    ref, _, _ = _loss_and_grads(model, x, y, True)
-    model.fast_select_dtype = torch.bfloat16
-    out, grads, _ = _loss_and_grads(model, x, y, True)
+    ref, _, _ = _loss_and_grads(model, x, y, False)
+    model.select_dtype = torch.bfloat16
+    out, grads, _ = _loss_and_grads(model, x, y, False)
     assert all(g.dtype == torch.float32 for g in grads.values())
     assert torch.allclose(out.loss, ref.loss, rtol=0.05)
 
@@ -182,18 +238,21 @@ def _train_data(n=1024, d=32, seed=0):
 
 @pytest.mark.parametrize("which", ["topk", "mgsae"])
 def test_same_metrics_after_short_training(which):
+    """The training loop with the models' objectives and with their dense forms (the same
+    masks: both draw them with ``draw_mask`` from the same seeded generator)."""
     x, y = _train_data()
     finals = {}
-    for path in ("reference", "fast"):
+    for form in ("dense", "model"):
         torch.manual_seed(0)
         cfg = SAEConfig(d=32, m=128, k=8) if which == "topk" else mgsae_config(d=32, m=128, k=8)
         model = TopKSAE(cfg) if which == "topk" else GroupSparseSAE(cfg)
+        if form == "dense":  # the loop calls model.training_loss(x, y, step)
+            model.training_loss = lambda xb, yb, step=0, _m=model: _evaluate(_m, xb, yb, True)
         res = train(model, (x, y), TrainConfig(steps=150, batch_size=64, lr=2e-3, warmup_steps=10,
-                                               log_every=150, progress=False, path=path))
-        finals[path] = res.history[-1]
-    r, f = finals["reference"], finals["fast"]
-    # TopK: same computation, float32 summation order only; MGSAE: other mask draws (hash vs rand)
-    tol = 0.01 if which == "topk" else 0.03
+                                               log_every=150, progress=False))
+        finals[form] = res.history[-1]
+    r, f = finals["dense"], finals["model"]
+    tol = 0.01  # float32 summation order only
     for k in ("ev_x", "ev_y"):
         assert abs(r[k] - f[k]) < tol, (k, r[k], f[k])
     assert r["ev_x"] > 0.5
@@ -219,13 +278,12 @@ def test_streaming_memmap_matches_in_memory(tmp_path):
 
 
 # ----------------------------------------------------------------------- AuxK and firing
-def _by_hand_model(arch: str, fast: bool, coef: float = 0.5):
+def _by_hand_model(arch: str, coef: float = 0.5):
     """d = 2, m = 3, K = 1, k_aux = 1; atoms e0, e1, (0.6, 0.8); encoder = decoder; zero biases.
     Latent 1 is dead before the step."""
     cfg = (SAEConfig(d=2, m=3, k=1, k_aux=1, auxk_coef=coef) if arch == "topk"
            else gsae_config(d=2, m=3, k=1, group_lambda=0.0, k_aux=1, auxk_coef=coef))
     model = (TopKSAE if arch == "topk" else GroupSparseSAE)(cfg).train()
-    model.fast_path = fast
     with torch.no_grad():
         atoms = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
         model.W_enc.copy_(atoms)
@@ -237,13 +295,13 @@ def _by_hand_model(arch: str, fast: bool, coef: float = 0.5):
 
 
 @pytest.mark.parametrize("arch", ["topk", "gsae"])
-@pytest.mark.parametrize("fast", [False, True])
-def test_auxk_gao_weight_by_hand(arch, fast):
+@pytest.mark.parametrize("dense", [False, True])
+def test_auxk_gao_weight_by_hand(arch, dense):
     """aux = sum over modalities of TV(u) * mean ||e - e_hat||^2 / TV(e) (Gao et al.'s relative weight)."""
-    model = _by_hand_model(arch, fast, coef=0.5)
+    model = _by_hand_model(arch, coef=0.5)
     x = torch.tensor([[1.0, 0.2], [0.2, 1.0]])
     y = torch.tensor([[0.3, 1.0], [1.0, 0.4]])
-    out = model.training_loss(x, y)
+    out = _evaluate(model, x, y, dense)
     # pre-activations (atoms e0, e1, (0.6, 0.8)) and the TopK (K = 1) latent:
     # x1: [1, 0.2, 0.76] -> 0: x_hat = (1, 0),  e = (0, 0.2)  | x2: [0.2, 1, 0.92] -> 1: x_hat = (0, 1), e = (0.2, 0)
     # y1: [0.3, 1, 0.98] -> 1: y_hat = (0, 1),  e = (0.3, 0)  | y2: [1, 0.4, 0.92] -> 0: y_hat = (1, 0), e = (0, 0.4)
@@ -261,8 +319,8 @@ def test_auxk_gao_weight_by_hand(arch, fast):
 
 
 @pytest.mark.parametrize("arch", ["topk", "gsae"])
-def test_auxk_both_paths_match_direct_computation_on_a_batch(arch):
-    """Random batch with dead latents: AuxK of both paths equals a direct computation in
+def test_auxk_of_both_forms_matches_direct_computation_on_a_batch(arch):
+    """Random batch with dead latents: AuxK of both forms equals a direct computation in
     Gao et al.'s terms, sum over modalities of ``TV(u) * NMSE(e_hat, e)`` (NMSE as in their
     code: element-mean squared error over that of the residual's batch mean)."""
     x, y = _data()
@@ -280,8 +338,8 @@ def test_auxk_both_paths_match_direct_computation_on_a_batch(arch):
             tv_u = u.var(0, unbiased=False).sum()
             nmse = F.mse_loss(e_hat, e) / F.mse_loss(e.mean(0, keepdim=True).expand_as(e), e)
             want += float(tv_u * nmse)
-    for fast in (False, True):
-        out, _, _ = _loss_and_grads(model, x, y, fast)
+    for dense in (False, True):
+        out, _, _ = _loss_and_grads(model, x, y, dense)
         assert out.stats["aux"].item() == pytest.approx(want, rel=1e-5)
         rest = out.stats["rec_x"] + out.stats["rec_y"] + cfg.group_lambda * out.stats.get("group", 0.0)
         assert out.loss.item() == pytest.approx((rest + cfg.auxk_coef * out.stats["aux"]).item(), rel=1e-5)
@@ -304,14 +362,13 @@ _FIRING_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("arch,fast", [("topk", False), ("topk", True), ("gsae", False), ("gsae", True),
-                                       ("batchtopk", False), ("matryoshka", False)])
-def test_zero_valued_topk_slots_are_not_firings(arch, fast):
+@pytest.mark.parametrize("arch,dense", [("topk", False), ("topk", True), ("gsae", False), ("gsae", True),
+                                        ("batchtopk", False), ("matryoshka", False)])
+def test_zero_valued_topk_slots_are_not_firings(arch, dense):
     """BatchTopK / Matryoshka: 2B * K = 48 entries are kept but only 24 are positive."""
     model = _few_positive(build_model(_FIRING_CONFIGS[arch]).train())
-    model.fast_path = fast
     x, y = _data(n=6, d=8)
-    model.training_loss(x, y)
+    _evaluate(model, x, y, dense)
     # only latents with a value > 0 were reset; the zero-valued slots aged like every other latent
     assert (model.since_fired == 0).nonzero().squeeze(1).tolist() == [3, 7]
     assert int(model.since_fired.max()) == 12

@@ -13,28 +13,38 @@ def test_reconstruction_loss_by_hand():
     assert reconstruction_loss(u, uh).item() == 3.5
 
 
+def _l21(x: dict, y: dict) -> torch.Tensor:
+    """group_l21 of one pair given as {latent: value} per member (K-sparse form)."""
+    t = lambda d: (torch.tensor([list(d.values())]), torch.tensor([list(d.keys())]))  # noqa: E731
+    (vx, ix), (vy, iy) = t(x), t(y)
+    return group_l21(vx, ix, vy, iy)
+
+
 def test_group_l21_value_by_hand():
-    zx = torch.tensor([[3.0, 0.0, 1.0]])
-    zy = torch.tensor([[4.0, 2.0, 0.0]])
+    # z_x = (3, 0, 1), z_y = (4, 2, 0); y's slots in another order than x's
     # groups: sqrt(9+16)=5, sqrt(0+4)=2, sqrt(1+0)=1
-    assert group_l21(zx, zy).item() == 8.0
-    # batch mean
-    assert group_l21(torch.cat([zx, 0 * zx]), torch.cat([zy, 0 * zy])).item() == 4.0
+    assert _l21({0: 3.0, 2: 1.0}, {1: 2.0, 0: 4.0}).item() == 8.0
+    # batch mean: a second pair with all-zero codes
+    vx, ix = torch.tensor([[3.0, 1.0], [0.0, 0.0]]), torch.tensor([[0, 2], [0, 1]])
+    vy, iy = torch.tensor([[2.0, 4.0], [0.0, 0.0]]), torch.tensor([[1, 0], [1, 0]])
+    assert group_l21(vx, ix, vy, iy).item() == 4.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        group_l21(vx, ix[:, :1], vy, iy)
 
 
 def test_group_l21_gradient_by_hand():
-    zx = torch.tensor([[3.0, 0.0, 0.0]], requires_grad=True)
-    zy = torch.tensor([[4.0, 2.0, 0.0]], requires_grad=True)
-    group_l21(zx, zy).backward()
-    # d/dzx sqrt(zx^2+zy^2) = zx / norm; zero group -> subgradient 0 (no NaN)
-    torch.testing.assert_close(zx.grad, torch.tensor([[0.6, 0.0, 0.0]]))
-    torch.testing.assert_close(zy.grad, torch.tensor([[0.8, 1.0, 0.0]]))
+    vx = torch.tensor([[3.0, 0.0]], requires_grad=True)  # latents 0, 2 (latent 2 holds 0)
+    vy = torch.tensor([[2.0, 4.0]], requires_grad=True)  # latents 1, 0
+    group_l21(vx, torch.tensor([[0, 2]]), vy, torch.tensor([[1, 0]])).backward()
+    # d/dzx sqrt(zx^2+zy^2) = zx / norm; a zero group -> subgradient 0 (no NaN); |z| alone -> sign
+    torch.testing.assert_close(vx.grad, torch.tensor([[0.6, 0.0]]))
+    torch.testing.assert_close(vy.grad, torch.tensor([[1.0, 0.8]]))
 
 
 def test_group_l21_prefers_shared_latents():
     # the same activation mass on one shared latent costs less than on two split latents
-    shared = group_l21(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]]))
-    split = group_l21(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]))
+    shared = _l21({0: 1.0}, {0: 1.0})
+    split = _l21({0: 1.0}, {1: 1.0})
     assert shared.item() < split.item()
 
 

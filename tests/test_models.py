@@ -57,33 +57,37 @@ def test_prebias_init_per_modality():
 def test_mask_is_shared_across_a_pair():
     torch.manual_seed(1)
     m = build_model(mgsae_config(8, 64, 4, mask_rate=0.5))
-    keep = m.draw_mask(10, torch.device("cpu"))
+    keep = m.draw_mask().dense(10, 64)
     assert keep.shape == (10, 64)
     assert 0.35 < keep.float().mean() < 0.65
-    # training_loss draws ONE mask and both members choose their top K among its survivors
-    seen = {}
-    orig = m.topk
-
-    def spy(pre, keep=None):
-        seen.setdefault("keeps", []).append(keep)
-        return orig(pre, keep)
-
-    m.topk = spy
-    m.fast_path = False  # the dense reference path; the fast path is checked against it in test_fast_path
+    # training_loss draws ONE mask (draw_mask) and both members choose their top K among its survivors
+    drawn = []
+    orig = m.draw_mask
+    m.draw_mask = lambda: drawn.append(orig()) or drawn[-1]
     m.train()
     x, y = torch.randn(10, 8), torch.randn(10, 8)
-    m.training_loss(x, y)
-    kx, ky = seen["keeps"][:2]
-    assert kx is not None and torch.equal(kx, ky)
-    # and the chosen latents of both members are inside the mask
-    vx, ix = orig(m.pre_activations(x, 0), kx)
-    assert kx.gather(1, ix)[vx > 0].all()
+    out = m.training_loss(x, y)
+    assert len(drawn) == 1
+    kept = drawn[0].dense(10, 64)
+    # the loss is that of the masked codes of both members: the same mask on x and y
+    def masked_code(u, mod):
+        pre = m.pre_activations(u, mod).masked_fill(~kept, 0.0)
+        v, i = pre.topk(4, dim=-1)
+        return torch.zeros_like(pre).scatter(1, i, v)
+    zx, zy = masked_code(x, 0), masked_code(y, 1)
+    assert kept[zx > 0].all() and kept[zy > 0].all()
+    rec_x = ((x - m.decode(zx, 0)) ** 2).sum(1).mean()
+    rec_y = ((y - m.decode(zy, 1)) ** 2).sum(1).mean()
+    torch.testing.assert_close(out.stats["rec_x"], rec_x.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.stats["rec_y"], rec_y.detach(), rtol=1e-5, atol=1e-6)
+    # with an unmasked code the reconstruction would differ (the mask removed some top latents)
+    assert not torch.allclose(((x - m.decode(m.encode(x, 0), 0)) ** 2).sum(1).mean(), rec_x)
 
 
 def test_mask_per_batch_and_no_mask_at_inference():
     torch.manual_seed(2)
     m = build_model(mgsae_config(8, 64, 4, mask_rate=0.3, mask_mode="batch"))
-    assert m.draw_mask(10, torch.device("cpu")).shape == (1, 64)
+    assert m.draw_mask().dense(10, 64).shape == (1, 64)
     m.eval()
     u = torch.randn(5, 8)
     # at inference the code is the unmasked TopK code: that of the same weights with no mask

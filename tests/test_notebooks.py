@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mmsae.study.methods import METHOD_ORDER
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
 
@@ -18,7 +20,7 @@ TABLES = ["neuron_categories", "split_measures", "split_vs_sample_size", "concep
           "comparison"] + SWEEPS
 FIGURES = ["data_overview", "split_vs_sample_size", "training_SAE", "training_group_sparse", "training_all_methods", "neuron_categories",
            "mms_curves", "modality_score_hist", "umap_decoder_atoms", "steering"] + SWEEPS
-METHODS = {"SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"}
+METHODS = set(METHOD_ORDER)
 
 
 CI_PARAMS = ["--param", "n_pairs=6000", "--param", "steps=500", "--param", "ablation_steps=100",

@@ -190,3 +190,18 @@ def test_rerun_gives_byte_identical_tables_and_figures(tmp_path):
     assert got == files(outs[1])
     for rel in got:
         assert (outs[0] / rel).read_bytes() == (outs[1] / rel).read_bytes(), f"{rel} differs between two runs"
+
+
+@pytest.mark.slow
+def test_notebook_04_alone_names_notebook_03(tmp_path):
+    """One-way pipeline: 04 only loads. After 01 (the store exists) but without 02/03 it stops
+    with exit code 1 and an error that says which notebooks train the models."""
+    data = _pairs(tmp_path / "tiny.npy", 200)
+    out = tmp_path / "out"
+    first = _run_all("--only", "1", "--data", data, "--out", out)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    proc = _run_all("--only", "4", "--data", data, "--out", out)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "FAILED: notebook 04_analyze_split" in proc.stderr
+    assert "03_train_group_sparse" in proc.stderr and "not trained in" in proc.stderr
+    assert not (out / "runs" / "smoke-tiny" / "models" / "SAE").exists()  # 04 trained nothing

@@ -34,6 +34,21 @@ def test_write_table_csv_and_booktabs(tmp_path):
     assert "10.000 $\\pm$ 1.000" in t and "20.500" in t and "both\\_std" not in t
 
 
+def test_write_table_csv_only(tmp_path):
+    df = pd.DataFrame({"model": ["SAE"], "seed": [0], "both": [3.0]})
+    csv, tex = write_table(df, "per_seed", tmp_path, latex=False)
+    assert tex is None and pd.read_csv(csv).equals(df)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["per_seed.csv"]
+
+
+def test_notebooks_write_tables_only_through_write_table():
+    root = Path(__file__).resolve().parents[1]
+    direct = [f"{nb.name}:{i}" for nb in sorted((root / "notebooks").glob("*.py"))
+              for i, line in enumerate(nb.read_text().splitlines(), 1)
+              if ".to_csv(" in line or ".to_latex(" in line]
+    assert not direct, f"tables written around mmsae.study.runs.write_table: {direct}"
+
+
 def test_run_paths_and_missing_data(tmp_path):
     p = RunPaths(tmp_path, "smoke", "synthetic")
     assert p.model_dir("GSAE", 2) == tmp_path / "runs" / "smoke-synthetic" / "models" / "GSAE" / "seed2"

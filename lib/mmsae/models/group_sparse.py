@@ -8,13 +8,15 @@ image/audio, ``b_1`` for text), trained on pairs ``(x, y)``:
 
 (plus AuxK, as for the baseline). The l2,1 term (:func:`mmsae.models.losses.group_l21`) groups
 each latent's two activations on a pair and so rewards latents shared by an image and
-its caption.
+its caption. The objective is written once, :meth:`GroupSparseSAE.training_loss`, and
+evaluated K-sparse (:mod:`mmsae.models.sparse`).
 
 MGSAE adds *cross-modal random masking* during training: one random binary mask over
 the ``m`` latents, drop probability ``mask_rate`` (paper: 0.2), is applied to the
 pre-TopK activations of BOTH members of a pair, so both pick their top K from the
 same surviving latents. ``mask_mode="pair"`` (default; the paper does not say) draws
-one mask per pair, ``"batch"`` one per batch. No mask at inference.
+one mask per pair, ``"batch"`` one per batch. The mask is in index form
+(:class:`mmsae.models.sparse.HashMask`, :meth:`GroupSparseSAE.draw_mask`). No mask at inference.
 
 GSAE = ``SAEConfig(arch="group_sparse", n_modalities=2, group_lambda=0.05)``;
 MGSAE = the same with ``mask_rate=0.2`` (see :func:`gsae_config`, :func:`mgsae_config`).
@@ -26,7 +28,7 @@ import torch
 
 from .losses import group_l21, reconstruction_loss
 from .base import LossOutput, SAEConfig, register, step_stats
-from .sparse import group_sparse_fast_loss
+from .sparse import HashMask, draw_hash_mask, fast_auxk, fast_pair_branch
 from .topk import TopKSAE
 
 __all__ = ["GroupSparseSAE", "gsae_config", "mgsae_config"]
@@ -52,31 +54,29 @@ class GroupSparseSAE(TopKSAE):
             raise ValueError(f"mask_mode must be 'pair' or 'batch', got {config.mask_mode!r}")
         super().__init__(config)
 
-    def draw_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Boolean keep-mask ``(batch, m)`` (per pair) or ``(1, m)`` (per batch)."""
-        rows = batch if self.config.mask_mode == "pair" else 1
-        return torch.rand(rows, self.config.m, device=device, generator=generator) >= self.config.mask_rate
+    def draw_mask(self) -> HashMask:
+        """A fresh cross-modal keep-mask (per pair or per batch, see ``mask_mode``); its
+        ``(B, m)`` bool form is ``draw_mask().dense(B, m)``. Data-parallel ranks set
+        ``mask_row_offset`` so that each shard sees its rows of the global batch's mask."""
+        return draw_hash_mask(self.config.mask_rate, self.config.mask_mode == "pair",
+                              getattr(self, "mask_row_offset", 0))
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, keep=None) -> LossOutput:
-        """``keep``: optional mask to use instead of a freshly drawn one, a bool tensor
-        ``(B, m)`` / ``(1, m)`` or an index-form :class:`mmsae.models.sparse.HashMask`.
+        """``||x - x_hat||^2 + ||y - y_hat||^2 + group_lambda * l2,1`` (+ AuxK).
 
-        With ``fast_path`` (default) the sparse path of :mod:`mmsae.models.sparse` computes the same
-        objective (index-form mask, l2,1 on the union of active sets); ``fast_path = False``
-        selects this dense reference code (mask drawn by :meth:`draw_mask`)."""
-        if self._use_fast(GroupSparseSAE) and type(self).draw_mask is GroupSparseSAE.draw_mask:
-            return group_sparse_fast_loss(self, x, y, keep, self.fast_select_dtype)
-        if keep is None and self.training and self.config.mask_rate > 0:
-            keep = self.draw_mask(x.shape[0], x.device)
-        elif keep is not None and not torch.is_tensor(keep):  # HashMask -> dense
-            keep = keep.dense(x.shape[0], self.config.m, x.device)
-        pre_x, vx, ix, x_hat = self._branch(x, 0, keep)
-        pre_y, vy, iy, y_hat = self._branch(y, 1, keep)
+        ``keep``: optional mask to use instead of a freshly drawn one (:meth:`draw_mask`, in
+        training mode when ``mask_rate > 0``): a :class:`~mmsae.models.sparse.HashMask` or a
+        bool tensor ``(B, m)`` / ``(1, m)``. Evaluated K-sparse: one encoder matmul over
+        ``[x; y]``, the l2,1 term on the two members' active sets (never densified)."""
+        cfg = self.config
+        if keep is None and self.training and cfg.mask_rate > 0:
+            keep = self.draw_mask()
+        B = x.shape[0]
+        pre, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, keep, self.select_dtype)
+        x_hat, y_hat, ix, iy = u_hat[:B], u_hat[B:], idx[:B], idx[B:]
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-        m = self.config.m
-        group = group_l21(self.densify(vx, ix, m), self.densify(vy, iy, m))
-        loss = rec_x + rec_y + self.config.group_lambda * group
-        aux = self._auxk(torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
-        loss = loss + self.config.auxk_coef * aux
-        self._update_firing((vx, ix), (vy, iy), n_samples=2 * x.shape[0])  # zero-valued slots do not fire
+        group = group_l21(vals[:B], ix, vals[B:], iy)
+        aux = fast_auxk(self, (pre,), (u_c,), (mod,), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
+        loss = rec_x + rec_y + cfg.group_lambda * group + cfg.auxk_coef * aux
+        self._update_firing((vals[:B], ix), (vals[B:], iy), n_samples=2 * B)  # zero-valued slots do not fire
         return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, group=group))

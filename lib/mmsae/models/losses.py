@@ -24,23 +24,30 @@ def reconstruction_loss(u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
     return (u - u_hat).pow(2).sum(dim=-1).mean()
 
 
-def group_l21(z_x: torch.Tensor, z_y: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+def group_l21(v_x: torch.Tensor, i_x: torch.Tensor, v_y: torch.Tensor, i_y: torch.Tensor) -> torch.Tensor:
     """The paper's group-sparse penalty ``mean_b sum_i sqrt(z_x,bi^2 + z_y,bi^2)``.
 
     Each group is one latent's pair of activations (on the image and on its caption),
     so the penalty is an l2,1 norm of the ``(latents x 2)`` activation matrix of a pair:
     it prefers latents that fire on both members over two latents firing on one each.
 
+    The codes are given K-sparse, as the models produce them: ``v_x``, ``i_x`` (``(B, K)``)
+    are the values and latent indices of ``z_x`` (indices unique within a row; every other
+    entry is 0), likewise ``v_y``, ``i_y``. A latent active in both members of pair ``b``
+    contributes ``sqrt(z_x^2 + z_y^2)``, one active in a single member ``|z|``.
+
     Gradient: ``z_x,i / sqrt(z_x,i^2 + z_y,i^2)`` on the x activation (and likewise for
-    y); at a group that is exactly zero we use the subgradient 0 (``eps = 0``), or the
-    smooth ``sqrt(. + eps)`` when ``eps > 0``.
+    y); at a group that is exactly zero the subgradient 0.
     """
-    if z_x.shape != z_y.shape:
-        raise ValueError(f"group_l21: shapes differ {tuple(z_x.shape)} vs {tuple(z_y.shape)}")
-    if eps > 0:
-        return torch.sqrt(z_x.pow(2) + z_y.pow(2) + eps).sum(dim=-1).mean()
-    # torch.linalg.vector_norm has subgradient 0 at the origin (no NaN).
-    return torch.linalg.vector_norm(torch.stack([z_x, z_y], dim=-1), dim=-1).sum(dim=-1).mean()
+    if v_x.shape != i_x.shape or v_y.shape != i_y.shape or v_x.shape[0] != v_y.shape[0]:
+        raise ValueError(f"group_l21: shapes differ: v_x {tuple(v_x.shape)}, i_x {tuple(i_x.shape)}, "
+                         f"v_y {tuple(v_y.shape)}, i_y {tuple(i_y.shape)}")
+    eq = i_x[:, :, None] == i_y[:, None, :]  # (B, K_x, K_y): latent of x-slot j is that of y-slot l
+    vy_match = (eq.to(v_y.dtype) * v_y[:, None, :]).sum(-1)  # z_y at each x-slot's latent (0 if absent)
+    y_only = ~eq.any(1)  # y-slots whose latent is not active in x
+    # torch.linalg.vector_norm has subgradient 0 at the origin (no NaN); |.| has 0 at 0.
+    both = torch.linalg.vector_norm(torch.stack([v_x, vy_match], dim=-1), dim=-1)
+    return (both.sum() + (v_y.abs() * y_only).sum()) / v_x.shape[0]
 
 
 def normalized_mse(u: torch.Tensor, u_hat: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:

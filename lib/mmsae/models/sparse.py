@@ -1,10 +1,11 @@
-"""Sparse ("fast") training path for the TopK family: same objective, K-sparse work.
+"""The sparse computations the TopK-family objectives are evaluated with (K-sparse work).
 
-The dense reference path (``TopKSAE._branch`` / ``_auxk`` / :func:`mmsae.models.losses.group_l21`)
-builds autograd through the full ``(B, m)`` pre-activation matrix: its backward is a
-second and third ``B x d x m`` matmul, the decoder gather ``W_dec[idx]`` back-propagates
-through a slow ``index_put``, and the group penalty and the MGSAE mask are ``(B, m)``
-tensors. Here:
+:meth:`mmsae.models.topk.TopKSAE.training_loss` and
+:meth:`mmsae.models.group_sparse.GroupSparseSAE.training_loss` write their objective once
+and evaluate it with these helpers. A dense evaluation would build autograd through the
+full ``(B, m)`` pre-activation matrix (a second and third ``B x d x m`` matmul in the
+backward, a decoder gather back-propagating through a slow ``index_put``, ``(B, m)``
+group-penalty and mask tensors). Here:
 
 * the encoder matmul runs once, without autograd; the top-K (pre-ReLU; ReLU is monotone
   so the selected values are the same) is taken on it and only the ``(B, K)`` selected
@@ -13,13 +14,11 @@ tensors. Here:
   ``B*m*d``), the ``b_enc`` gradient by ``index_add`` and the pre-bias gradient as one
   ``m x d`` mat-vec;
 * the decoder is :func:`torch.nn.functional.embedding_bag` over the K active atoms;
-* AuxK works on the dead latents' columns only (same value as the reference path,
-  :func:`mmsae.models.losses.auxk_loss`: Gao et al.'s weight, ``TV(u) ||e - e_hat||^2 / TV(e)``
+* AuxK (:func:`fast_auxk`) works on the dead latents' columns only; its value is
+  :func:`mmsae.models.losses.auxk_loss` (Gao et al.'s weight, ``TV(u) ||e - e_hat||^2 / TV(e)``
   per modality);
-* the dead-latent counter gets the selected ``(values, indices)``: a slot holding 0
-  (fewer than K positive pre-activations) is not a firing, as on the reference path;
-* the l2,1 group penalty of GSAE is computed on the union of the two index sets
-  (:func:`group_l21_sparse`), never densified;
+* the l2,1 group penalty (:func:`mmsae.models.losses.group_l21`) takes the K-sparse codes,
+  never densified;
 * the MGSAE cross-modal mask is in index form (:class:`HashMask`): keep/drop of latent
   ``i`` for pair ``b`` is a counter-based hash of ``(salt, b, i)``, evaluated only for
   the ``K' ~ K/(1-rate) + 4 sd`` best candidates of each row; rows where fewer than K
@@ -28,10 +27,10 @@ tensors. Here:
 
 On CUDA the encoder matmul used for *selection* may run in bf16 (``select_dtype``); the
 selected values are then recomputed exactly in float32, so losses and gradients keep
-float32 precision (only near-ties in the selection can differ). This path is untested
-on GPU in this repository's CI (no GPU was available).
+float32 precision (only near-ties in the selection can differ).
 
-Equivalence with the reference path is tested in ``tests/test_fast_path.py``.
+``tests/test_fast_path.py`` checks losses and gradients against a dense evaluation of the
+same objectives written in the test.
 """
 
 from __future__ import annotations
@@ -43,11 +42,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput, step_stats
-from .losses import auxk_loss, reconstruction_loss
+from .losses import auxk_loss
 
-__all__ = ["HashMask", "SparseEncoderValues", "sparse_encoder_values", "group_l21_sparse", "fast_branch",
-           "fast_auxk", "fast_pair_branch", "topk_fast_loss", "group_sparse_fast_loss", "sparse_grad_matmul"]
+__all__ = ["HashMask", "draw_hash_mask", "SparseEncoderValues", "sparse_encoder_values", "fast_branch",
+           "fast_auxk", "fast_pair_branch", "sparse_grad_matmul"]
 
 _M32 = 0xFFFFFFFF
 
@@ -83,7 +81,7 @@ class HashMask:
         return h >= int(self.rate * 2 ** 32)
 
     def dense(self, batch: int, m: int, device=None) -> torch.Tensor:
-        """The same mask as a ``(batch, m)`` (or ``(1, m)``) bool tensor (reference path, tests)."""
+        """The same mask as a ``(batch, m)`` (or ``(1, m)``) bool tensor (tests, diagnostics)."""
         rows = torch.arange(batch if self.per_pair else 1, device=device)[:, None]
         return self.keep(rows, torch.arange(m, device=device)[None, :])
 
@@ -183,7 +181,7 @@ def _select(pre: torch.Tensor, k: int, mask: HashMask | torch.Tensor | None, pai
     cv = cv.masked_fill(~keep, float("-inf"))
     v, j = cv.topk(k, dim=-1, sorted=False)
     idx = ci.gather(1, j)
-    if bool(short.any()):  # rare: exact dense masked top-k on those rows (reference semantics)
+    if bool(short.any()):  # rare: exact dense masked top-k on those rows (dense masked top-K semantics)
         r = short.nonzero().squeeze(1)
         if isinstance(mask, HashMask):
             pr = rows[r]
@@ -270,41 +268,3 @@ def fast_auxk(model, pres, u_cs, mods, residual: torch.Tensor, inputs: torch.Ten
         vals = sparse_encoder_values(raw, u_c, idx, model.W_enc, model.b_enc, model.b_pre, mod)
         recons.append(F.embedding_bag(idx, model.W_dec, per_sample_weights=vals, mode="sum"))
     return auxk_loss(residual.detach(), torch.cat(recons), inputs, n_blocks=n_blocks)
-
-
-def group_l21_sparse(vx: torch.Tensor, ix: torch.Tensor, vy: torch.Tensor, iy: torch.Tensor) -> torch.Tensor:
-    """``group_l21(densify(vx, ix), densify(vy, iy))`` without densifying: per pair, latents
-    active in both members contribute ``sqrt(vx^2 + vy^2)``, the others ``|v|``."""
-    eq = ix[:, :, None] == iy[:, None, :]  # (B, K, K); indices are unique within a row
-    vy_match = (eq.to(vy.dtype) * vy[:, None, :]).sum(-1)
-    y_only = ~eq.any(1)
-    both = torch.linalg.vector_norm(torch.stack([vx, vy_match], dim=-1), dim=-1)
-    return (both.sum() + (vy.abs() * y_only).sum()) / vx.shape[0]
-
-
-# ----------------------------------------------------------------------- losses
-def topk_fast_loss(model, x: torch.Tensor, y: torch.Tensor, select_dtype=None):
-    B = x.shape[0]
-    pre, u_c, vals, idx, u_hat, mod = fast_pair_branch(model, x, y, None, select_dtype)
-    x_hat, y_hat, ix, iy = u_hat[:B], u_hat[B:], idx[:B], idx[B:]
-    rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-    aux = fast_auxk(model, (pre,), (u_c,), (mod,), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
-    loss = rec_x + rec_y + model.config.auxk_coef * aux
-    model._update_firing((vals[:B], ix), (vals[B:], iy), n_samples=2 * B)
-    return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))
-
-
-def group_sparse_fast_loss(model, x: torch.Tensor, y: torch.Tensor, keep=None, select_dtype=None):
-    cfg = model.config
-    if keep is None and model.training and cfg.mask_rate > 0:
-        keep = draw_hash_mask(cfg.mask_rate, cfg.mask_mode == "pair", getattr(model, "mask_row_offset", 0))
-    B = x.shape[0]
-    pre, u_c, vals, idx, u_hat, mod = fast_pair_branch(model, x, y, keep, select_dtype)
-    x_hat, y_hat, ix, iy = u_hat[:B], u_hat[B:], idx[:B], idx[B:]
-    rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-    group = group_l21_sparse(vals[:B], ix, vals[B:], iy)
-    loss = rec_x + rec_y + cfg.group_lambda * group
-    aux = fast_auxk(model, (pre,), (u_c,), (mod,), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
-    loss = loss + cfg.auxk_coef * aux
-    model._update_firing((vals[:B], ix), (vals[B:], iy), n_samples=2 * B)
-    return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, group=group))

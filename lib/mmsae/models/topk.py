@@ -41,7 +41,7 @@ from torch import nn
 
 from .losses import auxk_loss, reconstruction_loss
 from .base import Dictionary, LossOutput, SAEConfig, register, step_stats
-from .sparse import topk_fast_loss
+from .sparse import fast_auxk, fast_pair_branch
 
 __all__ = ["TopKSAE", "geometric_median"]
 
@@ -75,26 +75,11 @@ class TopKSAE(Dictionary):
         self.b_pre = nn.Parameter(torch.zeros(config.n_modalities, d))
         # samples since each latent last fired (training only), for AuxK / dead counts
         self.register_buffer("since_fired", torch.zeros(m, dtype=torch.long))
-        # training path: True = sparse fast path (mmsae.models.sparse), False = dense reference path
-        self.fast_path = True
-        # dtype of the encoder matmul used only to *select* the top-K on the fast path
+        # dtype of the encoder matmul used only to *select* the top-K in ``training_loss``
         # (None = parameter dtype; the loop sets bfloat16 on CUDA); values stay float32
-        self.fast_select_dtype: torch.dtype | None = None
+        self.select_dtype: torch.dtype | None = None
 
     # ------------------------------------------------------------------ helpers
-    _FAST_HELPERS = ("raw_pre_activations", "pre_activations", "topk", "encode_sparse", "decode_sparse", "_branch",
-                     "_auxk", "_update_firing", "dead_mask", "_mod")
-
-    def _use_fast(self, owner: type) -> bool:
-        """Whether the sparse path may replace ``owner.training_loss``: only if the fast path
-        is on and no subclass overrides ``training_loss`` or a helper it would bypass."""
-        if not self.fast_path or not self.training:
-            return False
-        cls = type(self)
-        if getattr(cls, "training_loss") is not getattr(owner, "training_loss"):
-            return False
-        return all(getattr(cls, n) is getattr(TopKSAE, n) for n in self._FAST_HELPERS)
-
     def _mod(self, modality: int) -> int:
         return 0 if self.config.n_modalities == 1 else int(modality)
 
@@ -204,6 +189,8 @@ class TopKSAE(Dictionary):
         return auxk_loss(residual.detach(), aux, inputs, n_blocks=n_blocks)
 
     def _branch(self, u: torch.Tensor, modality: int, keep: torch.Tensor | None = None):
+        """One modality through the dense encoder: ``(pre, values, indices, u_hat)`` (used by
+        :class:`~mmsae.models.modality_specific.ModalitySpecificSAE`)."""
         pre = self.pre_activations(u, modality)
         vals, idx = self.topk(pre, keep)
         u_hat = self.decode_sparse(vals, idx, modality)
@@ -212,15 +199,13 @@ class TopKSAE(Dictionary):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
         """Pooled objective: ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK), no pair coupling.
 
-        With ``fast_path`` (default) the same objective is computed by the sparse path of
-        :mod:`mmsae.models.sparse`; ``fast_path = False`` selects this dense reference code."""
-        if self._use_fast(TopKSAE):
-            return topk_fast_loss(self, x, y, self.fast_select_dtype)
-        pre_x, vx, ix, x_hat = self._branch(x, 0)
-        pre_y, vy, iy, y_hat = self._branch(y, 1)
+        Evaluated K-sparse (:mod:`mmsae.models.sparse`): the ``2B`` rows ``[x; y]`` go through
+        one encoder matmul; only the selected ``(2B, K)`` entries enter the autograd graph."""
+        B = x.shape[0]
+        pre, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, None, self.select_dtype)
+        x_hat, y_hat = u_hat[:B], u_hat[B:]
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-        loss = rec_x + rec_y
-        aux = self._auxk(torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
-        loss = loss + self.config.auxk_coef * aux
-        self._update_firing((vx, ix), (vy, iy), n_samples=2 * x.shape[0])
+        aux = fast_auxk(self, (pre,), (u_c,), (mod,), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
+        loss = rec_x + rec_y + self.config.auxk_coef * aux
+        self._update_firing((vals[:B], idx[:B]), (vals[B:], idx[B:]), n_samples=2 * B)
         return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))

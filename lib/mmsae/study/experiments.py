@@ -22,8 +22,8 @@ SharedSupport       ``shared_support``      one TopK over the summed pre-activat
 * :func:`evaluate_model` is one flat dict of every metric of the comparison table
   (:func:`mmsae.eval.analysis.analyze` plus the training-side dead count and, for the
   modality-specific SAEs, the alignment quality).
-* :func:`aggregate_seeds` gives mean and ``<col>_std`` columns over seeds;
-  :func:`to_latex` writes the booktabs table and its CSV atomically.
+* :func:`aggregate_seeds` gives mean and ``<col>_std`` columns over seeds; tables are
+  written by :func:`mmsae.study.runs.write_table` (CSV and booktabs LaTeX, atomically).
 * Sweeps (:func:`run_sweep` with :data:`SWEEPS`: ``lambda``, ``mask_rate``, ``mask_mode``,
   ``width_k``; :func:`sweep_alpha` regenerates synthetic data per alpha). Sweep models
   live under ``<models_dir>/sweeps/<data>/<arch>-<hash>/seed<k>/`` keyed by a hash of the
@@ -58,17 +58,17 @@ from ..eval.analysis import analyze, mms_reference
 from ..models.base import CheckpointError, Dictionary, SAEConfig, build_model, load_model
 from ..models.group_sparse import gsae_config, mgsae_config
 from ..models.matryoshka import default_prefixes
-from ..train.loop import TrainConfig, seed_everything, train
+from ..train.loop import TRAIN_SUMMARY, TrainConfig, TrainSummary, seed_everything, train
 from .plots import PALETTE, model_color
-from .runs import write_table
+from . import methods as M
+from .methods import METHOD_ORDER
 
 __all__ = [
     "METHODS", "METHOD_ORDER", "SWEEPS", "method_config", "train_method", "evaluate_model", "aggregate_seeds",
-    "to_latex", "run_sweep", "sweep_alpha", "comparison_table", "COMPARISON_COLUMNS", "synthetic_split",
+    "run_sweep", "sweep_alpha", "comparison_table", "COMPARISON_COLUMNS", "synthetic_split",
     "train_methods", "run_jobs", "add_derived", "plot_sweep", "markdown_table", "SWEEP_METRICS", "ALPHA_METRICS",
 ]
 
-METHOD_ORDER = ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"]
 _SAE_FIELDS = {f.name for f in fields(SAEConfig)}
 _TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 
@@ -142,14 +142,16 @@ def _shared_support(profile, ov):
 
 
 METHODS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], SAEConfig]] = {
-    "SAE": _sae,
-    "BatchTopK": _batchtopk,
-    "Matryoshka": _matryoshka,
-    "GSAE": _gsae,
-    "MGSAE": _mgsae,
-    "ModalitySpecific": _modality_specific,
-    "SharedSupport": _shared_support,
+    M.SAE: _sae,
+    M.BATCHTOPK: _batchtopk,
+    M.MATRYOSHKA: _matryoshka,
+    M.GSAE: _gsae,
+    M.MGSAE: _mgsae,
+    M.MODALITY_SPECIFIC: _modality_specific,
+    M.SHARED_SUPPORT: _shared_support,
 }
+if list(METHODS) != METHOD_ORDER:  # pragma: no cover - a registry edit that forgot one side
+    raise RuntimeError("every method of METHOD_ORDER needs its config builder, in that order")
 
 
 def method_config(name: str, profile: Mapping[str, Any], **overrides: Any) -> SAEConfig:
@@ -217,7 +219,7 @@ def _train_key(tc: TrainConfig) -> dict[str, Any]:
 
 
 def _try_reuse(path: Path, cfg: SAEConfig, key: dict[str, Any], fp: str) -> Dictionary | None:
-    summ = path / "train_summary.json"
+    summ = path / TRAIN_SUMMARY
     if not (summ.exists() and (path / "config.json").exists()):
         return None
     try:
@@ -252,20 +254,19 @@ def _fit(name: str, cfg: SAEConfig, data, tc: TrainConfig, path: Path | None, re
     seed_everything(tc.seed)
     model = build_model(cfg, seed=tc.seed)
     res = train(model, data, tc)
-    info: dict[str, Any] = {"method": name, "arch": cfg.arch, "seed": tc.seed, "wall_time_s": res.wall_time_s,
-                            "pairs_per_s": res.pairs_per_s, "steps": tc.steps, "train_key": key,
-                            "data_fingerprint": fp, "n_train": len(data[0]) if isinstance(data, tuple) else len(data)}
+    alignment = None
     if align and hasattr(model, "align"):
         x, y = (data.x, data.y) if isinstance(data, PairedEmbeddings) else data
         t0 = time.perf_counter()
-        info["alignment"] = model.align(np.asarray(x), np.asarray(y))
-        info["alignment"]["wall_time_s"] = time.perf_counter() - t0
-    model.train_info = info
+        alignment = model.align(np.asarray(x), np.asarray(y))
+        alignment["wall_time_s"] = time.perf_counter() - t0
+    summary = TrainSummary.of(res, tc, method=name, train_key=key, data_fingerprint=fp, alignment=alignment)
+    model.train_info = summary.to_dict()
     if path is not None:
         model.save(path)
         if res.history:
             atomic_write(path / "train_log.csv", lambda tmp: pd.DataFrame(res.history).to_csv(tmp, index=False))
-        atomic_write(path / "train_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+        summary.write(path)
     return model
 
 
@@ -355,14 +356,6 @@ def aggregate_seeds(df: pd.DataFrame, by: str | Sequence[str], seed_col: str = "
     return out[cols].reset_index()
 
 
-def to_latex(df: pd.DataFrame, path: str | Path, caption: str = "", label: str | None = None,
-             digits: int = 3) -> tuple[Path, Path]:
-    """Write ``path`` (``.tex``, booktabs; ``c`` +- ``c_std`` pairs typeset as mean $\\pm$ std) and
-    the CSV beside it (same stem), both atomically. Returns ``(csv, tex)``."""
-    path = Path(path)
-    return write_table(df, path.stem, path.parent, caption=caption, label=label, digits=digits)
-
-
 # --------------------------------------------------------------------------- comparison
 COMPARISON_COLUMNS = [
     "image_only", "text_only", "both", "dead", "dead_train",
@@ -410,17 +403,18 @@ def _width_k_overrides(v, profile, d):
 
 #: name -> (parameter column(s), profile key of default methods, default grid builder, overrides builder)
 SWEEPS: dict[str, dict[str, Any]] = {
-    "lambda": {"param": "group_lambda", "methods_key": "lambda_methods", "default_methods": ["GSAE", "MGSAE"],
+    "lambda": {"param": "group_lambda", "methods_key": "lambda_methods",
+               "default_methods": list(M.GROUP_SPARSE_METHODS),
                "grid": lambda P: P.get("lambda_grid", [0.0, 0.01, 0.05, 0.2]),
                "overrides": lambda v, P, d: {"group_lambda": float(v)}},
-    "mask_rate": {"param": "mask_rate", "methods_key": "mask_methods", "default_methods": ["MGSAE"],
+    "mask_rate": {"param": "mask_rate", "methods_key": "mask_methods", "default_methods": [M.MGSAE],
                   "grid": lambda P: P.get("mask_grid", [0.0, 0.1, 0.2, 0.4]),
                   "overrides": lambda v, P, d: _mask_overrides(v)},
-    "mask_mode": {"param": "mask_mode", "methods_key": "mask_methods", "default_methods": ["MGSAE"],
+    "mask_mode": {"param": "mask_mode", "methods_key": "mask_methods", "default_methods": [M.MGSAE],
                   "grid": lambda P: P.get("mask_modes", ["pair", "batch"]),
                   "overrides": lambda v, P, d: {"mask_mode": str(v)}},
     "width_k": {"param": ("expansion", "k"), "methods_key": "width_k_methods",
-                "default_methods": ["SAE", "GSAE", "MGSAE"],
+                "default_methods": list(M.PAPER_METHODS),
                 "grid": lambda P: [(e, k) for e in P.get("expansion_grid", [4, 8, 16])
                                    for k in P.get("k_grid", [16, 32, 64])],
                 "overrides": _width_k_overrides},

@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from . import methods as M
+
 __all__ = [
     "PALETTE",
     "MODEL_COLORS",
@@ -61,13 +63,13 @@ PALETTE = [
 ]
 
 MODEL_COLORS = {
-    "SAE": "#999999",
-    "BatchTopK": "#56B4E9",
-    "Matryoshka": "#F0E442",
-    "GSAE": "#0072B2",
-    "MGSAE": "#D55E00",
-    "ModalitySpecific": "#009E73",
-    "SharedSupport": "#CC79A7",
+    M.SAE: "#999999",
+    M.BATCHTOPK: "#56B4E9",
+    M.MATRYOSHKA: "#F0E442",
+    M.GSAE: "#0072B2",
+    M.MGSAE: "#D55E00",
+    M.MODALITY_SPECIFIC: "#009E73",
+    M.SHARED_SUPPORT: "#CC79A7",
     "paper": "#000000",
 }
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from copy import deepcopy
 from typing import Any
 
+from .methods import GROUP_SPARSE_METHODS, GSAE, METHOD_ORDER, MGSAE, PAPER_METHODS
+
 __all__ = ["PROFILES", "get_profile"]
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -60,23 +62,23 @@ PROFILES: dict[str, dict[str, Any]] = {
         "steer_samples": 256,
         # method comparison and sweeps (mmsae.study.experiments; notebooks 03/04). Sized so the whole
         # chain fits the smoke time budget on 2 CPU cores (see README "Time budget").
-        "methods": ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"],
+        "methods": list(METHOD_ORDER),
         "comparison_seeds": [0, 1, 2],  # seeds of the main comparison table
         "sweep_seeds": [0, 1],  # seeds of every ablation and of the alpha sweep
         "sweep_jobs": 2,  # worker processes, one torch thread each (2 cores)
         "ablation_steps": 200,  # training steps of each ablation model
         "sweep_lr": 3e-3,  # learning rate of the short ablation / alpha-sweep runs
         "lambda_grid": [0.0, 0.01, 0.05, 0.2],
-        "lambda_methods": ["GSAE"],
+        "lambda_methods": [GSAE],
         "mask_grid": [0.0, 0.1, 0.2, 0.4],
         "mask_modes": ["pair", "batch"],
-        "mask_methods": ["MGSAE"],
+        "mask_methods": [MGSAE],
         "expansion_grid": [1, 2, 4],  # m = expansion * d (d = 128: 128, 256, 512 latents; main run m = 256)
         "k_grid": [3, 6, 12],  # paper's 16/32/64 scaled by K_smoke / K_paper
-        "width_k_methods": ["MGSAE"],
+        "width_k_methods": [MGSAE],
         "width_k_lambda": 0.01,  # the paper's lambda in its width/K sweep
         "alpha_grid": [0.0, 0.25, 0.5, 0.75, 1.0],
-        "alpha_methods": ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"],
+        "alpha_methods": list(METHOD_ORDER),
         "alpha_steps": 200,
         "alpha_n_pairs": 3000,
     },
@@ -116,23 +118,23 @@ PROFILES: dict[str, dict[str, Any]] = {
         "umap_max_atoms": 8192,
         "steer_alphas": [0.0, 1.0, 2.0, 4.0, 8.0, 16.0],
         "steer_samples": 2048,
-        "methods": ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"],
+        "methods": list(METHOD_ORDER),
         "comparison_seeds": [0, 1, 2],
         "sweep_seeds": [0, 1, 2],
         "sweep_jobs": 1,  # one process (GPU)
         "ablation_steps": 10_000,
         "sweep_lr": 4e-4,
         "lambda_grid": [0.0, 0.01, 0.02, 0.05, 0.1, 0.2],
-        "lambda_methods": ["GSAE", "MGSAE"],
+        "lambda_methods": list(GROUP_SPARSE_METHODS),
         "mask_grid": [0.0, 0.1, 0.2, 0.4],
         "mask_modes": ["pair", "batch"],
-        "mask_methods": ["MGSAE"],
+        "mask_methods": [MGSAE],
         "expansion_grid": [4, 8, 16],  # m = expansion * d (d = 512: 2048, 4096, 8192 latents)
         "k_grid": [16, 32, 64],
-        "width_k_methods": ["SAE", "GSAE", "MGSAE"],
+        "width_k_methods": list(PAPER_METHODS),
         "width_k_lambda": 0.01,
         "alpha_grid": [0.0, 0.25, 0.5, 0.75, 1.0],
-        "alpha_methods": ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific", "SharedSupport"],
+        "alpha_methods": list(METHOD_ORDER),
         "alpha_steps": 10_000,
         "alpha_n_pairs": 100_000,
     },

@@ -178,14 +178,17 @@ def _fmt(v: Any, digits: int) -> str:
 
 
 def write_table(df: pd.DataFrame, name: str, results_dir: str | Path, caption: str = "", label: str | None = None,
-                digits: int = 3, mean_std: bool = True) -> tuple[Path, Path]:
+                digits: int = 3, mean_std: bool = True, latex: bool = True) -> tuple[Path, Path | None]:
     """Write ``<name>.csv`` and a booktabs ``<name>.tex`` atomically; returns both paths.
 
     With ``mean_std=True``, a column ``c`` with a companion ``c_std`` is typeset as
-    ``mean $\\pm$ std`` in LaTeX (the CSV keeps both columns).
+    ``mean $\\pm$ std`` in LaTeX (the CSV keeps both columns). ``latex=False`` writes the
+    CSV only (per-seed data dumps) and returns ``(csv, None)``.
     """
     results_dir = Path(results_dir)
     csv = atomic_write(results_dir / f"{name}.csv", lambda tmp: df.to_csv(tmp, index=False))
+    if not latex:
+        return csv, None
     tex_df = df.copy()
     if mean_std:
         for c in list(tex_df.columns):

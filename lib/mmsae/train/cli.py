@@ -40,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128, help="global batch (pairs), split over ranks")
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--path", choices=["fast", "reference"], default="fast")
     p.add_argument("--backend", default=None)
     p.add_argument("--out", default=None, help="checkpoint folder (rank 0 writes)")
     args = p.parse_args(argv)
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if dev == "cuda" and ddp.is_distributed():
         dev = f"cuda:{torch.cuda.current_device()}"
     res = train(model, data, TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                         seed=args.seed, path=args.path, device=dev, checkpoint_dir=args.out,
+                                         seed=args.seed, device=dev, checkpoint_dir=args.out,
                                          progress=ddp.rank() == 0))
     if ddp.rank() == 0:
         print(f"done: {res.steps_done} steps, {res.pairs_per_s:.0f} pairs/s over {ddp.world_size()} process(es)")

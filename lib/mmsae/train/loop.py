@@ -52,7 +52,8 @@ from ..data.store import PairedEmbeddings, atomic_write, make_temp_dir, replace_
 from ..models.base import CheckpointError, CheckpointMismatchError, Dictionary, load_model
 from . import distributed as ddp
 
-__all__ = ["TrainConfig", "TrainResult", "train", "seed_everything", "resolve_device", "RUN_KEYS"]
+__all__ = ["TrainConfig", "TrainResult", "TrainSummary", "TRAIN_SUMMARY", "train", "seed_everything",
+           "resolve_device", "RUN_KEYS"]
 
 #: training settings that change the result: a checkpoint is resumed only when they match
 RUN_KEYS = ("steps", "batch_size", "lr", "betas", "eps", "warmup_steps", "decay_fraction", "grad_clip", "seed")
@@ -82,7 +83,6 @@ class TrainConfig:
     progress: bool = True
     desc: str | None = None
     # --- performance (see docs/performance.md) ---
-    path: str = "fast"  # "fast": sparse K-active path (mmsae.models.sparse); "reference": dense autograd
     bf16_select: bool | str = "auto"  # CUDA: bf16 encoder matmul for top-K *selection* (values stay fp32)
     fused_adam: bool | str = "auto"  # fused Adam kernel (CUDA and CPU) when available, else foreach
     stream: bool | None = None  # None: stream batches from a np.memmap / data over stream_threshold_gb
@@ -102,11 +102,56 @@ class TrainResult:
     pairs_per_s: float = 0.0
     steps_done: int = 0
     resumed_from: int = 0
+    device: str = ""
+    n_train: int = 0  # training pairs
 
     def history_frame(self):
         import pandas as pd
 
         return pd.DataFrame(self.history)
+
+
+TRAIN_SUMMARY = "train_summary.json"
+
+
+@dataclass
+class TrainSummary:
+    """The one schema of ``train_summary.json``, written beside a trained model by the loop
+    (``TrainConfig.checkpoint_dir``) and by :mod:`mmsae.study.experiments` (a method's run
+    folder). The study fills the last four fields (``None`` when the loop writes alone):
+    ``method`` (the method's name), ``train_key`` (the reuse key), ``data_fingerprint`` and
+    ``alignment`` (the modality-specific SAEs' matching quality)."""
+
+    arch: str
+    seed: int
+    steps: int
+    resumed_from: int
+    wall_time_s: float
+    pairs_per_s: float
+    device: str
+    n_train: int
+    train_config: dict[str, Any]
+    model_config: dict[str, Any]
+    method: str | None = None
+    train_key: dict[str, Any] | None = None
+    data_fingerprint: str | None = None
+    alignment: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, result: TrainResult, config: TrainConfig, **study: Any) -> "TrainSummary":
+        """The summary of a finished ``train`` call (``study``: the last four fields)."""
+        return cls(arch=result.model.config.arch, seed=config.seed, steps=result.steps_done,
+                   resumed_from=result.resumed_from, wall_time_s=result.wall_time_s, pairs_per_s=result.pairs_per_s,
+                   device=result.device, n_train=result.n_train, train_config=config.to_dict(),
+                   model_config=result.model.config.to_dict(), **study)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))  # JSON types (tuples become lists), as read back
+
+    def write(self, folder: str | Path) -> Path:
+        """``folder/train_summary.json``, atomically."""
+        text = json.dumps(self.to_dict(), indent=2)
+        return atomic_write(Path(folder) / TRAIN_SUMMARY, lambda t: Path(t).write_text(text))
 
 
 def seed_everything(seed: int) -> None:
@@ -356,17 +401,14 @@ def train(
     cfg = config or TrainConfig()
     if overrides:
         cfg = TrainConfig(**{**cfg.to_dict(), **overrides})
-    if cfg.path not in ("fast", "reference"):
-        raise ValueError(f"path must be 'fast' or 'reference', got {cfg.path!r}")
     world, rank = ddp.world_size(), ddp.rank()
     is_main = rank == 0
     device = resolve_device(cfg.device)
     model.to(device)
-    if hasattr(model, "fast_path"):
-        model.fast_path = cfg.path == "fast"
+    if hasattr(model, "select_dtype"):
         sel = cfg.bf16_select
         use_bf16 = device.type == "cuda" and (sel is True or (sel == "auto" and torch.cuda.is_bf16_supported()))
-        model.fast_select_dtype = torch.bfloat16 if use_bf16 else None
+        model.select_dtype = torch.bfloat16 if use_bf16 else None
     raw_x, raw_y = (data.x, data.y) if isinstance(data, PairedEmbeddings) else data
     stream = cfg.stream
     if stream is None:
@@ -483,9 +525,9 @@ def train(
     n_steps = cfg.steps - start
     if ckpt_dir:
         _save_checkpoint(ckpt_dir, model, opt, sampler, cfg.steps, history, cfg, data_shape)
-        summary = {"steps": cfg.steps, "resumed_from": start, "wall_time_s": wall,
-                   "pairs_per_s": n_steps * cfg.batch_size / max(wall, 1e-9), "device": str(device),
-                   "train_config": cfg.to_dict(), "model_config": model.config.to_dict()}
-        atomic_write(ckpt_dir / "train_summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=2)))
     model.eval()
-    return TrainResult(model, history, wall, n_steps * cfg.batch_size / max(wall, 1e-9), cfg.steps, start)
+    result = TrainResult(model, history, wall, n_steps * cfg.batch_size / max(wall, 1e-9), cfg.steps, start,
+                         str(device), int(data_shape[0]))
+    if ckpt_dir:
+        TrainSummary.of(result, cfg).write(ckpt_dir)
+    return result
