@@ -198,6 +198,16 @@ class _Encoder:
     def identity(self) -> dict:
         raise NotImplementedError
 
+    def _identity(self, **fields) -> dict:
+        """``fields`` plus what tells two weight sets apart: the seed of random weights and
+        the fingerprint of a checkpoint file."""
+        d = dict(fields, dim=getattr(self, "dim", None))
+        if self.random:
+            d["seed"] = self.seed
+        if self.checkpoint_fingerprint:
+            d["checkpoint_fingerprint"] = self.checkpoint_fingerprint
+        return d
+
     def versions(self) -> dict:
         import torch
 
@@ -340,13 +350,7 @@ class ClipEncoder(_Encoder):
 
     # -- encoding -------------------------------------------------------------------
     def identity(self) -> dict:
-        d = {"name": "clip", "library": "open_clip", "model": self.model_name, "pretrained": self.pretrained,
-             "dim": getattr(self, "dim", None)}
-        if self.random:
-            d["seed"] = self.seed
-        if self.checkpoint_fingerprint:
-            d["checkpoint_fingerprint"] = self.checkpoint_fingerprint
-        return d
+        return self._identity(name="clip", library="open_clip", model=self.model_name, pretrained=self.pretrained)
 
     def versions(self) -> dict:
         return dict(super().versions(), open_clip=self.open_clip_version)
@@ -609,13 +613,8 @@ class ClapEncoder(_Encoder):
 
     # -- encoding -------------------------------------------------------------------
     def identity(self) -> dict:
-        d = {"name": "clap", "library": "laion_clap", "model": self.amodel, "pretrained": self.checkpoint,
-             "fusion": self.enable_fusion, "dim": getattr(self, "dim", None)}
-        if self.random:
-            d["seed"] = self.seed
-        if self.checkpoint_fingerprint:
-            d["checkpoint_fingerprint"] = self.checkpoint_fingerprint
-        return d
+        return self._identity(name="clap", library="laion_clap", model=self.amodel, pretrained=self.checkpoint,
+                              fusion=self.enable_fusion)
 
     def versions(self) -> dict:
         return dict(super().versions(), laion_clap=self.laion_clap_version)
