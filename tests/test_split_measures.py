@@ -87,3 +87,20 @@ def test_split_vs_sample_size_table():
 def test_category_rule_names_the_rule():
     assert "scaled" in M.category_rule("scaled", 0.2) and "0.2" in M.category_rule("scaled", 0.2)
     assert ">= 1 sample" in M.category_rule(1)
+
+
+def test_analyze_reports_the_paper_rule_beside_the_scaled_rule():
+    import torch
+
+    from mmsae.data.synthetic import make_synthetic
+    from mmsae.eval.analysis import analyze
+    from mmsae.models import SAEConfig, build_model
+
+    val = make_synthetic(n_pairs=300, d=32, n_shared=16, n_image_only=8, n_text_only=8, seed=0).pairs
+    model = build_model(SAEConfig(d=32, m=64, k=4), seed=0)
+    with torch.no_grad():
+        a = analyze(model, val, retrieval_pool=100)
+    paper = M.neuron_categories(a.z_x, a.z_y, min_count=1)
+    assert a.summary["both_min1"] == paper["both"] and a.summary["dead_min1"] == paper["dead"]
+    scaled = M.neuron_categories(a.z_x, a.z_y, min_count="scaled")
+    assert a.summary["both"] == scaled["both"] and a.summary["category_min_count"] == scaled["min_count"]

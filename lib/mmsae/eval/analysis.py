@@ -71,8 +71,8 @@ def analyze(model: Dictionary, val: PairedEmbeddings, ref_x: np.ndarray | None =
     s["category_rule"] = metrics.category_rule(min_count, min_frac, threshold)
     s["category_min_count"] = int(cats["min_count"])
     s["n_val"] = int(len(x))
-    paper_rule = metrics.neuron_categories(z_x, z_y, threshold=threshold, min_count=1)  # the paper's: any firing
-    s["both_min1"], s["dead_min1"] = int(paper_rule["both"]), int(paper_rule["dead"])
+    fires_x, fires_y = cats["count_x"] >= 1, cats["count_y"] >= 1  # the paper's rule: any firing counts
+    s["both_min1"], s["dead_min1"] = int((fires_x & fires_y).sum()), int((~fires_x & ~fires_y).sum())
     split = metrics.split_measures(z_x, z_y, threshold=threshold, min_count=min_count, min_frac=min_frac)
     s.update({k: v for k, v in split.items() if k != "min_count"})
     ms = metrics.modality_score(z_x, z_y)

@@ -73,8 +73,8 @@ def naming_accuracy(text_atoms: np.ndarray, vocab_emb: np.ndarray, vocab_concept
     vocab_concept = np.asarray(vocab_concept)
     if len(vocab_concept) != len(vocab_emb):
         raise ValueError(f"{len(vocab_concept)} vocabulary concepts but {len(vocab_emb)} vocabulary embeddings")
-    sims = l2_normalize(np.asarray(text_atoms, np.float64)) @ l2_normalize(np.asarray(vocab_emb, np.float64)).T
-    named = vocab_concept[sims.argmax(1)]
+    named, _ = name_latents(text_atoms, vocab_emb, list(vocab_concept))
+    named = np.asarray(named)
     latent_concept = np.asarray(latent_concept)
     counts = np.asarray(alive, bool) & np.isin(latent_concept, vocab_concept)
     ok = counts & (named == latent_concept)

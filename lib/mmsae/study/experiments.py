@@ -37,6 +37,7 @@ Sizes are profile keys (``profiles.py``): ``methods``, ``ablation_steps``, ``lam
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -194,10 +195,12 @@ def _train_config(profile: Mapping[str, Any], seed: int, tr: Mapping[str, Any]) 
     return TrainConfig(**base)
 
 
+@functools.lru_cache(maxsize=None)
 def training_code_version() -> str:
     """Digest of the source files that decide what training produces (the models, losses,
     sparse path and training loop): part of the reuse key, so a model saved by older code
-    is retrained instead of silently reused after the objective or the loop changed."""
+    is retrained instead of silently reused after the objective or the loop changed.
+    Computed once per process: the code a process runs does not change under it."""
     here = Path(__file__).resolve().parents[1]
     files = sorted((here / "models").glob("*.py")) + sorted((here / "train").glob("*.py"))
     h = hashlib.sha256(b"code-v1")
