@@ -4,6 +4,8 @@
 their objective and are evaluated with :mod:`mmsae.models.sparse`. The dense forms below
 (:func:`dense_topk_loss`, :func:`dense_group_sparse_loss`, :func:`dense_group_l21`) exist
 only here, to check them: every ``(B, m)`` matrix is built and autograd goes through it.
+The same holds for BatchTopK, Matryoshka, the modality-specific SAEs and the shared-support
+SAE (their dense forms, :func:`dense_batchtopk_loss` and the others, are at the end).
 
 Tolerance: losses and every parameter gradient agree to a relative error of 1e-5
 (max |g_sparse - g_dense| / max |g_dense|, float32); the same top-K sets are selected.
@@ -192,8 +194,8 @@ def test_mask_is_shared_across_pair_in_sparse_selection():
     mask = HashMask(salt=99, rate=0.5)
     from mmsae.models.sparse import fast_branch
 
-    _, _, _, ix, _ = fast_branch(model, x, 0, mask)
-    _, _, _, iy, _ = fast_branch(model, x + 0.1, 1, mask)
+    ix = fast_branch(model, x, 0, mask)[3]
+    iy = fast_branch(model, x + 0.1, 1, mask)[3]
     dense = mask.dense(x.shape[0], 256)
     assert dense.gather(1, ix).all() and dense.gather(1, iy).all()
 
@@ -381,3 +383,294 @@ def test_update_firing_value_and_index_forms():
     assert model.since_fired.tolist() == [0, 2, 2, 2, 2, 2]  # only latent 0 held a positive value
     model._update_firing(idx, n_samples=1)  # bare indices: every slot counts
     assert model.since_fired.tolist() == [0, 0, 0, 3, 3, 3]
+
+
+# ----------------------------------------------------------------------- every method on the sparse path
+# Dense references of BatchTopK, Matryoshka, the modality-specific SAEs and the shared-support
+# SAE: the definitions their ``training_loss`` had before the K-sparse evaluation, written
+# here with every ``(B, m)`` / ``(2B, m)`` matrix in the autograd graph and dense decodes.
+def _dense_pre(model, u, modality):
+    """Raw (pre-ReLU) pre-activations ``W_enc (u - b_pre) + b_enc`` in the graph."""
+    return (u - model.b_pre[model._mod(modality)]) @ model.W_enc.t() + model.b_enc
+
+
+def _dense_auxk_blocks(model, pre, residual, inputs, n_blocks):
+    """:func:`_dense_auxk` for ``n_blocks`` stacked modalities (1: a single modality)."""
+    dead = model.dead_mask()
+    n_dead = int(dead.sum())
+    if model.config.auxk_coef <= 0 or n_dead == 0:
+        return pre.new_zeros(())
+    k_aux = min(model.config.k_aux or model.config.d // 2, n_dead)
+    v, j = pre.masked_fill(~dead, 0.0).topk(k_aux, dim=-1, sorted=False)
+    e_hat = torch.zeros_like(pre).scatter(1, j, v) @ model.W_dec
+    return auxk_loss(residual.detach(), e_hat, inputs, n_blocks=n_blocks)
+
+
+def _dense_batch_codes(model, x, y):
+    """BatchTopK's training code of the pooled batch: ``(pre, z)``, the ReLU pre-activations
+    ``(2B, m)`` and the dense code keeping their ``2B * K`` largest entries. In training mode
+    updates the threshold (running mean of the smallest positive kept value; copied at the
+    first step) and the firing counters (zero-valued kept entries are not firings)."""
+    pre = torch.relu(torch.cat([_dense_pre(model, x, 0), _dense_pre(model, y, 1)]))
+    m = model.config.m
+    vals, flat = pre.reshape(-1).topk(min(pre.shape[0] * model.config.k, pre.numel()), sorted=False)
+    if model.training:
+        with torch.no_grad():
+            pos = vals[vals > 0]
+            if pos.numel():
+                if float(model.threshold) < 0:
+                    model.threshold.copy_(pos.min())
+                else:
+                    mom = float(model.config.extra.get("threshold_momentum", 0.01))
+                    model.threshold.copy_((1.0 - mom) * model.threshold + mom * pos.min())
+        model._update_firing((vals, flat % m), n_samples=pre.shape[0])
+    z = torch.zeros_like(pre).reshape(-1).scatter(0, flat, vals).reshape(pre.shape)
+    return pre, z
+
+
+def _pooled_bias(model, b):
+    return torch.cat([model.b_pre[model._mod(0)].expand(b, -1), model.b_pre[model._mod(1)].expand(b, -1)])
+
+
+def dense_batchtopk_loss(model, x, y):
+    """Dense form of ``BatchTopKSAE.training_loss``."""
+    b = x.shape[0]
+    pre, z = _dense_batch_codes(model, x, y)
+    u_hat = z @ model.W_dec + _pooled_bias(model, b)
+    x_hat, y_hat = u_hat[:b], u_hat[b:]
+    rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
+    aux = _dense_auxk_blocks(model, pre, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]), 2)
+    loss = rec_x + rec_y + model.config.auxk_coef * aux
+    return type("Out", (), {"loss": loss, "stats": step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
+                                                              threshold=model.threshold.clone())})
+
+
+def dense_matryoshka_loss(model, x, y):
+    """Dense form of ``MatryoshkaSAE.training_loss``: every prefix decodes the truncated code."""
+    b = x.shape[0]
+    pre, z = _dense_batch_codes(model, x, y)
+    u = torch.cat([x, y])
+    recs = [z[:, :p] @ model.W_dec[:p] + _pooled_bias(model, b) for p in model.prefixes]
+    terms = [reconstruction_loss(x, r[:b]) + reconstruction_loss(y, r[b:]) for r in recs]
+    loss = sum(terms)
+    if model.config.extra.get("prefix_reduce", "sum") == "mean":
+        loss = loss / len(model.prefixes)
+    x_hat, y_hat = recs[-1][:b], recs[-1][b:]
+    rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
+    aux = _dense_auxk_blocks(model, pre, u - recs[-1], u, 2)
+    loss = loss + model.config.auxk_coef * aux
+    stats = step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, threshold=model.threshold.clone(),
+                       **{f"rec_prefix{p}": t for p, t in zip(model.prefixes, terms)})
+    return type("Out", (), {"loss": loss, "stats": stats})
+
+
+def dense_modality_specific_loss(model, x, y):
+    """Dense form of ``ModalitySpecificSAE.training_loss``: each TopK SAE's own objective on
+    its own modality (AuxK of one modality each, firing counted after AuxK)."""
+    out = []
+    for sae, u in ((model.sae_x, x), (model.sae_y, y)):
+        pre = torch.relu(_dense_pre(sae, u, 0))
+        vals, idx = pre.topk(sae.config.k, dim=-1, sorted=False)
+        u_hat = torch.zeros_like(pre).scatter(1, idx, vals) @ sae.W_dec + sae.b_pre[0]
+        rec = reconstruction_loss(u, u_hat)
+        aux = _dense_auxk_blocks(sae, pre, u - u_hat, u, 1)
+        sae._update_firing((vals, idx), n_samples=u.shape[0])
+        out.append((rec, aux, u_hat))
+    (rec_x, aux_x, x_hat), (rec_y, aux_y, y_hat) = out
+    loss = rec_x + rec_y + model.config.auxk_coef * (aux_x + aux_y)
+    return type("Out", (), {"loss": loss, "stats": step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux_x + aux_y)})
+
+
+def dense_shared_support_loss(model, x, y):
+    """Dense form of ``SharedSupportSAE.training_loss``: one TopK of ``ReLU(h_x + h_y)`` per
+    pair; each member's ReLU value on that support (0 on slots whose summed value is 0)."""
+    h_x, h_y = _dense_pre(model, x, 0), _dense_pre(model, y, 1)
+    s, idx = torch.relu(h_x + h_y).topk(model.config.k, dim=-1, sorted=False)
+    on = (s > 0).to(h_x.dtype)
+    vx, vy = torch.relu(h_x.gather(1, idx)) * on, torch.relu(h_y.gather(1, idx)) * on
+    x_hat = torch.zeros_like(h_x).scatter(1, idx, vx) @ model.W_dec + model.b_pre[model._mod(0)]
+    y_hat = torch.zeros_like(h_y).scatter(1, idx, vy) @ model.W_dec + model.b_pre[model._mod(1)]
+    rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
+    aux = _dense_auxk_blocks(model, torch.relu(torch.cat([h_x, h_y])), torch.cat([x - x_hat, y - y_hat]),
+                             torch.cat([x, y]), 2)
+    loss = rec_x + rec_y + model.config.auxk_coef * aux
+    model._update_firing((vx, idx), (vy, idx), n_samples=2 * x.shape[0])
+    return type("Out", (), {"loss": loss, "stats": step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux)})
+
+
+_DENSE_FORMS = {"batchtopk": dense_batchtopk_loss, "matryoshka": dense_matryoshka_loss,
+                "modality_specific": dense_modality_specific_loss, "shared_support": dense_shared_support_loss}
+
+
+def _model_with_dead(cfg, x, y):
+    """``build_model(cfg)`` in training mode with a third of the latents of every TopK
+    dictionary dead (every ``since_fired`` buffer), so that AuxK is active."""
+    torch.manual_seed(1)
+    model = build_model(cfg)
+    model.init_from_data(x, y)
+    model.train()
+    for name, buf in model.named_buffers():
+        if name.endswith("since_fired"):
+            buf[::3] = 10 ** 9
+    return model
+
+
+def _run_with_buffers(model, fn, x, y):
+    """``fn(model, x, y)`` and its backward: ``(out, grads, buffers after)``; the buffers are
+    restored afterwards so that the next evaluation starts from the same state."""
+    model.zero_grad(set_to_none=True)
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    out = fn(model, x, y)
+    out.loss.backward()
+    after = {n: b.clone() for n, b in model.named_buffers()}
+    for n, b in model.named_buffers():
+        b.copy_(before[n])
+    grads = {n: (torch.zeros_like(p) if p.grad is None else p.grad.detach().clone())
+             for n, p in model.named_parameters()}
+    return out, grads, after
+
+
+def _assert_matches_dense_form(model, x, y):
+    """Loss, every stat, every parameter gradient and every buffer update of
+    ``model.training_loss`` equal those of the dense form (relative 1e-5)."""
+    ref, g_ref, b_ref = _run_with_buffers(model, _DENSE_FORMS[model.arch], x, y)
+    out, g_out, b_out = _run_with_buffers(model, lambda mdl, a, b: mdl.training_loss(a, b), x, y)
+    assert torch.allclose(out.loss, ref.loss, rtol=RTOL, atol=1e-6), (out.loss.item(), ref.loss.item())
+    assert set(out.stats) == set(ref.stats)
+    for k in ref.stats:
+        assert torch.allclose(out.stats[k], ref.stats[k], rtol=RTOL, atol=1e-6), (k, out.stats[k], ref.stats[k])
+    for n in g_ref:
+        scale = g_ref[n].abs().max().clamp_min(1e-12)
+        err = (g_out[n] - g_ref[n]).abs().max() / scale
+        assert err < RTOL, f"{n}: relative gradient error {err:.2e}"
+    for n in b_ref:
+        if b_ref[n].is_floating_point():
+            assert torch.allclose(b_out[n], b_ref[n], rtol=RTOL, atol=0.0), (n, b_out[n], b_ref[n])
+        else:  # same latents fired -> same dead-latent bookkeeping
+            assert torch.equal(b_out[n], b_ref[n]), n
+    return ref
+
+
+# m = 256 (and 512 = 2 x 256 for the modality-specific pair): the numba top-k path engages
+# (m a multiple of 64, m / 64 >= 2); m = 16: a tiny dictionary (torch.topk fallback).
+_EQUIV_CONFIGS = {
+    "batchtopk": (SAEConfig(arch="batchtopk", d=32, m=256, k=8, k_aux=16),
+                  SAEConfig(arch="batchtopk", d=32, m=16, k=4)),
+    "matryoshka": (SAEConfig(arch="matryoshka", d=32, m=256, k=8, k_aux=16),
+                   SAEConfig(arch="matryoshka", d=32, m=16, k=4, extra={"prefixes": [3, 8, 16]})),
+    "modality_specific": (SAEConfig(arch="modality_specific", d=32, m=512, k=8, k_aux=16),
+                          SAEConfig(arch="modality_specific", d=32, m=32, k=4)),
+    "shared_support": (SAEConfig(arch="shared_support", d=32, m=256, k=8, k_aux=16, n_modalities=2),
+                       SAEConfig(arch="shared_support", d=32, m=16, k=4, n_modalities=2)),
+}
+
+
+@pytest.mark.parametrize("size", ["m256", "m16"])
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka", "modality_specific", "shared_support"])
+def test_every_method_sparse_matches_dense(arch, size):
+    batch = arch in ("batchtopk", "matryoshka")
+    # BatchTopK / Matryoshka take the dead set after this step's firing update: with 16 latents
+    # a batch of 48 pairs fires them all, so the tiny case uses 6 pairs and damped dead latents
+    x, y = _data(n=6) if batch and size == "m16" else _data()
+    cfg = _EQUIV_CONFIGS[arch][0 if size == "m256" else 1]
+    model = _model_with_dead(cfg, x, y)
+    if batch and size == "m16":
+        with torch.no_grad():
+            model.b_enc[::3] -= 1.0
+    assert model.dead_mask().any()
+    ref = _assert_matches_dense_form(model, x, y)
+    assert float(ref.stats["aux"]) > 0  # AuxK active
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_batch_methods_threshold_running_mean_matches_dense(arch):
+    """The threshold's running-mean branch (a threshold already estimated), and Matryoshka's
+    ``prefix_reduce="mean"``."""
+    x, y = _data()
+    extra = {"threshold_momentum": 0.3}
+    if arch == "matryoshka":
+        extra["prefix_reduce"] = "mean"
+    model = _model_with_dead(SAEConfig(arch=arch, d=32, m=256, k=8, k_aux=16, extra=extra), x, y)
+    model.threshold.fill_(0.25)
+    ref = _assert_matches_dense_form(model, x, y)
+    assert float(ref.stats["threshold"]) != 0.25
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_batch_methods_with_zero_valued_kept_entries_match_dense(arch):
+    """Fewer than 2B * K positive pre-activations: many kept entries hold 0 (value 0,
+    gradient 0, not firings) and the objective still equals the dense form."""
+    x, y = _data()
+    model = _model_with_dead(SAEConfig(arch=arch, d=32, m=256, k=8, k_aux=16), x, y)
+    with torch.no_grad():
+        model.b_enc.fill_(-2.5)
+        n_pos = int((torch.relu(torch.cat([_dense_pre(model, x, 0), _dense_pre(model, y, 1)])) > 0).sum())
+    assert 0 < n_pos < 2 * x.shape[0] * model.config.k
+    _assert_matches_dense_form(model, x, y)
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_batch_methods_with_a_pre_bias_per_modality_match_dense(arch):
+    """``n_modalities=2``: the flat entries of the x rows and of the y rows take different
+    pre-bias rows (the gradient of each ``b_pre`` row from its own entries)."""
+    x, y = _data()
+    model = _model_with_dead(SAEConfig(arch=arch, d=32, m=256, k=8, k_aux=16, n_modalities=2), x, y)
+    assert not torch.allclose(model.b_pre[0], model.b_pre[1])
+    _assert_matches_dense_form(model, x, y)
+
+
+def test_batchtopk_eval_mode_leaves_buffers_and_matches_dense():
+    """Outside training mode neither the threshold nor the firing counters change."""
+    x, y = _data()
+    model = _model_with_dead(SAEConfig(arch="batchtopk", d=32, m=256, k=8, k_aux=16), x, y).eval()
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    _assert_matches_dense_form(model, x, y)
+    model.training_loss(x, y)
+    for n, b in model.named_buffers():
+        assert torch.equal(b, before[n]), n
+
+
+def test_batchtopk_gradient_wrt_data_matches_dense():
+    x, y = _data()
+    model = _model_with_dead(SAEConfig(arch="batchtopk", d=32, m=256, k=8, k_aux=16), x, y)
+    grads = []
+    for fn in (dense_batchtopk_loss, lambda mdl, a, b: mdl.training_loss(a, b)):
+        xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
+        _run_with_buffers(model, lambda mdl, a, b: fn(mdl, xg, yg), x, y)
+        grads.append((xg.grad, yg.grad))
+    for g_ref, g_out in zip(*grads):
+        assert (g_out - g_ref).abs().max() / g_ref.abs().max() < RTOL
+
+
+def test_batch_topk_entries_are_the_flat_top_sorted_by_row():
+    from mmsae.models.sparse import batch_topk_entries
+
+    g = torch.Generator().manual_seed(0)
+    pre = torch.relu(torch.randn(12, 40, generator=g))
+    vals, rows, cols = batch_topk_entries(pre, 12 * 5)
+    assert vals.shape == rows.shape == cols.shape == (60,)
+    assert torch.equal(vals, pre[rows, cols])
+    flat = rows * 40 + cols
+    assert (flat[1:] > flat[:-1]).all()  # sorted by row, then column, no repeats
+    kept = torch.zeros_like(pre, dtype=torch.bool)
+    kept[rows, cols] = True
+    assert pre[kept].min() >= pre[~kept].max()  # the largest entries of the whole matrix
+    assert batch_topk_entries(pre, 10 ** 6)[0].numel() == pre.numel()  # at most every entry
+
+
+@pytest.mark.parametrize("arch", ["modality_specific", "shared_support"])
+def test_topk_methods_with_empty_slots_match_dense(arch):
+    """Rows with fewer than K positive (summed, for the shared support) pre-activations: the
+    empty TopK slots hold 0, get no gradient and are not firings, as in the dense form."""
+    x, y = _data()
+    model = _model_with_dead(_EQUIV_CONFIGS[arch][0], x, y)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("b_enc"):
+                p.fill_(-2.5)
+        if arch == "shared_support":
+            n_pos = (torch.relu(_dense_pre(model, x, 0) + _dense_pre(model, y, 1)) > 0).sum(1)
+        else:
+            n_pos = (_dense_pre(model.sae_x, x, 0) > 0).sum(1)
+    assert (n_pos < model.config.k).any()
+    _assert_matches_dense_form(model, x, y)

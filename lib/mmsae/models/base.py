@@ -229,10 +229,15 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 @torch.no_grad()
 def step_stats(x, y, x_hat, y_hat, rec_x, rec_y, **extra) -> dict[str, torch.Tensor]:
-    """Per-step statistics of a paired loss, kept as tensors (the loop syncs them only when it logs)."""
-    def ev(u, uh):
-        return 1.0 - (u - uh).pow(2).sum() / (u - u.mean(0)).pow(2).sum().clamp_min(1e-12)
+    """Per-step statistics of a paired loss, kept as tensors (the loop syncs them only when it logs).
 
-    out = {"rec_x": rec_x.detach(), "rec_y": rec_y.detach(), "ev_x": ev(x, x_hat), "ev_y": ev(y, y_hat)}
+    ``ev_u = 1 - sum ||u - u_hat||^2 / sum ||u - mean(u)||^2 = 1 - rec_u / TV(u)`` (``rec_u`` the
+    batch-mean squared error the loss already holds, ``TV`` the batch's total variance), so
+    only the variance is computed here."""
+    def ev(u, rec):
+        tv = u.var(dim=0, unbiased=False).sum() if u.shape[0] > 0 else u.new_zeros(())
+        return 1.0 - rec.detach() / tv.clamp_min(1e-12)
+
+    out = {"rec_x": rec_x.detach(), "rec_y": rec_y.detach(), "ev_x": ev(x, rec_x), "ev_y": ev(y, rec_y)}
     out.update({k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in extra.items()})
     return out

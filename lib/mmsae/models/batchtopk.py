@@ -18,6 +18,12 @@ pre-bias, nothing couples a pair), but the sparsity constraint is taken over the
 :func:`mmsae.models.losses.auxk_loss`) and the decoder-norm constraint are the TopK recipe's. A
 kept entry of value 0 (when fewer than ``2B * K`` pre-activations are positive) is not a
 firing for the dead-latent counter.
+
+``training_loss`` is evaluated K-sparse (:mod:`mmsae.models.sparse`): the ``(2B, m)``
+pre-activations are computed without autograd and the top ``2B * K`` taken as flat
+entries (:func:`~mmsae.models.sparse.batch_topk_entries`); only those enter the graph
+(:func:`~mmsae.models.sparse.sparse_encoder_values`) and are decoded by one
+``embedding_bag``. The dead set for AuxK is taken after this step's firing update.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import torch
 
 from .losses import reconstruction_loss
 from .base import LossOutput, SAEConfig, register, step_stats
+from .sparse import (batch_topk_entries, dead_latents, decode_entries, fast_auxk, pooled_pre_activations,
+                     select_dead, sparse_encoder_values)
 from .topk import TopKSAE
 
 __all__ = ["BatchTopKSAE", "batch_topk"]
@@ -82,46 +90,73 @@ class BatchTopKSAE(TopKSAE):
             mom = float(self.config.extra.get("threshold_momentum", 0.01))
             self.threshold.mul_(1.0 - mom).add_(mom * low)
 
-    def _pooled_sparse(self, x: torch.Tensor, y: torch.Tensor):
-        """Pre-activations ``(2B, m)`` of the pooled batch and its BatchTopK entries as
-        ``(values, flat indices)`` into the flattened pre-activations (``2B * K`` of them).
-        In training mode also updates the threshold and the firing statistics."""
-        pre = torch.cat([self.pre_activations(x, 0), self.pre_activations(y, 1)])
-        n_keep = min(pre.shape[0] * self.config.k, pre.numel())
-        vals, flat_idx = pre.reshape(-1).topk(n_keep, sorted=False)
+    def _batch_codes(self, x: torch.Tensor, y: torch.Tensor):
+        """The pooled batch's BatchTopK selection, without autograd on the ``(2B, m)`` matrix.
+
+        Returns ``(pre, u_c, mod, kept, rows, cols)``: ``pre`` the ReLU pre-activations
+        ``(2B, m)`` (no autograd; a buffer reused by the next encoder pass), ``u_c`` the
+        centred rows ``[x - b_pre; y - b_pre]`` (carrying the gradient wrt the data when
+        ``x`` or ``y`` requires it), ``mod`` their pre-bias row(s) (as for
+        :func:`~mmsae.models.sparse.sparse_encoder_values`), and the ``2B * K`` kept entries
+        (values ``kept``, sorted by row; :func:`~mmsae.models.sparse.batch_topk_entries`).
+        In training mode also updates the threshold and the firing statistics (a kept entry
+        of value 0, when fewer than ``2B * K`` pre-activations are positive, is not a firing)."""
+        b = x.shape[0]
+        m0, m1 = self._mod(0), self._mod(1)
+        mod = m0 if m0 == m1 else [(slice(0, b), m0), (slice(b, 2 * b), m1)]
+        b_pre = self.b_pre.detach()
+        u_c = torch.cat([x - b_pre[m0], y - b_pre[m1]])
+        pre = pooled_pre_activations(self, u_c.detach())
+        kept, rows, cols = batch_topk_entries(pre, 2 * b * self.config.k)
         if self.training:
-            self._update_threshold(vals)
-            # a kept entry of value 0 (fewer than 2B*K positive pre-activations) is not a firing
-            self._update_firing((vals, flat_idx % self.config.m), n_samples=pre.shape[0])
-        return pre, vals, flat_idx
+            self._update_threshold(kept)
+            self._update_firing((kept, cols), n_samples=2 * b)
+        return pre, u_c, mod, kept, rows, cols
+
+    def _pooled_sparse(self, x: torch.Tensor, y: torch.Tensor):
+        """``(pre, values, flat indices)`` of the pooled batch's BatchTopK entries (no autograd;
+        ``flat = row * m + latent``), with the updates of :meth:`_batch_codes` in training mode."""
+        pre, _, _, kept, rows, cols = self._batch_codes(x, y)
+        return pre.clone(), kept, rows * self.config.m + cols
 
     def _pooled_codes(self, x: torch.Tensor, y: torch.Tensor):
-        """``(pre, z)``: pre-activations and the dense BatchTopK code of the pooled batch."""
+        """``(pre, z)``: pre-activations and the dense BatchTopK code of the pooled batch (no autograd)."""
         pre, vals, flat_idx = self._pooled_sparse(x, y)
         z = torch.zeros_like(pre).reshape(-1).scatter(0, flat_idx, vals).reshape(pre.shape)
         return pre, z
 
-    def _decode_flat(self, vals: torch.Tensor, flat_idx: torch.Tensor, b: int,
-                     keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode the pooled batch (``b`` image rows then ``b`` text rows) from its sparse
-        entries, optionally only those with ``keep`` True; gathers one atom per kept entry."""
-        m = self.config.m
-        rows, cols = flat_idx // m, flat_idx % m
-        if keep is not None:
-            rows, cols, vals = rows[keep], cols[keep], vals[keep]
-        contrib = vals[:, None] * self.W_dec[cols]
-        out = torch.zeros(2 * b, self.config.d, dtype=contrib.dtype, device=contrib.device).index_add(0, rows, contrib)
-        bias = torch.cat([self.b_pre[self._mod(0)].expand(b, -1), self.b_pre[self._mod(1)].expand(b, -1)])
-        return out + bias
+    def _pooled_bias(self, b: int) -> torch.Tensor:
+        """The pre-bias added to the decoding of the ``2B`` pooled rows (broadcastable)."""
+        m0, m1 = self._mod(0), self._mod(1)
+        if m0 == m1:
+            return self.b_pre[m0]
+        return torch.cat([self.b_pre[m0].expand(b, -1), self.b_pre[m1].expand(b, -1)])
+
+    def _sparse_values(self, u_c: torch.Tensor, mod, kept: torch.Tensor, rows: torch.Tensor,
+                       cols: torch.Tensor) -> torch.Tensor:
+        """The kept entries' code values with their (sparse) gradients wrt ``W_enc``, ``b_enc``,
+        ``b_pre`` (and the data): ``ReLU`` of the pre-activation at each entry."""
+        return sparse_encoder_values(kept, u_c, cols, self.W_enc, self.b_enc, self.b_pre, mod, rows=rows)
+
+    def _auxk_pooled(self, pre: torch.Tensor, u_c: torch.Tensor, mod, residual: torch.Tensor,
+                     inputs: torch.Tensor) -> torch.Tensor:
+        """AuxK of the pooled batch (per modality): the top ``k_aux`` dead latents of each row
+        of ``pre`` (dead after this step's firing update) decode the residual."""
+        return fast_auxk(self, select_dead(pre, *dead_latents(self)), u_c, mod, residual, inputs)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
-        """Pooled reconstruction ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK) with BatchTopK."""
+        """Pooled reconstruction ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK) with BatchTopK.
+
+        Evaluated K-sparse (:mod:`mmsae.models.sparse`): the ``(2B, m)`` pre-activations are
+        computed without autograd; only the ``2B * K`` kept entries enter the graph and are
+        decoded with one ``embedding_bag``."""
         b = x.shape[0]
-        pre, vals, flat_idx = self._pooled_sparse(x, y)
-        u_hat = self._decode_flat(vals, flat_idx, b)
+        pre, u_c, mod, kept, rows, cols = self._batch_codes(x, y)
+        vals = self._sparse_values(u_c, mod, kept, rows, cols)
+        u_hat = decode_entries(self.W_dec, vals, rows, cols, 2 * b) + self._pooled_bias(b)
         x_hat, y_hat = u_hat[:b], u_hat[b:]
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-        aux = self._auxk(pre, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
+        aux = self._auxk_pooled(pre, u_c, mod, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = rec_x + rec_y + self.config.auxk_coef * aux
         return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
                                        threshold=self.threshold.detach().clone()))

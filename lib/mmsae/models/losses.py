@@ -8,6 +8,7 @@ paper (``||x - x_hat||^2``).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "reconstruction_loss",
@@ -20,7 +21,12 @@ __all__ = [
 
 
 def reconstruction_loss(u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
-    """``mean_b ||u_b - u_hat_b||_2^2`` (squared error summed over dimensions)."""
+    """``mean_b ||u_b - u_hat_b||_2^2`` (squared error summed over dimensions).
+
+    Evaluated by one fused kernel (``F.mse_loss`` summed, over the number of rows) when the
+    shapes agree, forward and backward."""
+    if u.shape == u_hat.shape and u.numel() > 0:
+        return F.mse_loss(u_hat, u, reduction="sum") * (u.shape[-1] / u.numel())
     return (u - u_hat).pow(2).sum(dim=-1).mean()
 
 
@@ -42,9 +48,17 @@ def group_l21(v_x: torch.Tensor, i_x: torch.Tensor, v_y: torch.Tensor, i_y: torc
     if v_x.shape != i_x.shape or v_y.shape != i_y.shape or v_x.shape[0] != v_y.shape[0]:
         raise ValueError(f"group_l21: shapes differ: v_x {tuple(v_x.shape)}, i_x {tuple(i_x.shape)}, "
                          f"v_y {tuple(v_y.shape)}, i_y {tuple(i_y.shape)}")
-    eq = i_x[:, :, None] == i_y[:, None, :]  # (B, K_x, K_y): latent of x-slot j is that of y-slot l
-    vy_match = (eq.to(v_y.dtype) * v_y[:, None, :]).sum(-1)  # z_y at each x-slot's latent (0 if absent)
-    y_only = ~eq.any(1)  # y-slots whose latent is not active in x
+    # match each member's slots with the other's by binary search in the sorted indices
+    # (O(B K log K); a (B, K, K) comparison costs K^2 per pair)
+    K_x, K_y = i_x.shape[1], i_y.shape[1]
+    if K_x == 0 or K_y == 0:
+        return (v_x.abs().sum() + v_y.abs().sum()) / max(v_x.shape[0], 1)
+    s_y, p_y = i_y.sort(dim=1)
+    pos = torch.searchsorted(s_y, i_x).clamp_max_(K_y - 1)
+    hit = s_y.gather(1, pos) == i_x  # x-slot's latent is active in y too
+    vy_match = torch.where(hit, v_y.gather(1, p_y.gather(1, pos)), v_y.new_zeros(()))  # z_y at each x-slot
+    s_x = i_x.sort(dim=1).values
+    y_only = s_x.gather(1, torch.searchsorted(s_x, i_y).clamp_max_(K_x - 1)) != i_y  # y-slots absent from x
     # torch.linalg.vector_norm has subgradient 0 at the origin (no NaN); |.| has 0 at 0.
     both = torch.linalg.vector_norm(torch.stack([v_x, vy_match], dim=-1), dim=-1)
     return (both.sum() + (v_y.abs() * y_only).sum()) / v_x.shape[0]

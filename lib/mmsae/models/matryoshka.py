@@ -20,6 +20,7 @@ import torch
 
 from .base import LossOutput, SAEConfig, register, step_stats
 from .batchtopk import BatchTopKSAE
+from .sparse import decode_entries
 
 __all__ = ["MatryoshkaSAE", "default_prefixes"]
 
@@ -55,23 +56,30 @@ class MatryoshkaSAE(BatchTopKSAE):
         return self._prefix_decodes(self.encode(u, modality), modality)
 
     def _prefix_decodes_flat(self, vals: torch.Tensor, flat_idx: torch.Tensor, b: int) -> torch.Tensor:
+        """:meth:`_prefix_decodes_entries` of entries given as flat indices ``row * m + latent``."""
+        m = self.config.m
+        return self._prefix_decodes_entries(vals, flat_idx // m, flat_idx % m, b)
+
+    def _prefix_decodes_entries(self, vals: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                                b: int) -> torch.Tensor:
         """Reconstructions ``(n_prefixes, 2B, d)`` of the pooled batch by every prefix, from the
-        sparse BatchTopK entries: one gather of the kept atoms, one ``index_add`` into
-        per-group partial sums, a cumulative sum over the groups."""
-        m, d = self.config.m, self.config.d
-        rows, cols = flat_idx // m, flat_idx % m
+        sparse BatchTopK entries (any order): each entry goes to the bag ``(group, row)``,
+        ``group`` the first prefix its latent belongs to; one ``embedding_bag`` decodes every
+        bag (the per-group partial sums), a cumulative sum over the groups gives the prefixes."""
+        n_groups, n_rows = len(self.prefixes), 2 * b
         bounds = torch.as_tensor(self.prefixes, device=cols.device)
         group = torch.bucketize(cols, bounds, right=True)  # latent < prefixes[0] -> group 0, ...
-        contrib = vals[:, None] * self.W_dec[cols]
-        parts = torch.zeros(len(self.prefixes) * 2 * b, d, dtype=contrib.dtype, device=contrib.device)
-        parts = parts.index_add(0, group * (2 * b) + rows, contrib).reshape(len(self.prefixes), 2 * b, d)
-        bias = torch.cat([self.b_pre[self._mod(0)].expand(b, -1), self.b_pre[self._mod(1)].expand(b, -1)])
-        return parts.cumsum(0) + bias
+        bag, order = (group * n_rows + rows).sort(stable=True)
+        parts = decode_entries(self.W_dec, vals[order], bag, cols[order], n_groups * n_rows)
+        return parts.reshape(n_groups, n_rows, -1).cumsum(0) + self._pooled_bias(b)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
+        """``sum_j ||x - x_hat^(j)||^2 + ||y - y_hat^(j)||^2`` over the prefixes (or their mean)
+        + AuxK on the full reconstruction, evaluated K-sparse like :class:`BatchTopKSAE`'s."""
         b = x.shape[0]
-        pre, vals, flat_idx = self._pooled_sparse(x, y)
-        recs = self._prefix_decodes_flat(vals, flat_idx, b)  # (n_prefixes, 2B, d)
+        pre, u_c, mod, kept, rows, cols = self._batch_codes(x, y)
+        vals = self._sparse_values(u_c, mod, kept, rows, cols)
+        recs = self._prefix_decodes_entries(vals, rows, cols, b)  # (n_prefixes, 2B, d)
         u = torch.cat([x, y])
         per = (u[None] - recs).pow(2).sum(-1)  # (n_prefixes, 2B)
         terms = per[:, :b].mean(1) + per[:, b:].mean(1)  # ||x - x_hat_j||^2 + ||y - y_hat_j||^2
@@ -80,7 +88,7 @@ class MatryoshkaSAE(BatchTopKSAE):
             loss = loss / len(self.prefixes)
         x_hat, y_hat = recs[-1, :b], recs[-1, b:]
         rec_x, rec_y = per[-1, :b].mean(), per[-1, b:].mean()
-        aux = self._auxk(pre, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
+        aux = self._auxk_pooled(pre, u_c, mod, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = loss + self.config.auxk_coef * aux
         prefix_stats = {f"rec_prefix{p}": t for p, t in zip(self.prefixes, terms)}
         return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,

@@ -45,6 +45,7 @@ import torch
 
 from .losses import reconstruction_loss
 from .base import Dictionary, LossOutput, SAEConfig, register, step_stats
+from .sparse import fast_auxk, fast_branch
 from .topk import TopKSAE
 
 __all__ = ["ModalitySpecificSAE", "pearson_cross_correlation", "hungarian_match", "latents_per_side"]
@@ -193,10 +194,20 @@ class ModalitySpecificSAE(Dictionary):
         self.sae_y.after_optimizer_step()
 
     # ------------------------------------------------------------------ training
+    @property
+    def select_dtype(self) -> torch.dtype | None:
+        """Dtype of the top-K *selection* matmul of both SAEs (set by the training loop)."""
+        return self.sae_x.select_dtype
+
+    @select_dtype.setter
+    def select_dtype(self, value: torch.dtype | None) -> None:
+        self.sae_x.select_dtype = self.sae_y.select_dtype = value
+
     def _own_loss(self, sae: TopKSAE, u: torch.Tensor):
-        pre, vals, idx, u_hat = sae._branch(u, 0)
+        """One SAE's objective on its modality, evaluated K-sparse (:func:`mmsae.models.sparse.fast_branch`)."""
+        sel, u_c, vals, idx, u_hat = fast_branch(sae, u, 0, None, sae.select_dtype)
         rec = reconstruction_loss(u, u_hat)
-        aux = sae._auxk(pre, u - u_hat, u, n_blocks=1)  # one modality
+        aux = fast_auxk(sae, sel.aux, u_c, sae._mod(0), u - u_hat, u, n_blocks=1)  # one modality
         sae._update_firing((vals, idx), n_samples=u.shape[0])
         return rec, aux, u_hat
 

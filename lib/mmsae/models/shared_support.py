@@ -32,8 +32,11 @@ from __future__ import annotations
 
 import torch
 
+import torch.nn.functional as F
+
 from .losses import reconstruction_loss
 from .base import LossOutput, SAEConfig, register, step_stats
+from .sparse import fast_auxk, select_shared_support, sparse_encoder_values
 from .topk import TopKSAE
 
 __all__ = ["SharedSupportSAE", "global_topk"]
@@ -75,10 +78,22 @@ class SharedSupportSAE(TopKSAE):
         return self.densify(vx, idx, m), self.densify(vy, idx, m)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
-        h_x, h_y, idx, vx, vy = self._pair_sparse(x, y)
-        x_hat, y_hat = self.decode_sparse(vx, idx, 0), self.decode_sparse(vy, idx, 1)
+        """``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK on each member's own pre-activations)
+        with the global TopK support; evaluated K-sparse (:func:`mmsae.models.sparse.select_shared_support`:
+        one no-grad encoder pass, only the ``(2B, K)`` supported entries enter autograd)."""
+        B = x.shape[0]
+        b_pre = self.b_pre
+        with torch.no_grad():
+            u_c = torch.cat([x - b_pre[0], y - b_pre[1]])
+        sel, on = select_shared_support(self, u_c, self.select_dtype)
+        mod = [(slice(0, B), 0), (slice(B, 2 * B), 1)]
+        vals = sparse_encoder_values(sel.raw, u_c, sel.idx, self.W_enc, self.b_enc, b_pre, mod)
+        vals = vals * on.repeat(2, 1).to(vals.dtype)  # empty slots hold 0
+        pre_bias = torch.cat([b_pre[0].expand(B, -1), b_pre[1].expand(B, -1)])
+        u_hat = F.embedding_bag(sel.idx, self.W_dec, per_sample_weights=vals, mode="sum") + pre_bias
+        x_hat, y_hat = u_hat[:B], u_hat[B:]
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-        aux = self._auxk(torch.relu(torch.cat([h_x, h_y])), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
+        aux = fast_auxk(self, sel.aux, u_c, mod, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = rec_x + rec_y + self.config.auxk_coef * aux
-        self._update_firing((vx, idx), (vy, idx), n_samples=2 * x.shape[0])
+        self._update_firing((vals[:B], sel.idx[:B]), (vals[B:], sel.idx[B:]), n_samples=2 * B)
         return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))

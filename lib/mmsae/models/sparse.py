@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from .losses import auxk_loss
 
 __all__ = ["HashMask", "draw_hash_mask", "SparseEncoderValues", "sparse_encoder_values", "fast_branch",
-           "fast_auxk", "fast_pair_branch", "sparse_grad_matmul"]
+           "fast_auxk", "fast_pair_branch", "sparse_grad_matmul", "decode_entries", "topk_rows", "Selection",
+           "select_codes", "select_dead", "dead_latents", "select_shared_support"]
 
 _M32 = 0xFFFFFFFF
 
@@ -93,66 +94,213 @@ def draw_hash_mask(rate: float, per_pair: bool, row_offset: int = 0) -> HashMask
 
 
 # ----------------------------------------------------------------------- sparse grads
-def sparse_grad_matmul(idx: torch.Tensor, g: torch.Tensor, u: torch.Tensor, m: int) -> torch.Tensor:
+def sparse_grad_matmul(idx: torch.Tensor, g: torch.Tensor, u: torch.Tensor, m: int,
+                       rows: torch.Tensor | None = None) -> torch.Tensor:
     """``S^T @ u`` for the ``(R, m)`` matrix ``S`` with ``S[r, idx[r, k]] = g[r, k]``: the
-    ``(m, d)`` gradient of a weight whose rows ``idx`` were dotted with rows of ``u``."""
-    R, K = idx.shape
-    if u.device.type == "cpu":
+    ``(m, d)`` gradient of a weight whose rows ``idx`` were dotted with rows of ``u``.
+
+    With ``rows`` given, ``idx``, ``g`` and ``rows`` are flat ``(N,)`` entry lists instead:
+    ``S[rows[n], idx[n]] = g[n]`` (entries sorted by row, as :func:`batch_entries` gives them)."""
+    if rows is None:
+        R, K = idx.shape
         rows = torch.arange(R, device=u.device).repeat_interleave(K)
+    if u.device.type == "cpu":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            S = torch.sparse_coo_tensor(torch.stack([rows, idx.reshape(-1)]), g.reshape(-1).to(u.dtype), (R, m),
-                                        is_coalesced=True)
+            S = torch.sparse_coo_tensor(torch.stack([rows, idx.reshape(-1)]), g.reshape(-1).to(u.dtype),
+                                        (u.shape[0], m), is_coalesced=True)
             return torch.sparse.mm(S.t(), u)
-    # CUDA: index_add of the K outer products (memory-bound, no sort)
+    # CUDA: index_add of the outer products (memory-bound, no sort)
     out = torch.zeros(m, u.shape[1], device=u.device, dtype=u.dtype)
-    return out.index_add_(0, idx.reshape(-1), (g[:, :, None].to(u.dtype) * u[:, None, :]).reshape(-1, u.shape[1]))
+    return out.index_add_(0, idx.reshape(-1), g.reshape(-1, 1).to(u.dtype) * u[rows])
+
+
+def _mod_parts(mod, rows: torch.Tensor | None):
+    """``[(row selector, pre-bias row)]`` for ``mod`` (an int: every row; or a list of
+    (row slice, pre-bias row)) over the entries; with flat entries ``rows`` (sorted), the
+    slices select rows of the batch and are mapped to entry ranges."""
+    parts = [(slice(None), mod)] if isinstance(mod, int) else mod
+    if rows is None or isinstance(mod, int):
+        return parts
+    out = []
+    for sl, mrow in parts:
+        lo = int(torch.searchsorted(rows, sl.start or 0))
+        hi = len(rows) if sl.stop is None else int(torch.searchsorted(rows, sl.stop))
+        out.append((slice(lo, hi), mrow))
+    return out
 
 
 class SparseEncoderValues(torch.autograd.Function):
     """``relu(raw)`` for the selected entries ``raw[r, k] = (u_r - b_pre[mod]) . W_enc[idx[r,k]] + b_enc[idx[r,k]]``
     with gradients for ``W_enc``, ``b_enc``, ``b_pre`` (and ``u`` if it requires grad)
-    that touch only the ``(R, K)`` selected entries."""
+    that touch only the ``(R, K)`` selected entries. With ``rows`` (flat entries, sorted by
+    row), ``raw`` and ``idx`` are ``(N,)`` lists of entries of rows ``rows``."""
 
     @staticmethod
-    def forward(ctx, raw, u_c, idx, W_enc, b_enc, b_pre, mod):  # noqa: D401
+    def forward(ctx, raw, u_c, idx, W_enc, b_enc, b_pre, mod, rows=None):  # noqa: D401
         """``mod``: the pre-bias row of all rows (int) or of each row (list of (row slice, row))."""
         vals = torch.relu(raw)
-        ctx.save_for_backward(u_c, idx, W_enc, raw)
+        ctx.save_for_backward(u_c, idx, W_enc, raw, rows)
         ctx.mod, ctx.bpre_shape = mod, b_pre.shape
         ctx.mark_non_differentiable(idx)
         return vals
 
     @staticmethod
     def backward(ctx, g):
-        u_c, idx, W_enc, raw = ctx.saved_tensors
+        u_c, idx, W_enc, raw, rows = ctx.saved_tensors
         g = g * (raw > 0)
         m = W_enc.shape[0]
         gW = gb = gpre = gu = None
         need_b = ctx.needs_input_grad[4] or ctx.needs_input_grad[5]
         if ctx.needs_input_grad[3]:
-            gW = sparse_grad_matmul(idx, g, u_c, m).to(W_enc.dtype)
+            gW = sparse_grad_matmul(idx, g, u_c, m, rows).to(W_enc.dtype)
         if need_b:
-            parts = [(slice(None), ctx.mod)] if isinstance(ctx.mod, int) else ctx.mod
             per = torch.zeros(ctx.bpre_shape[0], m, device=g.device, dtype=torch.float32)
-            for rows, mrow in parts:
-                per[mrow].index_add_(0, idx[rows].reshape(-1), g[rows].reshape(-1).float())
+            for sel, mrow in _mod_parts(ctx.mod, rows):
+                per[mrow].index_add_(0, idx[sel].reshape(-1), g[sel].reshape(-1).float())
             if ctx.needs_input_grad[4]:
                 gb = per.sum(0)
             if ctx.needs_input_grad[5]:
                 gpre = -(per.to(W_enc.dtype) @ W_enc)
         if ctx.needs_input_grad[1]:
-            gu = F.embedding_bag(idx, W_enc, per_sample_weights=g.to(W_enc.dtype), mode="sum")
-        return None, gu, None, gW, gb, gpre, None
+            if rows is None:
+                gu = F.embedding_bag(idx, W_enc, per_sample_weights=g.to(W_enc.dtype), mode="sum")
+            else:
+                gu = decode_entries(W_enc, g.to(W_enc.dtype), rows, idx, u_c.shape[0])
+        return None, gu, None, gW, gb, gpre, None, None
 
 
-def sparse_encoder_values(raw, u_c, idx, W_enc, b_enc, b_pre, mod):
-    return SparseEncoderValues.apply(raw, u_c, idx, W_enc, b_enc, b_pre, mod)
+def sparse_encoder_values(raw, u_c, idx, W_enc, b_enc, b_pre, mod, rows=None):
+    """:class:`SparseEncoderValues` (``rows``: flat entries, see there)."""
+    return SparseEncoderValues.apply(raw, u_c, idx, W_enc, b_enc, b_pre, mod, rows)
+
+
+def decode_entries(W_dec: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                   n_rows: int) -> torch.Tensor:
+    """``(n_rows, d)`` decoding of flat entries (``vals[n]`` times atom ``cols[n]`` added to row
+    ``rows[n]``; entries sorted by row; a row without entries decodes to 0)."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    offsets = torch.cumsum(counts, 0) - counts
+    return F.embedding_bag(cols, W_dec, offsets, per_sample_weights=vals, mode="sum")
 
 
 def _exact_raw(u_c: torch.Tensor, idx: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor) -> torch.Tensor:
     """float32 pre-activations at the selected entries (after a low-precision selection)."""
     return torch.bmm(W_enc[idx], u_c[:, :, None]).squeeze(-1) + b_enc[idx]
+
+
+# ----------------------------------------------------------------------- top-k kernel
+def _bound_chunks(m: int, k: int) -> int:
+    """Chunks per row for the top-k lower bound (0: use ``torch.topk``): the smallest power
+    of two >= max(64, 2k) that divides ``m`` into chunks of at least 2."""
+    n = 64
+    while n < 2 * k:
+        n *= 2
+    return n if m % n == 0 and m // n >= 2 else 0
+
+
+_NUMBA_KERNELS = None
+
+
+def _numba_kernels():
+    """The row-scan kernel, compiled by numba on first use (cached on disk); None without numba."""
+    global _NUMBA_KERNELS
+    if _NUMBA_KERNELS is None:
+        try:
+            import numba
+            import numpy as np
+        except ImportError:  # pragma: no cover - numba comes with umap-learn, a dependency
+            _NUMBA_KERNELS = False
+            return None
+
+        @numba.njit(cache=True, nogil=True, inline="always")
+        def _row(row, t, k, buf_v, buf_i, out_v, out_i):
+            m = row.shape[0]
+            n = 0
+            for j in range(m):  # candidates: every entry >= the lower bound t
+                v = row[j]
+                if v >= t:
+                    buf_v[n] = v
+                    buf_i[n] = j
+                    n += 1
+            if n < k:  # NaN in the row (no bound holds): the caller uses torch.topk
+                out_i[0] = -1
+                return
+            kth = np.partition(buf_v[:n], n - k)[n - k]
+            w = 0
+            for j in range(n):
+                if buf_v[j] > kth:
+                    out_v[w] = buf_v[j]
+                    out_i[w] = buf_i[j]
+                    w += 1
+            for j in range(n):  # ties at the k-th value: the lowest latent indices
+                if w >= k:
+                    break
+                if buf_v[j] == kth:
+                    out_v[w] = kth
+                    out_i[w] = buf_i[j]
+                    w += 1
+
+        @numba.njit(cache=True, nogil=True)
+        def scan_serial(pre, t, k, out_v, out_i):
+            buf_v = np.empty(pre.shape[1], pre.dtype)
+            buf_i = np.empty(pre.shape[1], np.int64)
+            for r in range(pre.shape[0]):
+                _row(pre[r], t[r], k, buf_v, buf_i, out_v[r], out_i[r])
+
+        _NUMBA_KERNELS = scan_serial
+    return _NUMBA_KERNELS or None
+
+
+_SCAN_POOL = None
+
+
+def _scan_pool(threads: int):
+    """Threads for the row scan (numba's own thread pool would be a second OpenMP runtime
+    competing with torch's for the cores)."""
+    global _SCAN_POOL
+    if _SCAN_POOL is None or _SCAN_POOL._max_workers != threads:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if _SCAN_POOL is not None:
+            _SCAN_POOL.shutdown(wait=False)
+        _SCAN_POOL = ThreadPoolExecutor(threads, thread_name_prefix="mmsae-topk")
+    return _SCAN_POOL
+
+
+def topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pre.topk(k, dim=-1, sorted=False)`` of a 2-D tensor, faster on CPU.
+
+    On CPU (float32, contiguous) each row is cut into ``n`` chunks (:func:`_bound_chunks`);
+    the k-th largest chunk maximum ``t`` is a lower bound of the row's k-th largest entry (the
+    k largest chunk maxima are k distinct entries), so the top k are among the entries
+    ``>= t``, usually a few times k. A compiled row scan (numba) collects those and selects the
+    k largest. Same values as ``torch.topk`` (ties at the k-th value go to the lowest index;
+    ``torch.topk`` leaves tie order unspecified); a row holding NaN falls back to
+    ``torch.topk``. Elsewhere (CUDA, other dtypes, shapes without a bound) ``torch.topk``."""
+    R, m = pre.shape
+    n_chunks = _bound_chunks(m, k)
+    kern = _numba_kernels() if (pre.device.type == "cpu" and pre.dtype == torch.float32 and n_chunks
+                                and pre.is_contiguous() and R > 0) else None
+    if kern is None:
+        return pre.topk(k, dim=-1, sorted=False)
+    t = pre.view(R, n_chunks, m // n_chunks).amax(-1).topk(k, dim=-1, sorted=False).values.amin(-1)
+    vals = torch.empty(R, k, dtype=pre.dtype)
+    idx = torch.empty(R, k, dtype=torch.int64)
+    a, tt, v, i = pre.numpy(), t.numpy(), vals.numpy(), idx.numpy()
+    threads = min(torch.get_num_threads(), R // 64)
+    if threads > 1:  # the kernel releases the GIL: rows split over torch's thread count
+        bounds = [R * j // threads for j in range(threads + 1)]
+        list(_scan_pool(threads).map(lambda j: kern(a[bounds[j]:bounds[j + 1]], tt[bounds[j]:bounds[j + 1]], k,
+                                                    v[bounds[j]:bounds[j + 1]], i[bounds[j]:bounds[j + 1]]),
+                                     range(threads)))
+    else:
+        kern(a, tt, k, v, i)
+    bad = idx[:, 0] < 0
+    if bool(bad.any()):
+        r = bad.nonzero().squeeze(1)
+        vals[r], idx[r] = pre[r].topk(k, dim=-1, sorted=False)
+    return vals, idx
 
 
 # ----------------------------------------------------------------------- selection
@@ -166,11 +314,11 @@ def _select(pre: torch.Tensor, k: int, mask: HashMask | torch.Tensor | None, pai
     """Top-k ``(raw values, indices)`` of each row of ``pre`` among kept latents; row ``r``
     belongs to pair ``pairs[r]`` (default ``r``) for the mask."""
     if mask is None:
-        return pre.topk(k, dim=-1, sorted=False)
+        return topk_rows(pre, k)
     R, m = pre.shape
     rate = mask.rate if isinstance(mask, HashMask) else min(0.95, 1.0 - float(mask.float().mean()))
     kc = _candidates(k, m, rate)
-    cv, ci = pre.topk(kc, dim=-1, sorted=False)
+    cv, ci = topk_rows(pre, kc)
     rows = (torch.arange(R, device=pre.device) if pairs is None else pairs)[:, None]
     if isinstance(mask, HashMask):
         keep = mask.keep(rows if mask.per_pair else torch.zeros_like(rows), ci)
@@ -195,76 +343,224 @@ def _select(pre: torch.Tensor, k: int, mask: HashMask | torch.Tensor | None, pai
     return v, idx
 
 
-def fast_branch(model, u: torch.Tensor, modality: int, mask=None, select_dtype: torch.dtype | None = None):
-    """Sparse counterpart of ``TopKSAE._branch``: ``(pre_raw, u_c, vals, idx, u_hat)``.
+@dataclass
+class Selection:
+    """What the no-grad encoder pass of a batch keeps: the TopK entries ``(raw, idx)``
+    (``(R, K)``, pre-ReLU values) and, when latents are dead and AuxK is on, each row's
+    top ``k_aux`` dead latents ``(aux_raw, aux_idx)`` (else None)."""
 
-    ``pre_raw`` is the detached pre-ReLU ``(B, m)`` matrix (kept for AuxK)."""
+    raw: torch.Tensor
+    idx: torch.Tensor
+    aux_raw: torch.Tensor | None = None
+    aux_idx: torch.Tensor | None = None
+
+    @property
+    def aux(self):
+        return None if self.aux_idx is None else (self.aux_raw, self.aux_idx)
+
+
+#: rows of pre-activations computed at once on CPU: a block of ``block_rows x m`` floats
+#: stays in cache between the encoder matmul, the top-K and the AuxK selection
+CPU_BLOCK_BYTES = 32 * 2 ** 20
+
+
+def _block_rows(R: int, m: int, device: torch.device) -> int:
+    if device.type != "cpu":
+        return R
+    return max(16, min(R, CPU_BLOCK_BYTES // (4 * m)))
+
+
+def _workspace(model, rows: int, m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A ``(rows, m)`` buffer kept on the model between steps (a plain attribute, not state)."""
+    ws = model.__dict__.get("_select_workspace")
+    if ws is None or ws.shape[0] < rows or ws.shape[1] != m or ws.dtype != dtype or ws.device != device:
+        ws = torch.empty(rows, m, dtype=dtype, device=device)
+        model.__dict__["_select_workspace"] = ws
+    return ws[:rows]
+
+
+def dead_latents(model) -> tuple[torch.Tensor | None, int]:
+    """``(indices of the dead latents, k_aux)`` when AuxK applies this step, else ``(None, 0)``."""
+    cfg = model.config
+    if cfg.auxk_coef <= 0:
+        return None, 0
+    dead_idx = model.dead_mask().nonzero().squeeze(1)
+    n_dead = int(dead_idx.numel())
+    if n_dead == 0:
+        return None, 0
+    return dead_idx, min(cfg.k_aux or cfg.d // 2, n_dead)
+
+
+@torch.no_grad()
+def select_dead(pre: torch.Tensor, dead_idx: torch.Tensor | None, k_aux: int):
+    """Each row's top ``k_aux`` dead latents of the raw pre-activations ``pre`` (ranked by
+    their ReLU, as AuxK's ``TopK(ReLU(pre) on the dead latents)``): ``(raw values, indices)``,
+    or None when no latent is dead."""
+    if dead_idx is None or k_aux <= 0:
+        return None
+    sub = pre.index_select(1, dead_idx)
+    _, j = torch.relu(sub).topk(k_aux, dim=-1, sorted=False)
+    return sub.gather(1, j), dead_idx[j]
+
+
+@torch.no_grad()
+def select_codes(model, u_c: torch.Tensor, mask=None, pairs: torch.Tensor | None = None,
+                 select_dtype: torch.dtype | None = None, aux: bool = True) -> Selection:
+    """The encoder pass without autograd: pre-activations ``u_c @ W_enc^T + b_enc`` of the rows
+    ``u_c`` (centred inputs), their (masked) TopK and, for AuxK, the top dead latents.
+
+    On CPU the rows go through in blocks (:data:`CPU_BLOCK_BYTES`) into a buffer kept on the
+    model, so the ``(R, m)`` matrix is never written whole and each block is selected while it
+    is in cache. ``pairs[r]``: the pair of row ``r`` for the mask (default ``r``)."""
+    W_enc, b_enc = model.W_enc, model.b_enc
+    k = model.config.k
+    R, m = u_c.shape[0], W_enc.shape[0]
+    dead_idx, k_aux = dead_latents(model) if aux else (None, 0)
+    low = select_dtype is not None and select_dtype != W_enc.dtype
+    dt = select_dtype if low else W_enc.dtype
+    Wt, bb, uu = W_enc.to(dt).t(), b_enc.to(dt), u_c.to(dt)
+    if pairs is None and mask is not None:
+        pairs = torch.arange(R, device=u_c.device)
+    rb = _block_rows(R, m, u_c.device)
+    raw = torch.empty(R, k, dtype=dt, device=u_c.device)
+    idx = torch.empty(R, k, dtype=torch.int64, device=u_c.device)
+    aux_raw = torch.empty(R, k_aux, dtype=dt, device=u_c.device) if k_aux else None
+    aux_idx = torch.empty(R, k_aux, dtype=torch.int64, device=u_c.device) if k_aux else None
+    for r0 in range(0, R, rb):
+        r1 = min(R, r0 + rb)
+        pre = torch.addmm(bb, uu[r0:r1], Wt, out=_workspace(model, r1 - r0, m, dt, u_c.device))
+        raw[r0:r1], idx[r0:r1] = _select(pre, k, mask, None if pairs is None else pairs[r0:r1])
+        if k_aux:
+            aux_raw[r0:r1], aux_idx[r0:r1] = select_dead(pre, dead_idx, k_aux)
+    if low:  # exact float32 values of the entries chosen in low precision
+        raw = _exact_raw(u_c, idx, W_enc, b_enc)
+        if k_aux:
+            aux_raw = _exact_raw(u_c, aux_idx, W_enc, b_enc)
+    return Selection(raw, idx, aux_raw, aux_idx)
+
+
+@torch.no_grad()
+def select_shared_support(model, u_c: torch.Tensor, select_dtype: torch.dtype | None = None, aux: bool = True):
+    """SPARC's global TopK without autograd, for the rows ``u_c = [x - b_0; y - b_1]`` of
+    ``B`` pairs: per pair, the TopK support of ``ReLU(h_x + h_y)`` (``h`` the raw
+    pre-activations). Returns ``(sel, on)``: ``sel.idx`` holds each pair's support for both its
+    rows, ``sel.raw`` each member's own raw values there (and ``sel.aux`` each member's top
+    dead latents); ``on`` ``(B, K)`` is False on slots whose summed value is 0 (empty slots,
+    when fewer than K summed pre-activations are positive). Blocked over pairs on CPU like
+    :func:`select_codes`."""
+    W_enc, b_enc = model.W_enc, model.b_enc
+    k = model.config.k
+    R, m = u_c.shape[0], W_enc.shape[0]
+    B = R // 2
+    dead_idx, k_aux = dead_latents(model) if aux else (None, 0)
+    low = select_dtype is not None and select_dtype != W_enc.dtype
+    dt = select_dtype if low else W_enc.dtype
+    Wt, bb, uu = W_enc.to(dt).t(), b_enc.to(dt), u_c.to(dt)
+    dev = u_c.device
+    pb = max(1, _block_rows(R, m, dev) // 2)
+    raw = torch.empty(R, k, dtype=dt, device=dev)
+    idx = torch.empty(R, k, dtype=torch.int64, device=dev)
+    on = torch.empty(B, k, dtype=torch.bool, device=dev)
+    aux_raw = torch.empty(R, k_aux, dtype=dt, device=dev) if k_aux else None
+    aux_idx = torch.empty(R, k_aux, dtype=torch.int64, device=dev) if k_aux else None
+    for p0 in range(0, B, pb):
+        p1 = min(B, p0 + pb)
+        n = p1 - p0
+        ws = _workspace(model, 3 * n, m, dt, dev)
+        h_x = torch.addmm(bb, uu[p0:p1], Wt, out=ws[:n])
+        h_y = torch.addmm(bb, uu[B + p0:B + p1], Wt, out=ws[n:2 * n])
+        summed = torch.add(h_x, h_y, out=ws[2 * n:3 * n]).relu_()
+        s, j = topk_rows(summed, k)
+        idx[p0:p1], idx[B + p0:B + p1] = j, j
+        raw[p0:p1], raw[B + p0:B + p1] = h_x.gather(1, j), h_y.gather(1, j)
+        on[p0:p1] = s > 0
+        if k_aux:
+            aux_raw[p0:p1], aux_idx[p0:p1] = select_dead(h_x, dead_idx, k_aux)
+            aux_raw[B + p0:B + p1], aux_idx[B + p0:B + p1] = select_dead(h_y, dead_idx, k_aux)
+    if low:
+        raw = _exact_raw(u_c, idx, W_enc, b_enc)
+        if k_aux:
+            aux_raw = _exact_raw(u_c, aux_idx, W_enc, b_enc)
+    return Selection(raw, idx, aux_raw, aux_idx), on
+
+
+def fast_branch(model, u: torch.Tensor, modality: int, mask=None, select_dtype: torch.dtype | None = None):
+    """One modality through the sparse encoder: ``(sel, u_c, vals, idx, u_hat)`` with ``sel``
+    the :class:`Selection` (its ``aux`` for :func:`fast_auxk`)."""
     mod = model._mod(modality)
-    W_enc, b_enc, b_pre = model.W_enc, model.b_enc, model.b_pre
+    b_pre = model.b_pre
     with torch.no_grad():
         u_c = u - b_pre[mod]
-        if select_dtype is not None and select_dtype != W_enc.dtype:
-            pre = torch.addmm(b_enc.to(select_dtype), u_c.to(select_dtype), W_enc.to(select_dtype).t())
-        else:
-            pre = torch.addmm(b_enc, u_c, W_enc.t())
-        raw, idx = _select(pre, model.config.k, mask)
-        if pre.dtype != W_enc.dtype:
-            raw = _exact_raw(u_c, idx, W_enc, b_enc)
-    vals = sparse_encoder_values(raw, u - b_pre[mod].detach() if u.requires_grad else u_c, idx, W_enc, b_enc, b_pre, mod)
-    u_hat = F.embedding_bag(idx, model.W_dec, per_sample_weights=vals, mode="sum") + b_pre[mod]
-    return pre, u_c, vals, idx, u_hat
+    sel = select_codes(model, u_c, mask, None, select_dtype)
+    vals = sparse_encoder_values(sel.raw, u - b_pre[mod].detach() if u.requires_grad else u_c, sel.idx,
+                                 model.W_enc, model.b_enc, b_pre, mod)
+    u_hat = F.embedding_bag(sel.idx, model.W_dec, per_sample_weights=vals, mode="sum") + b_pre[mod]
+    return sel, u_c, vals, sel.idx, u_hat
 
 
 def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_dtype=None):
     """Both modalities in one pass (one encoder matmul, one sparse backward, one decode over
-    the ``2B`` rows ``[x; y]``): ``(pre, u_c, vals, idx, u_hat, mod)``; rows ``:B`` are x."""
+    the ``2B`` rows ``[x; y]``): ``(sel, u_c, vals, idx, u_hat, mod)``; rows ``:B`` are x."""
     B = x.shape[0]
-    W_enc, b_enc, b_pre = model.W_enc, model.b_enc, model.b_pre
+    b_pre = model.b_pre
     m0, m1 = model._mod(0), model._mod(1)
     mod = m0 if m0 == m1 else [(slice(0, B), m0), (slice(B, 2 * B), m1)]
     if x.requires_grad or y.requires_grad:  # rare (gradients wrt the data): per-modality path
         bx, by = fast_branch(model, x, 0, mask, select_dtype), fast_branch(model, y, 1, mask, select_dtype)
-        return tuple(torch.cat([a, b]) for a, b in zip(bx, by)) + (mod,)
+        sx, sy = bx[0], by[0]
+        sel = Selection(torch.cat([sx.raw, sy.raw]), torch.cat([sx.idx, sy.idx]),
+                        None if sx.aux is None else torch.cat([sx.aux_raw, sy.aux_raw]),
+                        None if sx.aux is None else torch.cat([sx.aux_idx, sy.aux_idx]))
+        return (sel,) + tuple(torch.cat([a, b]) for a, b in zip(bx[1:], by[1:])) + (mod,)
     with torch.no_grad():
         u_c = torch.cat([x - b_pre[m0], y - b_pre[m1]])
-        if select_dtype is not None and select_dtype != W_enc.dtype:
-            pre = torch.addmm(b_enc.to(select_dtype), u_c.to(select_dtype), W_enc.to(select_dtype).t())
-        else:
-            pre = torch.addmm(b_enc, u_c, W_enc.t())
-        pairs = torch.arange(B, device=x.device).repeat(2) if mask is not None else None
-        raw, idx = _select(pre, model.config.k, mask, pairs)
-        if pre.dtype != W_enc.dtype:
-            raw = _exact_raw(u_c, idx, W_enc, b_enc)
-    vals = sparse_encoder_values(raw, u_c, idx, W_enc, b_enc, b_pre, mod)
+    pairs = torch.arange(B, device=x.device).repeat(2) if mask is not None else None
+    sel = select_codes(model, u_c, mask, pairs, select_dtype)
+    vals = sparse_encoder_values(sel.raw, u_c, sel.idx, model.W_enc, model.b_enc, b_pre, mod)
     pre_bias = b_pre[m0] if m0 == m1 else torch.cat([b_pre[m0].expand(B, -1), b_pre[m1].expand(B, -1)])
-    u_hat = F.embedding_bag(idx, model.W_dec, per_sample_weights=vals, mode="sum") + pre_bias
-    return pre, u_c, vals, idx, u_hat, mod
+    u_hat = F.embedding_bag(sel.idx, model.W_dec, per_sample_weights=vals, mode="sum") + pre_bias
+    return sel, u_c, vals, sel.idx, u_hat, mod
 
 
-def fast_auxk(model, pres, u_cs, mods, residual: torch.Tensor, inputs: torch.Tensor,
+def fast_auxk(model, aux, u_c: torch.Tensor, mod, residual: torch.Tensor, inputs: torch.Tensor,
               n_blocks: int = 2) -> torch.Tensor:
-    """AuxK on the dead latents' columns only (same value and gradients as ``_auxk``:
-    :func:`mmsae.models.losses.auxk_loss` of the residual, with ``inputs`` the rows' embeddings and
-    ``n_blocks`` the modalities stacked in the rows, default 2 for ``[x; y]``)."""
-    cfg = model.config
-    if cfg.auxk_coef <= 0:
+    """AuxK from the dead latents chosen in the encoder pass: ``aux = (raw, idx)``
+    (:attr:`Selection.aux` or :func:`select_dead`; None: no latent dead, the term is 0).
+    The value is :func:`mmsae.models.losses.auxk_loss` of the residual, with ``inputs`` the
+    rows' embeddings and ``n_blocks`` the modalities stacked in the rows (default 2, ``[x; y]``)."""
+    if aux is None or model.config.auxk_coef <= 0:
         return residual.new_zeros(())
-    dead = model.dead_mask()
-    dead_idx = dead.nonzero().squeeze(1)
-    n_dead = int(dead_idx.numel())
-    if n_dead == 0:
-        return residual.new_zeros(())
-    k_aux = min(cfg.k_aux or cfg.d // 2, n_dead)
-    recons = []
-    for pre, u_c, mod in zip(pres, u_cs, mods):
-        with torch.no_grad():
-            sub = torch.relu(pre[:, dead_idx])
-            _, j = sub.topk(k_aux, dim=-1, sorted=False)
-            idx = dead_idx[j]
-            if pre.dtype != model.W_enc.dtype:
-                raw = _exact_raw(u_c, idx, model.W_enc, model.b_enc)
-            else:
-                raw = pre[:, dead_idx].gather(1, j)
-        vals = sparse_encoder_values(raw, u_c, idx, model.W_enc, model.b_enc, model.b_pre, mod)
-        recons.append(F.embedding_bag(idx, model.W_dec, per_sample_weights=vals, mode="sum"))
-    return auxk_loss(residual.detach(), torch.cat(recons), inputs, n_blocks=n_blocks)
+    raw, idx = aux
+    vals = sparse_encoder_values(raw, u_c, idx, model.W_enc, model.b_enc, model.b_pre, mod)
+    recon = F.embedding_bag(idx, model.W_dec, per_sample_weights=vals, mode="sum")
+    return auxk_loss(residual.detach(), recon, inputs, n_blocks=n_blocks)
+
+
+# ----------------------------------------------------------------------- batch top-N (BatchTopK, Matryoshka)
+__all__ += ["pooled_pre_activations", "batch_topk_entries"]
+
+
+@torch.no_grad()
+def pooled_pre_activations(model, u_c: torch.Tensor) -> torch.Tensor:
+    """``ReLU(u_c @ W_enc^T + b_enc)`` of the centred rows ``u_c``, without autograd (as
+    ``pre_activations``). The ``(R, m)`` result lives in a buffer kept on the model
+    (:func:`_workspace`): it is overwritten by the model's next encoder pass."""
+    W_enc, b_enc = model.W_enc, model.b_enc
+    out = _workspace(model, u_c.shape[0], W_enc.shape[0], W_enc.dtype, u_c.device)
+    return torch.addmm(b_enc, u_c.to(W_enc.dtype), W_enc.t(), out=out).relu_()
+
+
+@torch.no_grad()
+def batch_topk_entries(pre: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BatchTopK's selection as flat entries: the ``n_keep`` largest entries of the whole
+    ``(R, m)`` matrix ``pre`` (at most ``R * m``), as ``(values, rows, cols)``, each ``(n_keep,)``,
+    sorted by row (then column), the order :func:`sparse_encoder_values` (``rows=``) and
+    :func:`decode_entries` take.
+
+    The values are ``pre``'s. On ReLU'd pre-activations with fewer than ``n_keep`` positive
+    entries some kept entries hold 0 (which ones is unspecified); passed as ``raw`` to
+    :func:`sparse_encoder_values` such an entry has value 0 and gradient 0, as in the dense form."""
+    R, m = pre.shape
+    vals, flat = pre.reshape(-1).topk(min(int(n_keep), R * m), sorted=False)
+    flat, order = flat.sort()
+    return vals[order], flat // m, flat % m

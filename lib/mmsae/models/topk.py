@@ -143,8 +143,8 @@ class TopKSAE(Dictionary):
     def before_optimizer_step(self) -> None:
         # remove the gradient component parallel to each (unit) decoder atom
         g = self.W_dec.grad
-        if g is not None:
-            g -= (g * self.W_dec).sum(dim=1, keepdim=True) * self.W_dec
+        if g is not None:  # two passes, no (m, d) temporaries
+            g.addcmul_(torch.linalg.vecdot(g, self.W_dec, dim=1).unsqueeze(1), self.W_dec, value=-1.0)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
@@ -202,10 +202,10 @@ class TopKSAE(Dictionary):
         Evaluated K-sparse (:mod:`mmsae.models.sparse`): the ``2B`` rows ``[x; y]`` go through
         one encoder matmul; only the selected ``(2B, K)`` entries enter the autograd graph."""
         B = x.shape[0]
-        pre, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, None, self.select_dtype)
+        sel, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, None, self.select_dtype)
         x_hat, y_hat = u_hat[:B], u_hat[B:]
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-        aux = fast_auxk(self, (pre,), (u_c,), (mod,), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
+        aux = fast_auxk(self, sel.aux, u_c, mod, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
         loss = rec_x + rec_y + self.config.auxk_coef * aux
         self._update_firing((vals[:B], idx[:B]), (vals[B:], idx[B:]), n_samples=2 * B)
         return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))
