@@ -1,24 +1,46 @@
 #!/usr/bin/env python
-"""Training throughput: this project's loop vs overcomplete and SAELens TopK SAEs vs the
-encoder-matmul floor, on the same embeddings and shapes.
+"""Training speed, measured against the machine's floor and the peer trainers.
 
-    python scripts/benchmark.py --device cpu --repeats 3 --markdown docs/performance.md
+    scripts/setup_bench_env.sh          # once: .venv-bench with the four peer trainers
+    .venv-bench/bin/python scripts/benchmark.py --markdown docs/performance.md --markdown README.md
 
-Settings: ``topk`` = the pooled TopK SAE (a step on B pairs encodes 2B embeddings;
-throughput in embeddings/s, the peers get the same 2B embeddings per step) and
-``mgsae`` = MGSAE on pairs (pairs/s; the peers have no paired / group-sparse / masked
-objective and are reported as "n/a" there). The floor is one bare ``(2B x d) @ (d x m)``
-encoder matmul per step, timed the same way. Each figure: ``--repeats`` timed runs of a
-few steps after one untimed warm-up run; min / median / max over the repeats; ratios use
-the medians. Writes ``results/benchmarks.csv`` and ``figures/benchmark_throughput.{pdf,png}``.
+What one run measures, on one device, for each torch thread count (``--threads``) and
+batch (``--batches``, pairs per step) at the shape ``--d/--m/--k`` (default the paper's
+512 / 8192 / 32):
 
-Rows: ``mmsae-fast`` is this project's training loop (the objectives as the models define
-them, evaluated K-sparse; the row keeps its name for older ``benchmarks.csv`` files). The
-former ``mmsae-reference`` row is gone: the dense form of the objectives exists only as a
-check in ``tests/test_fast_path.py`` and is not a training path, so it is not timed.
+* **The floor** (``kind=floor``), in the same run: the encoder GEMM of the step's shape,
+  ``(2B x d) @ (d x m)`` into a preallocated output, with its GFLOP/s; the machine's sgemm
+  peak at that thread count (a square 2048 GEMM); and the memory-bound part of a step that
+  no method avoids, one fused Adam update over parameters of the model's size. The floor of
+  a step is GEMM + Adam; every method's step time is reported as a ratio to it.
+* **Every method of this project** (``kind=mmsae``): one training step of the one loop
+  (:func:`mmsae.train.train`) on ``B`` pairs (``2B`` embeddings), per method.
+* **The peers** (``kind=peer``: overcomplete, SAELens, sparsify, dictionary_learning; see
+  ``scripts/peers.py``): a TopK SAE of the same shape trained by the peer's own code on the
+  same ``2B`` embeddings per step with Adam at the same learning rate; compared with this
+  project's pooled TopK SAE (``topk``), the same objective. A peer that cannot run says why
+  (in the main env they are not installed: use ``.venv-bench``).
 
-Peers (optional ``bench`` extra: ``pip install overcomplete sae-lens``): a peer that cannot
-be imported or driven is listed as unavailable with the reason, never silently skipped.
+Each figure is the median over ``--repeats`` timed runs of a few steps after an untimed
+warm-up run (min and max are kept in the CSV).
+
+**Quiet machine.** A timing is valid only on an otherwise idle machine. Before starting,
+the 1-minute load average must be below ``--max-load`` (the script waits up to ``--wait``
+seconds, then refuses, exit code 2). During every timed run the CPU time used by *other*
+processes is measured from ``/proc/stat`` minus this process's own; a run during which
+others used more than ``--max-foreign`` cores is repeated (up to 3 times), and if it stays
+busy the row is flagged ``busy`` and the script exits with code 3 without writing the
+markdown sections. ``--allow-busy`` writes them anyway, flagged. The load average before
+and after the run is recorded in every row.
+
+``--scaling`` adds how the MGSAE step grows with m, K, batch and threads, with peak memory,
+and the extrapolated time of the paper's run (25k steps x 128 pairs x 8192 latents);
+``--profile`` adds an op-by-op breakdown of a step (torch profiler, ``mmsae.*`` ranges).
+
+Writes ``results/benchmarks.csv`` (+ ``benchmark_scaling.csv``, ``benchmark_profile.csv``),
+``figures/benchmark_throughput.{pdf,png}`` (+ ``benchmark_scaling``), and with
+``--markdown FILE`` the section between ``<!-- benchmark:begin -->`` and
+``<!-- benchmark:end -->`` of FILE.
 """
 
 from __future__ import annotations
@@ -37,20 +59,98 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mmsae.models import GroupSparseSAE, SAEConfig, TopKSAE, mgsae_config  # noqa: E402
+from mmsae.models import SAEConfig, build_model  # noqa: E402
 from mmsae.train import TrainConfig, train  # noqa: E402
 
-METHODS = ["mmsae-fast", "overcomplete", "saelens", "floor-matmul"]
+import peers  # noqa: E402
+
+#: this project's methods: name -> SAEConfig keyword arguments (besides d, m, k)
+METHODS = {
+    "topk": dict(arch="topk"),
+    "gsae": dict(arch="group_sparse", n_modalities=2, group_lambda=0.05),
+    "mgsae": dict(arch="group_sparse", n_modalities=2, group_lambda=0.05, mask_rate=0.2),
+    "batchtopk": dict(arch="batchtopk"),
+    "matryoshka": dict(arch="matryoshka"),
+    "modality_specific": dict(arch="modality_specific"),
+    "shared_support": dict(arch="shared_support", n_modalities=2),
+}
+LR = 4e-4
+EXIT_REFUSED, EXIT_BUSY = 2, 3
 
 
+# --------------------------------------------------------------------------- quiet machine
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy jiffies of the whole machine, jiffies of this process) or None off Linux."""
+    try:
+        f = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        vals = [int(v) for v in f]
+        busy = sum(vals) - vals[3] - (vals[4] if len(vals) > 4 else 0)  # minus idle, iowait
+        me = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return busy, int(me[11]) + int(me[12])  # utime + stime (all threads)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Foreign:
+    """CPU cores used by other processes while the block runs (``.cores``; NaN off Linux)."""
+
+    def __enter__(self):
+        self.t, self.j = time.perf_counter(), _cpu_jiffies()
+        return self
+
+    def __exit__(self, *exc):
+        j, dt = _cpu_jiffies(), time.perf_counter() - self.t
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        if j is None or self.j is None or dt <= 0:
+            self.cores = float("nan")
+        else:
+            self.cores = max(0.0, ((j[0] - self.j[0]) - (j[1] - self.j[1])) / hz / dt)
+        return False
+
+
+def load_avg() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def wait_until_quiet(max_load: float, wait_s: float) -> float:
+    """Wait until the 1-minute load average is below ``max_load``; return it (NaN if unknown)."""
+    t0 = time.time()
+    load = load_avg()
+    while load == load and load >= max_load and time.time() - t0 < wait_s:
+        print(f"machine busy: load average {load:.2f} >= {max_load}; waiting ...", flush=True)
+        time.sleep(10)
+        load = load_avg()
+    return load
+
+
+# --------------------------------------------------------------------------- timing
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize()
 
 
+def timed(fn, repeats: int, max_foreign: float) -> dict:
+    """Run ``fn()`` (returns seconds) once untimed, then ``repeats`` times; a run during which
+    other processes used more than ``max_foreign`` cores is redone (up to 3 times)."""
+    fn()
+    times, foreign, redone = [], [], 0
+    for _ in range(repeats):
+        for attempt in range(4):
+            with Foreign() as f:
+                t = fn()
+            if not (f.cores > max_foreign) or attempt == 3:
+                break
+            redone += 1
+        times.append(t)
+        foreign.append(f.cores)
+    fmax = max(foreign) if foreign else float("nan")
+    return dict(seconds=sorted(times), foreign_cores=fmax, redone=redone, busy=bool(fmax > max_foreign))
+
+
 def make_data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Unit-norm paired embeddings with a shared component (CLIP-like geometry)."""
+    """Unit-norm paired embeddings with a shared component and a modality offset (CLIP-like)."""
     rng = np.random.default_rng(seed)
     shared = rng.standard_normal((n, d)).astype(np.float32)
     x = shared + 0.7 * rng.standard_normal((n, d)).astype(np.float32) + 2.0
@@ -60,320 +160,506 @@ def make_data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-# --------------------------------------------------------------------------- runners
-def run_mmsae(setting, B, steps, data, args, dev):
-    cfg = SAEConfig(d=args.d, m=args.m, k=args.k) if setting == "topk" else mgsae_config(d=args.d, m=args.m, k=args.k)
-    torch.manual_seed(0)
-    model = TopKSAE(cfg) if setting == "topk" else GroupSparseSAE(cfg)
-    res = train(model, data, TrainConfig(steps=steps, batch_size=B, progress=False, log_every=10 ** 9,
-                                         warmup_steps=1, device=str(dev)))
-    return res.wall_time_s  # the loop only (data upload and init excluded)
+def method_config(name: str, d: int, m: int, k: int) -> SAEConfig:
+    return SAEConfig(d=d, m=m, k=k, **METHODS[name])
 
 
-def _peer_batches(data, B, steps, dev):
+def steps_for(B: int) -> int:
+    return 10 if B <= 512 else 3 if B <= 2048 else 2
+
+
+def time_method(name: str, B: int, d: int, m: int, k: int, data, dev, repeats: int, max_foreign: float,
+                steps: int | None = None) -> dict:
+    """ms per training step of ``name`` through :func:`mmsae.train.train` (loop time only)."""
+    steps = steps or steps_for(B)
+    model = build_model(method_config(name, d, m, k), seed=0)
+    cfg = TrainConfig(steps=steps, batch_size=B, progress=False, log_every=10 ** 9, warmup_steps=1,
+                      device=str(dev), lr=LR)
+    r = timed(lambda: train(model, data, cfg).wall_time_s, repeats, max_foreign)
+    return dict(r, steps=steps)
+
+
+def time_gemm(B: int, d: int, m: int, dev, repeats: int, max_foreign: float, steps: int) -> dict:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    u = torch.randn(2 * B, d, generator=g).to(dev)
+    W = torch.randn(m, d, generator=g).to(dev)
+    out = torch.empty(2 * B, m, device=dev)
+
+    def run():
+        _sync(dev)
+        t = time.perf_counter()
+        for _ in range(steps):
+            torch.mm(u, W.t(), out=out)
+        _sync(dev)
+        return time.perf_counter() - t
+
+    return dict(timed(run, repeats, max_foreign), steps=steps)
+
+
+def time_sgemm_peak(dev, repeats: int, max_foreign: float, n: int = 2048) -> dict:
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    out = torch.empty(n, n, device=dev)
+    reps = 3 if dev.type == "cpu" else 50
+
+    def run():
+        _sync(dev)
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b, out=out)
+        _sync(dev)
+        return time.perf_counter() - t
+
+    r = timed(run, repeats, max_foreign)
+    r["gflops"] = 2 * n ** 3 * reps / statistics.median(r["seconds"]) / 1e9
+    return r
+
+
+def time_adam(d: int, m: int, dev, repeats: int, max_foreign: float, steps: int) -> dict:
+    """One fused Adam update over parameters of the model's size (W_enc, W_dec, b_enc, b_pre)."""
+    params = [torch.nn.Parameter(torch.randn(*s, device=dev)) for s in ((m, d), (m, d), (m,), (2, d))]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    try:
+        opt = torch.optim.Adam(params, lr=LR, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        opt = torch.optim.Adam(params, lr=LR, foreach=True)
+
+    def run():
+        _sync(dev)
+        t = time.perf_counter()
+        for _ in range(steps):
+            opt.step()
+        _sync(dev)
+        return time.perf_counter() - t
+
+    return dict(timed(run, repeats, max_foreign), steps=steps)
+
+
+def peer_batches(data, B: int, steps: int, dev) -> list[torch.Tensor]:
+    """The ``2B`` pooled embeddings of ``B`` random pairs, per step (the same draw for every peer)."""
     x, y = data
     g = torch.Generator().manual_seed(0)
-    xt, yt = torch.as_tensor(x, device=dev), torch.as_tensor(y, device=dev)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     out = []
     for _ in range(steps):
-        i = torch.randint(0, len(x), (B,), generator=g).to(dev)
-        out.append(torch.cat([xt[i], yt[i]]))  # pooled: the 2B embeddings of B pairs
+        i = torch.randint(0, len(x), (B,), generator=g)
+        out.append(torch.cat([xt[i], yt[i]]).to(dev))
     return out
 
 
-def _import_overcomplete():
-    import matplotlib
-    import matplotlib.cm
-
-    if not hasattr(matplotlib.cm, "get_cmap"):  # overcomplete 0.3 calls the removed cm.get_cmap at import
-        matplotlib.cm.get_cmap = matplotlib.colormaps.get_cmap
-    from overcomplete.sae import TopKSAE as OCTopK
-    from overcomplete.sae.losses import top_k_auxiliary_loss
-    from overcomplete.sae.train import train_sae
-    return OCTopK, top_k_auxiliary_loss, train_sae
+def time_peer(peer: str, B: int, d: int, m: int, k: int, data, dev, repeats: int, max_foreign: float) -> dict:
+    steps = steps_for(B)
+    batches = peer_batches(data, B, steps, dev)
+    return dict(timed(lambda: peers.RUNNERS[peer](batches, d, m, k, LR, dev), repeats, max_foreign), steps=steps)
 
 
-def run_overcomplete(setting, B, steps, data, args, dev):
-    OCTopK, crit, train_sae = _import_overcomplete()
-    torch.manual_seed(0)
-    # a plain linear encoder (the default adds a BatchNorm) for equal shapes/work
-    model = OCTopK(args.d, args.m, top_k=args.k, encoder_module="linear", device=str(dev))
-    opt = torch.optim.Adam(model.parameters(), lr=4e-4)
-    batches = _peer_batches(data, B, steps, dev)
-    _sync(dev)
-    t = time.perf_counter()
-    train_sae(model, batches, crit, opt, nb_epochs=1, clip_grad=None, monitoring=0, device=str(dev))
-    _sync(dev)
-    return time.perf_counter() - t
+# --------------------------------------------------------------------------- main table
+def measure(args, dev, threads: int, data, peer_ok: dict) -> list[dict]:
+    torch.set_num_threads(threads)
+    rows = []
+    base = dict(device=dev.type, threads=threads, d=args.d, m=args.m, k=args.k)
+
+    def add(kind, method, B, r, per_step_div=1, **extra):
+        med = statistics.median(r["seconds"]) / r["steps"]
+        row = dict(base, kind=kind, method=method, batch_pairs=B, steps=r["steps"], repeats=len(r["seconds"]),
+                   ms_per_step=1e3 * med, ms_min=1e3 * r["seconds"][0] / r["steps"],
+                   ms_max=1e3 * r["seconds"][-1] / r["steps"], pairs_per_s=B / med if B else np.nan,
+                   foreign_cores=r["foreign_cores"], redone=r["redone"], busy=r["busy"], note="", **extra)
+        rows.append(row)
+        print(f"threads={threads} B={B:5d} {kind:6s} {method:22s} {row['ms_per_step']:9.2f} ms/step"
+              + (f"  (busy: other processes used {r['foreign_cores']:.2f} cores)" if r["busy"] else ""), flush=True)
+        return row
+
+    peak = time_sgemm_peak(dev, args.repeats, args.max_foreign)
+    add("floor", "sgemm-peak", 0, dict(peak, steps=1), gflops=peak["gflops"])
+    for B in args.batches:
+        st = steps_for(B)
+        g = time_gemm(B, args.d, args.m, dev, args.repeats, args.max_foreign, st)
+        gflops = 2 * 2 * B * args.d * args.m / (statistics.median(g["seconds"]) / st) / 1e9
+        rg = add("floor", "encoder-gemm", B, g, gflops=gflops)
+        a = time_adam(args.d, args.m, dev, args.repeats, args.max_foreign, max(st, 5))
+        ra = add("floor", "adam-update", B, a)
+        floor_ms = rg["ms_per_step"] + ra["ms_per_step"]
+        rows.append(dict(base, kind="floor", method="floor", batch_pairs=B, ms_per_step=floor_ms,
+                         pairs_per_s=B / floor_ms * 1e3, busy=rg["busy"] or ra["busy"], note="encoder-gemm + adam-update"))
+        for name in args.methods:
+            try:
+                r = time_method(name, B, args.d, args.m, args.k, data, dev, args.repeats, args.max_foreign)
+                add("mmsae", name, B, r)
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                rows.append(dict(base, kind="mmsae", method=name, batch_pairs=B, note=f"failed: {type(e).__name__}: {e}"[:200]))
+        for peer in args.peers:
+            if peer_ok.get(peer):
+                rows.append(dict(base, kind="peer", method=peer, batch_pairs=B, note=peer_ok[peer]))
+                print(f"threads={threads} B={B:5d} peer   {peer:22s} {peer_ok[peer]}")
+                continue
+            try:
+                add("peer", peer, B, time_peer(peer, B, args.d, args.m, args.k, data, dev, args.repeats, args.max_foreign))
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                rows.append(dict(base, kind="peer", method=peer, batch_pairs=B, note=f"failed: {type(e).__name__}: {e}"[:200]))
+    return rows
 
 
-def run_saelens(setting, B, steps, data, args, dev):
-    import logging
-
-    from sae_lens.config import SAETrainerConfig
-    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.training.sae_trainer import SAETrainer
-
-    logging.disable(logging.WARNING)
-    torch.manual_seed(0)
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=args.d, d_sae=args.m, k=args.k, dtype="float32",
-                                                device=str(dev)))
-    batches = _peer_batches(data, B, steps, dev)
-    cfg = SAETrainerConfig(total_training_samples=steps * 2 * B, train_batch_size_samples=2 * B, lr=4e-4, lr_end=4e-4,
-                           device=str(dev))
-    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(batches))
-    import contextlib
-    import io
-
-    _sync(dev)
-    t = time.perf_counter()
-    with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
-        trainer.fit()
-    _sync(dev)
-    return time.perf_counter() - t
+def add_ratios(df):
+    """ratio_to_floor = ms / floor ms (same threads, batch); speedup_of_topk = peer ms / our topk ms."""
+    for (th, B), g in df[df.batch_pairs > 0].groupby(["threads", "batch_pairs"]):
+        floor = g.loc[g.method == "floor", "ms_per_step"]
+        ours = g.loc[(g.kind == "mmsae") & (g.method == "topk"), "ms_per_step"]
+        sel = (df.threads == th) & (df.batch_pairs == B)
+        if len(floor):
+            df.loc[sel & df.kind.isin(["mmsae", "peer"]), "ratio_to_floor"] = df.loc[sel, "ms_per_step"] / float(floor.iloc[0])
+        if len(ours) and ours.notna().all():
+            df.loc[sel & (df.kind == "peer"), "speedup_of_topk"] = df.loc[sel, "ms_per_step"] / float(ours.iloc[0])
+    return df
 
 
-def run_floor(setting, B, steps, data, args, dev):
-    u = _peer_batches(data, B, 1, dev)[0]
-    W = torch.randn(args.m, args.d, device=dev)
-    _sync(dev)
-    t = time.perf_counter()
-    for _ in range(steps):
-        u @ W.t()
-    _sync(dev)
-    return time.perf_counter() - t
-
-
-RUNNERS = {
-    "mmsae-fast": lambda s, B, n, data, a, dev: run_mmsae(s, B, n, data, a, dev),
-    "overcomplete": run_overcomplete,
-    "saelens": run_saelens,
-    "floor-matmul": run_floor,
-}
-
-
-def peer_status() -> dict[str, str | None]:
-    """None if the peer can be used, else why not."""
-    out: dict[str, str | None] = {}
+# --------------------------------------------------------------------------- scaling
+def _rss_mb(field: str) -> float:
     try:
-        _import_overcomplete()
-        out["overcomplete"] = None
-    except Exception as e:  # noqa: BLE001
-        out["overcomplete"] = f"unavailable: {type(e).__name__}: {e}"[:160]
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _reset_peak_rss() -> bool:
     try:
-        import sae_lens  # noqa: F401
-        from sae_lens.training.sae_trainer import SAETrainer  # noqa: F401
-        out["saelens"] = None
-    except Exception as e:  # noqa: BLE001
-        out["saelens"] = f"unavailable: {type(e).__name__}: {e}"[:160]
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def scaling(args, dev, data) -> list[dict]:
+    """MGSAE step time and peak memory against m, K, batch and threads (one axis at a time,
+    from batch 128 pairs, ``--m`` latents and ``--k``)."""
+    B0, m0, k0 = 128, args.m, args.k
+    grid = [("m", 1, B0, m, k0) for m in args.scale_m]
+    grid += [("K", 1, B0, m0, k) for k in args.scale_k]
+    grid += [("batch", th, B, m0, k0) for th in args.threads for B in args.scale_batch]
+    rows = []
+    for axis, th, B, m, k in grid:
+        if m < 2 * k:
+            continue
+        torch.set_num_threads(th)
+        st = max(2, min(10, steps_for(B)))
+        rss0 = _rss_mb("VmRSS")
+        reset = _reset_peak_rss()
+        try:
+            r = time_method("mgsae", B, args.d, m, k, data, dev, 2, args.max_foreign, steps=st)
+        except Exception as e:  # noqa: BLE001
+            rows.append(dict(axis=axis, threads=th, batch_pairs=B, m=m, k=k, note=f"failed: {type(e).__name__}: {e}"[:200]))
+            continue
+        peak = _rss_mb("VmHWM") - rss0 if reset else float("nan")
+        g = time_gemm(B, args.d, m, dev, 2, args.max_foreign, st)
+        a = time_adam(args.d, m, dev, 2, args.max_foreign, 5)
+        ms = 1e3 * statistics.median(r["seconds"]) / st
+        floor = 1e3 * (statistics.median(g["seconds"]) / st + statistics.median(a["seconds"]) / 5)
+        rows.append(dict(axis=axis, threads=th, batch_pairs=B, m=m, k=k, d=args.d, ms_per_step=ms, floor_ms=floor,
+                         ratio_to_floor=ms / floor, pairs_per_s=B / ms * 1e3, peak_mem_mb=peak,
+                         busy=r["busy"] or g["busy"] or a["busy"], note=""))
+        print(f"scaling {axis:5s} threads={th} B={B:5d} m={m:6d} K={k:4d} {ms:9.2f} ms/step (floor {floor:.2f}, "
+              f"x{ms / floor:.2f}) peak +{peak:.0f} MB", flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- profile
+PHASES = ["mmsae.encoder_gemm", "mmsae.topk_select", "mmsae.topk_select_masked", "mmsae.auxk_select",
+          "mmsae.sparse_decode", "mmsae.auxk", "mmsae.forward", "mmsae.backward", "mmsae.decoder_projection",
+          "mmsae.optimizer", "mmsae.decoder_renorm"]
+
+
+def profile(args, dev, data) -> list[dict]:
+    """Op-by-op breakdown of a training step (torch profiler over the loop's ``mmsae.*`` ranges
+    and, inside the backward, the autograd nodes)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    torch.set_num_threads(args.threads[0])
+    rows = []
+    for name in ("topk", "mgsae"):
+        for B in args.batches:
+            st = steps_for(B)
+            model = build_model(method_config(name, args.d, args.m, args.k), seed=0)
+            cfg = TrainConfig(steps=st, batch_size=B, progress=False, log_every=10 ** 9, warmup_steps=1,
+                              device=str(dev), lr=LR)
+            train(model, data, cfg)
+            with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+                wall = train(model, data, cfg).wall_time_s
+            ev = {e.key: e for e in prof.key_averages()}
+            total = 1e3 * wall / st
+            got = {p: ev[p].cpu_time_total / 1e3 / st for p in PHASES if p in ev}
+            inner = sum(got.get(p, 0.0) for p in ("mmsae.encoder_gemm", "mmsae.topk_select",
+                                                  "mmsae.topk_select_masked", "mmsae.auxk_select",
+                                                  "mmsae.sparse_decode", "mmsae.auxk"))
+            parts = {p.replace("mmsae.", ""): v for p, v in got.items() if p not in ("mmsae.forward",)}
+            parts["other forward (losses, l2,1, bookkeeping)"] = max(0.0, got.get("mmsae.forward", 0.0) - inner)
+            # inside the backward: the autograd nodes
+            for key, e in ev.items():
+                if (key.endswith("Backward0") or key.endswith("Backward")) and not key.startswith("autograd::"):
+                    if e.cpu_time_total / 1e3 / st > 0.02 * total:
+                        parts[f"  backward: {key}"] = e.cpu_time_total / 1e3 / st
+            profiled = sum(v for p, v in got.items() if p not in PHASES[:6])
+            parts["loop (sampling, logging, Python)"] = max(0.0, total - profiled)
+            for part, v in parts.items():
+                rows.append(dict(method=name, batch_pairs=B, threads=args.threads[0], part=part, ms_per_step=v,
+                                 share=v / total, step_ms_profiled=total))
+            print(f"profile {name} B={B}: step {total:.1f} ms under the profiler")
+    return rows
+
+
+# --------------------------------------------------------------------------- output
+def _fmt_ms(v) -> str:
+    return "" if v != v else (f"{v:,.1f}" if v >= 10 else f"{v:.2f}")
+
+
+def markdown_tables(df, sc, pf, meta: dict) -> str:
+    out = []
+    for th in sorted(df.threads.dropna().unique()):
+        d = df[df.threads == th]
+        peak = d[d.method == "sgemm-peak"]
+        pk = f"{float(peak.gflops.iloc[0]):.0f} GFLOP/s" if len(peak) and "gflops" in d else "n/a"
+        out += [f"**{int(th)} thread{'s' if th > 1 else ''}** (sgemm peak {pk}):", "",
+                "| batch (pairs) | kind | method | ms / step | pairs / s | x floor | peer / our topk | note |",
+                "|---:|---|---|---:|---:|---:|---:|---|"]
+        for B in sorted(d.batch_pairs.unique()):
+            if B == 0:
+                continue
+            for _, r in d[d.batch_pairs == B].iterrows():
+                note = r.get("note") if isinstance(r.get("note"), str) else ""
+                if r.method == "encoder-gemm":
+                    note = (note + f" {r.gflops:.0f} GFLOP/s").strip()
+                if r.get("busy") is True:
+                    note = (note + " BUSY").strip()
+                ms = r.get("ms_per_step", np.nan)
+                rat, sp = r.get("ratio_to_floor", np.nan), r.get("speedup_of_topk", np.nan)
+                out.append(f"| {int(B)} | {r.kind} | {r.method} | {_fmt_ms(ms)} | "
+                           f"{'' if ms != ms else f'{r.pairs_per_s:,.0f}'} | {'' if rat != rat else f'{rat:.2f}x'} | "
+                           f"{'' if sp != sp else f'{sp:.2f}x'} | {note} |")
+        out.append("")
+    out += ["Targets (computed from the table above):", ""]
+    out += targets(df)
+    if sc is not None and len(sc):
+        out += ["", f"How the MGSAE step grows (one axis at a time from B=128 pairs, m={meta['m']}, K={meta['k']}; "
+                "peak memory = the process's resident-set high-water mark over the run minus the "
+                "resident set before it):", "",
+                "| axis | threads | batch | m | K | ms / step | x floor | pairs / s | peak memory (MB) |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for _, r in sc.iterrows():
+            if r.get("ms_per_step", np.nan) != r.get("ms_per_step", np.nan):
+                out.append(f"| {r.axis} | {r.threads} | {r.batch_pairs} | {r.m} | {r.k} | {r.note} | | | |")
+                continue
+            out.append(f"| {r.axis} | {int(r.threads)} | {int(r.batch_pairs)} | {int(r.m)} | {int(r.k)} | "
+                       f"{_fmt_ms(r.ms_per_step)} | {r.ratio_to_floor:.2f}x | {r.pairs_per_s:,.0f} | "
+                       f"{r.peak_mem_mb:,.0f} |")
+        out += ["", *paper_scale(sc)]
+    if pf is not None and len(pf):
+        out += ["", "Where a step's time goes (torch profiler, ms per step; the profiler itself adds "
+                "time, so the parts are shares of the *profiled* step):", ""]
+        for (name, B), g in pf.groupby(["method", "batch_pairs"], sort=False):
+            out += [f"*{name}, batch {int(B)}, {int(g.threads.iloc[0])} thread(s), profiled step "
+                    f"{g.step_ms_profiled.iloc[0]:.1f} ms:*", "", "| part | ms / step | share |", "|---|---:|---:|"]
+            out += [f"| {r.part} | {_fmt_ms(r.ms_per_step)} | {100 * r.share:.0f}% |" for _, r in g.iterrows()]
+            out.append("")
+    return "\n".join(out)
+
+
+def targets(df) -> list[str]:
+    out = []
+    for th in sorted(df.threads.dropna().unique()):
+        d = df[(df.threads == th) & (df.batch_pairs > 0)]
+        for B in sorted(d.batch_pairs.unique()):
+            g = d[d.batch_pairs == B]
+            lim = 1.5 if B >= 4096 else 2.0 if B <= 128 else None
+            for meth in ("mgsae", "topk"):
+                r = g[(g.kind == "mmsae") & (g.method == meth)]
+                if len(r) and r.ratio_to_floor.notna().all() and lim is not None:
+                    v = float(r.ratio_to_floor.iloc[0])
+                    out.append(f"- {int(th)} thread(s), batch {int(B)}: {meth} step / floor = **{v:.2f}x** "
+                               f"(target <= {lim}x: {'met' if v <= lim else 'NOT met'})")
+            for _, r in g[(g.kind == "peer")].iterrows():
+                sp = r.get("speedup_of_topk", np.nan)
+                if sp == sp:
+                    want = 1.5 if r.method == "sparsify" else 3.0
+                    out.append(f"- {int(th)} thread(s), batch {int(B)}: our topk is **{sp:.2f}x** faster than "
+                               f"{r.method} (target >= {want}x: {'met' if sp >= want else 'NOT met'})")
     return out
 
 
-# --------------------------------------------------------------------------- main
+def paper_scale(sc) -> list[str]:
+    out = []
+    for th in sorted(sc.threads.dropna().unique()):
+        r = sc[(sc.threads == th) & (sc.batch_pairs == 128) & (sc.m == 8192) & (sc.k == 32) & (sc.d == 512)]
+        if len(r) and r.ms_per_step.notna().any():
+            ms = float(r.ms_per_step.dropna().iloc[0])
+            out.append(f"- Paper-scale MGSAE (25,000 steps x 128 pairs, m = 8192, K = 32), {int(th)} thread(s): "
+                       f"{ms:.1f} ms/step measured over a few steps, so about **{25_000 * ms / 60_000:.1f} min** "
+                       f"for the whole run (extrapolated, not measured end to end).")
+    return out
+
+
+def write_markdown(path: Path, body: str) -> None:
+    begin, end = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
+    text = path.read_text() if path.exists() else "# Performance\n\n"
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    print(f"wrote {path}")
+
+
+def figure(df, sc, figures_dir) -> None:
+    import matplotlib.pyplot as plt
+
+    from mmsae.study.plots import save_figure, set_style
+
+    set_style()
+    ths = sorted(df.threads.dropna().unique())
+    fig, axes = plt.subplots(1, len(ths), figsize=(5.2 * len(ths), 3.6), squeeze=False)
+    for ax, th in zip(axes[0], ths):
+        d = df[(df.threads == th) & df.kind.isin(["mmsae", "peer"]) & df.ratio_to_floor.notna()]
+        Bs = sorted(d.batch_pairs.unique())
+        names = list(dict.fromkeys(d.method))
+        w = 0.8 / max(len(Bs), 1)
+        for i, B in enumerate(Bs):
+            g = d[d.batch_pairs == B].set_index("method")
+            ax.barh([j + i * w for j in range(len(names))], [g.ratio_to_floor.get(n, np.nan) for n in names],
+                    height=w, label=f"batch {int(B)}")
+        ax.set_yticks([j + w * (len(Bs) - 1) / 2 for j in range(len(names))], names)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("step time / floor (encoder GEMM + Adam)")
+        ax.set_title(f"{int(th)} thread(s)")
+        ax.invert_yaxis()
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    for p in save_figure(fig, "benchmark_throughput", figures_dir):
+        print(f"wrote {p}")
+    plt.close(fig)
+    if sc is None or not len(sc) or "ms_per_step" not in sc:
+        return
+    axes_names = [a for a in ("m", "K", "batch") if a in set(sc.axis)]
+    fig, axes = plt.subplots(1, len(axes_names), figsize=(4.0 * len(axes_names), 3.2), squeeze=False)
+    col = {"m": "m", "K": "k", "batch": "batch_pairs"}
+    for ax, a in zip(axes[0], axes_names):
+        g = sc[(sc.axis == a) & sc.ms_per_step.notna()]
+        for th, h in g.groupby("threads"):
+            h = h.sort_values(col[a])
+            ax.plot(h[col[a]], h.ms_per_step, marker="o", label=f"MGSAE, {int(th)} thread(s)")
+            ax.plot(h[col[a]], h.floor_ms, ls="--", color=ax.lines[-1].get_color(), label=f"floor, {int(th)} thread(s)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel({"m": "latents m", "K": "K", "batch": "batch (pairs)"}[a])
+        ax.set_ylabel("ms / step")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    for p in save_figure(fig, "benchmark_scaling", figures_dir):
+        print(f"wrote {p}")
+    plt.close(fig)
+
+
+def _ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="batch 128 only, d=256 m=2048 k=16, 1 repeat")
+    p.add_argument("--threads", default="1,2", help="torch intra-op thread counts (CPU)")
     p.add_argument("--batches", default="128,4096", help="pairs per step")
-    p.add_argument("--settings", default="topk,mgsae")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--peers", default=",".join(peers.PEERS))
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--d", type=int, default=512)
     p.add_argument("--m", type=int, default=8192)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--steps-small", type=int, default=8, help="steps per timed run at batch <= 512")
-    p.add_argument("--steps-large", type=int, default=1, help="steps per timed run at larger batches")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--csv", default=str(ROOT / "results" / "benchmarks.csv"))
+    p.add_argument("--scaling", action="store_true", help="also the scaling grid and the paper-scale estimate")
+    p.add_argument("--scale-m", default="2048,4096,8192,16384,32768,65536")
+    p.add_argument("--scale-k", default="8,16,32,64,128")
+    p.add_argument("--scale-batch", default="32,128,512,2048,8192")
+    p.add_argument("--profile", action="store_true", help="also the op-by-op profile of a step")
+    p.add_argument("--quick", action="store_true", help="smoke run: d=64 m=512 k=8, batch 32, 1 thread, 1 repeat")
+    p.add_argument("--max-load", type=float, default=0.5, help="refuse to start above this 1-min load average")
+    p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for a quiet machine")
+    p.add_argument("--max-foreign", type=float, default=0.2, help="cores other processes may use during a timing")
+    p.add_argument("--allow-busy", action="store_true", help="measure and write even on a busy machine (flagged)")
+    p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--figures", default=str(ROOT / "figures"))
-    p.add_argument("--markdown", action="append", default=[],
-                   help="write the results section (between benchmark markers) of this markdown file; repeatable "
-                        "(e.g. docs/performance.md and README.md)")
-    p.add_argument("--from-csv", default=None, help="no measurement: re-render figure/markdown from this CSV")
+    p.add_argument("--markdown", action="append", default=[], help="update this file's benchmark section (repeatable)")
     args = p.parse_args(argv)
-    if args.from_csv:
-        import pandas as pd
-
-        df = pd.read_csv(args.from_csv)
-        _figure(df, args.figures)
-        table = _markdown_table(df)
-        print(table)
-        for md in args.markdown:
-            _write_markdown(Path(md), df, table, str(df["device"].iloc[0]), float(df["load_avg_start"].iloc[0]),
-                            args, argv)
-        return 0
     if args.quick:
-        args.batches, args.d, args.m, args.k, args.repeats = "128", 256, 2048, 16, 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
+        args.d, args.m, args.k, args.repeats = 64, 512, 8, 1
+        args.batches, args.threads = "32", "1"
+        args.scale_m, args.scale_k, args.scale_batch = "256,512", "4,8", "16,32"
+    args.threads, args.batches = _ints(args.threads), _ints(args.batches)
+    args.scale_m, args.scale_k, args.scale_batch = _ints(args.scale_m), _ints(args.scale_k), _ints(args.scale_batch)
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.peers = [m for m in args.peers.split(",") if m]
+    unknown = [m for m in args.methods if m not in METHODS] + [q for q in args.peers if q not in peers.PEERS]
+    if unknown:
+        p.error(f"unknown methods/peers {unknown}; methods: {list(METHODS)}, peers: {peers.PEERS}")
     dev = torch.device(args.device)
-    batches = [int(b) for b in args.batches.split(",")]
-    settings = args.settings.split(",")
-    methods = args.methods.split(",")
-    status = peer_status()
-    data = make_data(max(8192, 2 * max(batches)), args.d)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but CUDA is not available here")
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    device_desc = (torch.cuda.get_device_name(dev) if dev.type == "cuda" else
-                   f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, "
-                   f"{torch.get_num_threads()} torch threads")
-    print(f"device: {device_desc}; torch {torch.__version__}; load average at start {load:.1f}")
-    rows = []
-    for setting in settings:
-        for B in batches:
-            steps = args.steps_small if B <= 512 else args.steps_large
-            for meth in methods:
-                note = ""
-                if meth in ("overcomplete", "saelens") and status.get(meth):
-                    note = status[meth]
-                elif meth in ("overcomplete", "saelens") and setting == "mgsae":
-                    note = "n/a: no paired objective / l2,1 group loss / cross-modal mask"
-                if note:
-                    rows.append(dict(setting=setting, batch_pairs=B, method=meth, note=note))
-                    print(f"{setting:6s} B={B:5d} {meth:16s} {note}")
-                    continue
-                try:
-                    RUNNERS[meth](setting, B, 1, data, args, dev)  # warm-up (untimed)
-                    times = [RUNNERS[meth](setting, B, steps, data, args, dev) for _ in range(args.repeats)]
-                except Exception as e:  # noqa: BLE001
-                    note = f"failed: {type(e).__name__}: {e}"[:160]
-                    traceback.print_exc()
-                    rows.append(dict(setting=setting, batch_pairs=B, method=meth, note=note))
-                    print(f"{setting:6s} B={B:5d} {meth:16s} {note}")
-                    continue
-                per = (2 * B if setting == "topk" else B) * steps  # embeddings (topk) or pairs (mgsae)
-                rates = sorted(per / t for t in times)
-                row = dict(setting=setting, batch_pairs=B, method=meth, steps=steps, repeats=args.repeats,
-                           unit="embeddings/s" if setting == "topk" else "pairs/s",
-                           min=rates[0], median=statistics.median(rates), max=rates[-1],
-                           ms_per_step=1e3 * statistics.median(times) / steps, note="")
-                rows.append(row)
-                print(f"{setting:6s} B={B:5d} {meth:16s} {row['median']:10.0f} {row['unit']} "
-                      f"(min {row['min']:.0f}, max {row['max']:.0f}; {row['ms_per_step']:.1f} ms/step)", flush=True)
-
+    load0 = wait_until_quiet(args.max_load, args.wait if not args.allow_busy else 0)
+    if load0 == load0 and load0 >= args.max_load and not args.allow_busy:
+        print(f"refused: the machine is busy (1-minute load average {load0:.2f} >= --max-load {args.max_load} "
+              f"after waiting {args.wait:.0f} s). Stop other jobs, or pass --allow-busy (results flagged).")
+        return EXIT_REFUSED
     import pandas as pd
 
-    df = pd.DataFrame(rows)
-    # ratios (medians): ours-fast vs each peer / the floor, per setting and batch
-    for (s, B), g in df.groupby(["setting", "batch_pairs"]):
-        med = dict(zip(g.method, g["median"]))
-        fast = med.get("mmsae-fast", np.nan)
-        for meth in g.method:
-            v = med.get(meth, np.nan)
-            df.loc[(df.setting == s) & (df.batch_pairs == B) & (df.method == meth), "fast_speedup_vs"] = \
-                fast / v if v == v and v else np.nan
-    df["device"] = device_desc
-    df["torch"] = torch.__version__
-    df["load_avg_start"] = load
-    df["shape"] = f"d={args.d} m={args.m} k={args.k}"
-    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.csv, index=False)
-    print(f"wrote {args.csv}")
-    _figure(df, args.figures)
-    table = _markdown_table(df)
-    print(table)
-    for md in args.markdown:
-        _write_markdown(Path(md), df, table, device_desc, load, args, argv)
-    return 0
-
-
-def _figure(df, figures_dir) -> None:
-    try:
-        import matplotlib.pyplot as plt
-
-        from mmsae.study.plots import save_figure, set_style
-
-        set_style()
-        settings = list(dict.fromkeys(df.setting))
-        fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.2), squeeze=False)
-        for ax, s in zip(axes[0], settings):
-            g = df[(df.setting == s) & df["median"].notna()] if "median" in df else df.iloc[0:0]
-            for meth in METHODS:
-                h = g[g.method == meth].sort_values("batch_pairs")
-                if len(h):
-                    ax.errorbar(h.batch_pairs, h["median"], yerr=[h["median"] - h["min"], h["max"] - h["median"]],
-                                marker="o", capsize=2, label=meth, ls="--" if meth == "floor-matmul" else "-")
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("batch (pairs)")
-            ax.set_ylabel("embeddings/s" if s == "topk" else "pairs/s")
-            ax.set_title("pooled TopK SAE" if s == "topk" else "MGSAE (pairs)")
-        axes[0][-1].legend(fontsize=7)
-        fig.tight_layout()
-        for path in save_figure(fig, "benchmark_throughput", figures_dir):
-            print(f"wrote {path}")
-        plt.close(fig)
-    except Exception as e:  # noqa: BLE001
-        print(f"figure not written: {type(e).__name__}: {e}")
-
-
-def _fmt(v) -> str:
-    return "" if v != v else f"{v:,.0f}"
-
-
-def _markdown_table(df) -> str:
-    lines = ["| setting | batch (pairs) | method | median | min | max | unit | ms/step | fast path speed-up |",
-             "|---|---:|---|---:|---:|---:|---|---:|---:|"]
-    for _, r in df.iterrows():
-        if isinstance(r.get("note"), str) and r["note"]:
-            lines.append(f"| {r.setting} | {r.batch_pairs} | {r.method} | {r['note']} | | | | | |")
-            continue
-        sp = r.get("fast_speedup_vs", np.nan)
-        if r.get("method") == "mmsae-fast":
-            sp = np.nan
-        lines.append(f"| {r.setting} | {r.batch_pairs} | {r.method} | {_fmt(r['median'])} | {_fmt(r['min'])} | "
-                     f"{_fmt(r['max'])} | {r['unit']} | {r['ms_per_step']:.1f} | "
-                     f"{'' if sp != sp else f'{sp:.2f}x'} |")
-    return "\n".join(lines)
-
-
-def _targets(df) -> list[str]:
-    out = []
-    for (s, B), g in df.groupby(["setting", "batch_pairs"]):
-        med = {m: v for m, v in zip(g.method, g.get("median", [np.nan] * len(g))) if v == v}
-        fast = med.get("mmsae-fast")
-        if fast is None:
-            continue
-        peers = [med[p] for p in ("overcomplete", "saelens") if p in med]
-        if peers:
-            r = fast / max(peers)
-            out.append(f"- {s}, batch {B}: fast path / faster peer = **{r:.2f}x** "
-                       f"(target >= 3x: {'met' if r >= 3 else 'NOT met'})")
-        if "floor-matmul" in med:
-            r = med["floor-matmul"] / fast
-            extra = f" (target <= 1.5x at batch 4096: {'met' if r <= 1.5 else 'NOT met'})" if B >= 4096 else ""
-            out.append(f"- {s}, batch {B}: step time / encoder-matmul floor = **{r:.2f}x**{extra}")
-        if "mmsae-reference" in med:  # only in benchmarks.csv files written before that row was dropped
-            out.append(f"- {s}, batch {B}: fast / reference path = {fast / med['mmsae-reference']:.2f}x")
-    return out
-
-
-def _write_markdown(path: Path, df, table, device_desc, load, args, argv) -> None:
-    begin, end = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
+    data = make_data(max(16384, 2 * max(args.batches + args.scale_batch)), args.d)
+    peer_ok = peers.peer_status()
+    versions = peers.peer_versions()
+    cpu = platform.processor() or platform.machine()
+    device_desc = (torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{cpu} CPU, {os.cpu_count()} cores")
+    print(f"device: {device_desc}; torch {torch.__version__}; load average at start {load0:.2f}")
+    rows = []
+    for th in args.threads:
+        rows += measure(args, dev, th, data, peer_ok)
+    df = add_ratios(pd.DataFrame(rows))
+    sc = pd.DataFrame(scaling(args, dev, data)) if args.scaling else None
+    pf = pd.DataFrame(profile(args, dev, data)) if args.profile else None
+    load1 = load_avg()
+    busy = bool(df.get("busy", pd.Series(dtype=bool)).fillna(False).astype(bool).any()) or (
+        sc is not None and len(sc) and bool(sc.get("busy", pd.Series(dtype=bool)).fillna(False).astype(bool).any()))
+    for t in (df, sc, pf):
+        if t is not None and len(t):
+            t["load_avg_start"], t["load_avg_end"] = load0, load1
+            t["device_desc"], t["torch"] = device_desc, torch.__version__
+    res = Path(args.results)
+    res.mkdir(parents=True, exist_ok=True)
+    df.to_csv(res / "benchmarks.csv", index=False)
+    print(f"wrote {res / 'benchmarks.csv'}")
+    if sc is not None:
+        sc.to_csv(res / "benchmark_scaling.csv", index=False)
+    if pf is not None:
+        pf.to_csv(res / "benchmark_profile.csv", index=False)
+    figure(df, sc, args.figures)
+    peer_line = ", ".join(f"{k} {v}" for k, v in versions.items() if v) or "none installed"
+    meta = dict(device=device_desc, load0=load0, load1=load1, m=args.m, k=args.k)
     cmd = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    how = (f"Rendered from `{Path(args.from_csv).name}` (no new measurement); measured"
-           if args.from_csv else f"Measured by `{cmd}`")
-    body = "\n".join([
-        begin,
-        f"{how} on: {device_desc}; torch {df['torch'].iloc[0] if 'torch' in df else torch.__version__}; "
-        f"shape d={args.d}, m={args.m}, K={args.k}; load average at start {load:.1f}. "
-        f"{args.repeats} timed repeats after one warm-up; ratios use medians.",
-        "",
-        table,
-        "",
-        "Targets (computed from the table):",
-        "",
-        *_targets(df),
-        end,
-    ])
-    text = path.read_text() if path.exists() else "# Performance\n\n"
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + body + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(f"wrote {path}")
+    header = (f"Measured by `{cmd}` on: {device_desc}; torch {torch.__version__}; shape d={args.d}, m={args.m}, "
+              f"K={args.k}; peers: {peer_line}. 1-minute load average {load0:.2f} before the run and {load1:.2f} "
+              f"after it (the run's own threads count in the second); other processes used at most "
+              f"{np.nanmax(df.foreign_cores.astype(float)) if 'foreign_cores' in df else float('nan'):.2f} cores "
+              f"during any timing. Medians of {args.repeats} timed repeats after a warm-up."
+              + (" **BUSY: some timings ran beside other work; do not quote them.**" if busy else ""))
+    body = header + "\n\n" + markdown_tables(df, sc, pf, meta)
+    print(body)
+    if busy and not args.allow_busy:
+        print("not writing the markdown sections: the machine was busy during some timings (exit 3)")
+        return EXIT_BUSY
+    for md in args.markdown:
+        write_markdown(Path(md), body)
+    return 0
 
 
 if __name__ == "__main__":

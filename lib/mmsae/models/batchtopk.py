@@ -138,11 +138,11 @@ class BatchTopKSAE(TopKSAE):
         ``b_pre`` (and the data): ``ReLU`` of the pre-activation at each entry."""
         return sparse_encoder_values(kept, u_c, cols, self.W_enc, self.b_enc, self.b_pre, mod, rows=rows)
 
-    def _auxk_pooled(self, pre: torch.Tensor, u_c: torch.Tensor, mod, residual: torch.Tensor,
-                     inputs: torch.Tensor) -> torch.Tensor:
+    def _auxk_pooled(self, pre: torch.Tensor, u_c: torch.Tensor, mod, inputs, u_hat: torch.Tensor) -> torch.Tensor:
         """AuxK of the pooled batch (per modality): the top ``k_aux`` dead latents of each row
-        of ``pre`` (dead after this step's firing update) decode the residual."""
-        return fast_auxk(self, select_dead(pre, *dead_latents(self)), u_c, mod, residual, inputs)
+        of ``pre`` (dead after this step's firing update) decode the residual ``inputs - u_hat``
+        (``inputs``: ``(x, y)``)."""
+        return fast_auxk(self, select_dead(pre, *dead_latents(self)), u_c, mod, inputs, u_hat)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
         """Pooled reconstruction ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK) with BatchTopK.
@@ -156,7 +156,7 @@ class BatchTopKSAE(TopKSAE):
         u_hat = decode_entries(self.W_dec, vals, rows, cols, 2 * b) + self._pooled_bias(b)
         x_hat, y_hat = u_hat[:b], u_hat[b:]
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-        aux = self._auxk_pooled(pre, u_c, mod, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
+        aux = self._auxk_pooled(pre, u_c, mod, (x, y), u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux
         return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
                                        threshold=self.threshold.detach().clone()))

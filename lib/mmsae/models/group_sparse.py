@@ -76,7 +76,7 @@ class GroupSparseSAE(TopKSAE):
         x_hat, y_hat, ix, iy = u_hat[:B], u_hat[B:], idx[:B], idx[B:]
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
         group = group_l21(vals[:B], ix, vals[B:], iy)
-        aux = fast_auxk(self, sel.aux, u_c, mod, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
+        aux = fast_auxk(self, sel.aux, u_c, mod, (x, y), u_hat)
         loss = rec_x + rec_y + cfg.group_lambda * group + cfg.auxk_coef * aux
         self._update_firing((vals[:B], ix), (vals[B:], iy), n_samples=2 * B)  # zero-valued slots do not fire
         return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, group=group))

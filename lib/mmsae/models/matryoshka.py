@@ -88,7 +88,7 @@ class MatryoshkaSAE(BatchTopKSAE):
             loss = loss / len(self.prefixes)
         x_hat, y_hat = recs[-1, :b], recs[-1, b:]
         rec_x, rec_y = per[-1, :b].mean(), per[-1, b:].mean()
-        aux = self._auxk_pooled(pre, u_c, mod, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
+        aux = self._auxk_pooled(pre, u_c, mod, u, recs[-1])
         loss = loss + self.config.auxk_coef * aux
         prefix_stats = {f"rec_prefix{p}": t for p, t in zip(self.prefixes, terms)}
         return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,

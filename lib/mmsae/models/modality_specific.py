@@ -207,7 +207,7 @@ class ModalitySpecificSAE(Dictionary):
         """One SAE's objective on its modality, evaluated K-sparse (:func:`mmsae.models.sparse.fast_branch`)."""
         sel, u_c, vals, idx, u_hat = fast_branch(sae, u, 0, None, sae.select_dtype)
         rec = reconstruction_loss(u, u_hat)
-        aux = fast_auxk(sae, sel.aux, u_c, sae._mod(0), u - u_hat, u, n_blocks=1)  # one modality
+        aux = fast_auxk(sae, sel.aux, u_c, sae._mod(0), u, u_hat, n_blocks=1)  # one modality
         sae._update_firing((vals, idx), n_samples=u.shape[0])
         return rec, aux, u_hat
 

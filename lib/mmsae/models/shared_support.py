@@ -93,7 +93,7 @@ class SharedSupportSAE(TopKSAE):
         u_hat = F.embedding_bag(sel.idx, self.W_dec, per_sample_weights=vals, mode="sum") + pre_bias
         x_hat, y_hat = u_hat[:B], u_hat[B:]
         rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-        aux = fast_auxk(self, sel.aux, u_c, mod, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
+        aux = fast_auxk(self, sel.aux, u_c, mod, (x, y), u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux
         self._update_firing((vals[:B], sel.idx[:B]), (vals[B:], sel.idx[B:]), n_samples=2 * B)
         return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from .losses import auxk_loss
 
@@ -428,10 +429,13 @@ def select_codes(model, u_c: torch.Tensor, mask=None, pairs: torch.Tensor | None
     aux_idx = torch.empty(R, k_aux, dtype=torch.int64, device=u_c.device) if k_aux else None
     for r0 in range(0, R, rb):
         r1 = min(R, r0 + rb)
-        pre = torch.addmm(bb, uu[r0:r1], Wt, out=_workspace(model, r1 - r0, m, dt, u_c.device))
-        raw[r0:r1], idx[r0:r1] = _select(pre, k, mask, None if pairs is None else pairs[r0:r1])
+        with record_function("mmsae.encoder_gemm"):
+            pre = torch.addmm(bb, uu[r0:r1], Wt, out=_workspace(model, r1 - r0, m, dt, u_c.device))
+        with record_function("mmsae.topk_select" if mask is None else "mmsae.topk_select_masked"):
+            raw[r0:r1], idx[r0:r1] = _select(pre, k, mask, None if pairs is None else pairs[r0:r1])
         if k_aux:
-            aux_raw[r0:r1], aux_idx[r0:r1] = select_dead(pre, dead_idx, k_aux)
+            with record_function("mmsae.auxk_select"):
+                aux_raw[r0:r1], aux_idx[r0:r1] = select_dead(pre, dead_idx, k_aux)
     if low:  # exact float32 values of the entries chosen in low precision
         raw = _exact_raw(u_c, idx, W_enc, b_enc)
         if k_aux:
@@ -467,10 +471,12 @@ def select_shared_support(model, u_c: torch.Tensor, select_dtype: torch.dtype | 
         p1 = min(B, p0 + pb)
         n = p1 - p0
         ws = _workspace(model, 3 * n, m, dt, dev)
-        h_x = torch.addmm(bb, uu[p0:p1], Wt, out=ws[:n])
-        h_y = torch.addmm(bb, uu[B + p0:B + p1], Wt, out=ws[n:2 * n])
-        summed = torch.add(h_x, h_y, out=ws[2 * n:3 * n]).relu_()
-        s, j = topk_rows(summed, k)
+        with record_function("mmsae.encoder_gemm"):
+            h_x = torch.addmm(bb, uu[p0:p1], Wt, out=ws[:n])
+            h_y = torch.addmm(bb, uu[B + p0:B + p1], Wt, out=ws[n:2 * n])
+        with record_function("mmsae.topk_select"):
+            summed = torch.add(h_x, h_y, out=ws[2 * n:3 * n]).relu_()
+            s, j = topk_rows(summed, k)
         idx[p0:p1], idx[B + p0:B + p1] = j, j
         raw[p0:p1], raw[B + p0:B + p1] = h_x.gather(1, j), h_y.gather(1, j)
         on[p0:p1] = s > 0
@@ -516,20 +522,30 @@ def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_
         u_c = torch.cat([x - b_pre[m0], y - b_pre[m1]])
     pairs = torch.arange(B, device=x.device).repeat(2) if mask is not None else None
     sel = select_codes(model, u_c, mask, pairs, select_dtype)
-    vals = sparse_encoder_values(sel.raw, u_c, sel.idx, model.W_enc, model.b_enc, b_pre, mod)
-    pre_bias = b_pre[m0] if m0 == m1 else torch.cat([b_pre[m0].expand(B, -1), b_pre[m1].expand(B, -1)])
-    u_hat = F.embedding_bag(sel.idx, model.W_dec, per_sample_weights=vals, mode="sum") + pre_bias
+    with record_function("mmsae.sparse_decode"):
+        vals = sparse_encoder_values(sel.raw, u_c, sel.idx, model.W_enc, model.b_enc, b_pre, mod)
+        pre_bias = b_pre[m0] if m0 == m1 else torch.cat([b_pre[m0].expand(B, -1), b_pre[m1].expand(B, -1)])
+        u_hat = F.embedding_bag(sel.idx, model.W_dec, per_sample_weights=vals, mode="sum") + pre_bias
     return sel, u_c, vals, sel.idx, u_hat, mod
 
 
-def fast_auxk(model, aux, u_c: torch.Tensor, mod, residual: torch.Tensor, inputs: torch.Tensor,
-              n_blocks: int = 2) -> torch.Tensor:
+def fast_auxk(model, aux, u_c: torch.Tensor, mod, inputs, u_hat: torch.Tensor, n_blocks: int = 2) -> torch.Tensor:
     """AuxK from the dead latents chosen in the encoder pass: ``aux = (raw, idx)``
     (:attr:`Selection.aux` or :func:`select_dead`; None: no latent dead, the term is 0).
-    The value is :func:`mmsae.models.losses.auxk_loss` of the residual, with ``inputs`` the
-    rows' embeddings and ``n_blocks`` the modalities stacked in the rows (default 2, ``[x; y]``)."""
+    The value is :func:`mmsae.models.losses.auxk_loss` of the residual ``inputs - u_hat``:
+    ``inputs`` the rows' embeddings (a tensor, or a tuple of row blocks such as ``(x, y)``,
+    concatenated only when AuxK applies), ``u_hat`` their reconstruction, ``n_blocks`` the
+    modalities stacked in the rows (default 2, ``[x; y]``)."""
     if aux is None or model.config.auxk_coef <= 0:
-        return residual.new_zeros(())
+        return u_hat.new_zeros(())
+    with record_function("mmsae.auxk"):
+        return _auxk_value(model, aux, u_c, mod, inputs, u_hat, n_blocks)
+
+
+def _auxk_value(model, aux, u_c, mod, inputs, u_hat, n_blocks):
+    if isinstance(inputs, (tuple, list)):
+        inputs = torch.cat(list(inputs))
+    residual = inputs - u_hat
     raw, idx = aux
     vals = sparse_encoder_values(raw, u_c, idx, model.W_enc, model.b_enc, model.b_pre, mod)
     recon = F.embedding_bag(idx, model.W_dec, per_sample_weights=vals, mode="sum")

@@ -46,6 +46,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..data.store import PairedEmbeddings, atomic_write, make_temp_dir, replace_dir
@@ -398,15 +399,24 @@ def _reuse_freed_memory() -> None:
 @contextmanager
 def _deterministic_cpu(device: torch.device):
     """Torch's deterministic algorithms while training on CPU (see the module docstring);
-    the previous setting is restored afterwards."""
+    the previous setting is restored afterwards.
+
+    Without torch's companion setting ``fill_uninitialized_memory`` (a debugging aid that
+    fills every new ``torch.empty`` with NaN, i.e. one extra pass over each gradient buffer
+    per step): every kernel of the loop writes the memory it allocates before reading it."""
     if device.type != "cpu" or torch.are_deterministic_algorithms_enabled():
         yield
         return
+    import torch.utils.deterministic as tud
+
+    fill = tud.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
+    tud.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(False)
+        tud.fill_uninitialized_memory = fill
 
 
 def _write_log(path: Path, history: list[dict[str, float]]) -> None:
@@ -518,17 +528,22 @@ def train(
                 idx = idx[shard]
                 xb, yb = x[idx], y[idx]
             before = [b.clone() for b in ddp.firing_buffers(model)] if has_firing else None
-            out = model.training_loss(xb, yb, step)
+            with record_function("mmsae.forward"):
+                out = model.training_loss(xb, yb, step)
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            with record_function("mmsae.backward"):
+                out.loss.backward()
             if world > 1:
                 ddp.allreduce_grads(model.parameters())
                 ddp.sync_firing(model, before)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            model.before_optimizer_step()
-            opt.step()
-            model.after_optimizer_step()
+            with record_function("mmsae.decoder_projection"):
+                model.before_optimizer_step()
+            with record_function("mmsae.optimizer"):
+                opt.step()
+            with record_function("mmsae.decoder_renorm"):
+                model.after_optimizer_step()
 
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
