@@ -592,6 +592,9 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--figures", default=str(ROOT / "figures"))
     p.add_argument("--markdown", action="append", default=[], help="update this file's benchmark section (repeatable)")
+    p.add_argument("--summary", action="append", default=[],
+                   help="update this file's benchmark section with the short form: the targets and the paper-scale "
+                        "estimate, no tables (e.g. README.md; repeatable)")
     args = p.parse_args(argv)
     if args.quick:
         args.d, args.m, args.k, args.repeats = 64, 512, 8, 1
@@ -659,6 +662,9 @@ def main(argv=None) -> int:
         return EXIT_BUSY
     for md in args.markdown:
         write_markdown(Path(md), body)
+    short = [header, "", *targets(df)] + (["", *paper_scale(sc)] if sc is not None and len(sc) else [])
+    for md in args.summary:
+        write_markdown(Path(md), "\n".join(short))
     return 0
 
 

@@ -674,3 +674,78 @@ def test_topk_methods_with_empty_slots_match_dense(arch):
             n_pos = (_dense_pre(model.sae_x, x, 0) > 0).sum(1)
     assert (n_pos < model.config.k).any()
     _assert_matches_dense_form(model, x, y)
+
+
+# ----------------------------------------------------------------------- top-k kernel, blocks
+def _same_topk(pre, k, got):
+    """Same multiset of values as torch.topk and the indices point at those values."""
+    v, i = got
+    want = pre.topk(k, dim=-1).values
+    assert torch.equal(v.sort(dim=1, descending=True).values, want)
+    assert torch.equal(pre.gather(1, i), v)
+    assert all(len(set(r.tolist())) == k for r in i)  # no latent twice in a row
+
+
+@pytest.mark.parametrize("m,k", [(256, 8), (512, 54), (8192, 32), (1024, 128), (96, 5)])
+def test_topk_rows_matches_torch_topk(m, k):
+    from mmsae.models.sparse import _bound_chunks, topk_rows
+
+    g = torch.Generator().manual_seed(m + k)
+    pre = torch.randn(37, m, generator=g)
+    pre[3] = pre[3].sort().values  # sorted rows: the bound is loosest at one end
+    pre[4] = pre[4].sort(descending=True).values
+    _same_topk(pre, k, topk_rows(pre, k))
+    assert (_bound_chunks(m, k) > 0) == (m % 64 == 0 and m >= 128 and k <= m // 2)  # 96: torch.topk
+
+
+def test_topk_rows_ties_nan_and_threads():
+    from mmsae.models.sparse import topk_rows
+
+    g = torch.Generator().manual_seed(0)
+    pre = torch.relu(torch.randn(300, 512, generator=g) - 2.5)  # mostly zeros: ties at the k-th value
+    pre[5] = 1.0  # a constant row
+    v, i = topk_rows(pre, 16)
+    _same_topk(pre, 16, (v, i))
+    assert i[5].sort().values.tolist() == list(range(16))  # ties: the lowest indices
+    nan = pre.clone()
+    nan[7, 100] = float("nan")  # no bound holds on that row: torch.topk's answer there
+    v2, i2 = topk_rows(nan, 16)
+    want = nan[7].topk(16)
+    assert torch.equal(i2[7].sort().values, want.indices.sort().values)
+    assert torch.equal(v2[:7], v[:7]) and torch.equal(i2[8:], i[8:])
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:  # rows split over two threads: the same answer
+        v3, i3 = topk_rows(pre, 16)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(v3, v) and torch.equal(i3, i)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_select_codes_blocks_match_one_block(masked, monkeypatch):
+    """Blocks of rows (and AuxK's dead latents) give the selection of one whole-matrix pass."""
+    import mmsae.models.sparse as sp
+
+    x, y = _data(n=100, d=32)
+    model = _model(GroupSparseSAE, mgsae_config(d=32, m=256, k=8, k_aux=12), x, y)
+    u_c = torch.cat([x - model.b_pre[0], y - model.b_pre[1]]).detach()
+    mask = HashMask(salt=5, rate=0.3) if masked else None
+    pairs = torch.arange(100).repeat(2) if masked else None
+    whole = sp.select_codes(model, u_c, mask, pairs)
+    monkeypatch.setattr(sp, "CPU_BLOCK_BYTES", 16 * 256 * 4)  # 16-row blocks
+    blocks = sp.select_codes(model, u_c, mask, pairs)
+    assert whole.aux is not None
+    for a, b in ((whole.raw, blocks.raw), (whole.idx, blocks.idx), (whole.aux_raw, blocks.aux_raw),
+                 (whole.aux_idx, blocks.aux_idx)):
+        assert torch.equal(a, b)
+
+
+def test_training_loop_restores_determinism_settings():
+    import torch.utils.deterministic as tud
+
+    x, y = _data(n=32, d=16)
+    before = (torch.are_deterministic_algorithms_enabled(), tud.fill_uninitialized_memory)
+    train(TopKSAE(SAEConfig(d=16, m=64, k=4)), (x.numpy(), y.numpy()),
+          TrainConfig(steps=2, batch_size=8, progress=False))
+    assert (torch.are_deterministic_algorithms_enabled(), tud.fill_uninitialized_memory) == before

@@ -1,0 +1,89 @@
+"""scripts/benchmark.py: the floor, the ratios, the quiet-machine guard and the markdown section.
+
+These tests check the script's logic on a tiny shape; they do not time anything that is
+asserted (timings are never test conditions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("mmsae_benchmark", ROOT / "scripts" / "benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _args(tmp_path, *extra):
+    return ["--quick", "--results", str(tmp_path), "--figures", str(tmp_path), "--methods", "topk,mgsae",
+            "--peers", "", "--wait", "0", *extra]
+
+
+def test_quick_run_writes_floor_ratios_and_markdown(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "load_avg", lambda: 0.0)
+    md = tmp_path / "perf.md"
+    md.write_text("# P\n\nbefore\n<!-- benchmark:begin -->\nold\n<!-- benchmark:end -->\nafter\n")
+    assert bench.main(_args(tmp_path, "--markdown", str(md), "--allow-busy")) == 0
+    df = pd.read_csv(tmp_path / "benchmarks.csv")
+    floor = df[(df.method == "floor") & (df.batch_pairs == 32)].ms_per_step.iloc[0]
+    parts = df[df.method.isin(["encoder-gemm", "adam-update"]) & (df.batch_pairs == 32)].ms_per_step.sum()
+    assert floor == pytest.approx(parts)
+    ours = df[(df.kind == "mmsae")].set_index("method")
+    assert set(ours.index) == {"topk", "mgsae"}
+    for meth in ("topk", "mgsae"):
+        assert ours.loc[meth, "ratio_to_floor"] == pytest.approx(ours.loc[meth, "ms_per_step"] / floor)
+    assert df[df.method == "sgemm-peak"].gflops.iloc[0] > 0
+    assert {"load_avg_start", "load_avg_end", "foreign_cores"} <= set(df.columns)
+    text = md.read_text()
+    assert text.startswith("# P\n\nbefore\n") and text.endswith("after\n") and "old" not in text
+    assert "step / floor" in text and "load average" in text
+    assert (tmp_path / "benchmark_throughput.pdf").exists() and (tmp_path / "benchmark_throughput.png").exists()
+
+
+def test_refuses_on_a_busy_machine(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "load_avg", lambda: 3.0)
+    assert bench.main(_args(tmp_path)) == bench.EXIT_REFUSED
+    assert not (tmp_path / "benchmarks.csv").exists()
+
+
+def test_foreign_load_during_a_timing_is_redone_then_flagged(bench, tmp_path, monkeypatch):
+    """Other processes' CPU time (machine busy jiffies minus ours) above --max-foreign: each
+    timing is redone, stays busy, the rows are flagged and the markdown is not written."""
+    monkeypatch.setattr(bench, "load_avg", lambda: 0.0)
+    ticks = {"n": 0}
+
+    def jiffies():  # the machine gains 1000 busy jiffies per reading, this process none
+        ticks["n"] += 1000
+        return ticks["n"], 0
+
+    monkeypatch.setattr(bench, "_cpu_jiffies", jiffies)
+    md = tmp_path / "perf.md"
+    md.write_text("untouched")
+    assert bench.main(_args(tmp_path, "--markdown", str(md), "--methods", "topk")) == bench.EXIT_BUSY
+    assert md.read_text() == "untouched"
+    df = pd.read_csv(tmp_path / "benchmarks.csv")
+    timed = df[df.kind.isin(["mmsae"])]
+    assert timed.busy.all() and (timed.redone == 3).all()
+
+
+def test_timed_redoes_only_busy_runs(bench, monkeypatch):
+    calls = iter([(0, 0), (500, 0), (500, 0), (500, 0)] + [(500, 0)] * 10)
+    monkeypatch.setattr(bench, "_cpu_jiffies", lambda: next(calls))
+    r = bench.timed(lambda: 0.01, repeats=2, max_foreign=0.2)  # first timed run busy, then quiet
+    assert r["redone"] == 1 and not r["busy"] and len(r["seconds"]) == 2
+
+
+def test_paper_scale_line_is_an_extrapolation(bench):
+    sc = pd.DataFrame([dict(axis="m", threads=1, batch_pairs=128, m=8192, k=32, d=512, ms_per_step=60.0)])
+    (line,) = bench.paper_scale(sc)
+    assert "25.0 min" in line and "extrapolated" in line
