@@ -304,14 +304,17 @@ def measure(args, dev, threads: int, data, peer_ok: dict) -> list[dict]:
 
 def add_ratios(df):
     """ratio_to_floor = ms / floor ms (same threads, batch); speedup_of_topk = peer ms / our topk ms."""
+    df["ratio_to_floor"] = np.nan
+    df["speedup_of_topk"] = np.nan
     for (th, B), g in df[df.batch_pairs > 0].groupby(["threads", "batch_pairs"]):
         floor = g.loc[g.method == "floor", "ms_per_step"]
         ours = g.loc[(g.kind == "mmsae") & (g.method == "topk"), "ms_per_step"]
-        sel = (df.threads == th) & (df.batch_pairs == B)
+        timed_rows = g.index[g.kind.isin(["mmsae", "peer"])]
+        peer_rows = g.index[g.kind == "peer"]
         if len(floor):
-            df.loc[sel & df.kind.isin(["mmsae", "peer"]), "ratio_to_floor"] = df.loc[sel, "ms_per_step"] / float(floor.iloc[0])
-        if len(ours) and ours.notna().all():
-            df.loc[sel & (df.kind == "peer"), "speedup_of_topk"] = df.loc[sel, "ms_per_step"] / float(ours.iloc[0])
+            df.loc[timed_rows, "ratio_to_floor"] = df.loc[timed_rows, "ms_per_step"] / float(floor.iloc[0])
+        if len(ours) and ours.notna().all() and len(peer_rows):
+            df.loc[peer_rows, "speedup_of_topk"] = df.loc[peer_rows, "ms_per_step"] / float(ours.iloc[0])
     return df
 
 
