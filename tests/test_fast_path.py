@@ -749,3 +749,14 @@ def test_training_loop_restores_determinism_settings():
     train(TopKSAE(SAEConfig(d=16, m=64, k=4)), (x.numpy(), y.numpy()),
           TrainConfig(steps=2, batch_size=8, progress=False))
     assert (torch.are_deterministic_algorithms_enabled(), tud.fill_uninitialized_memory) == before
+
+
+def test_flat_topk_bound_matches_torch_topk():
+    from mmsae.models.sparse import _flat_topk
+
+    g = torch.Generator().manual_seed(1)
+    for flat in (torch.randn(64 * 512, generator=g), torch.relu(torch.randn(64 * 512, generator=g) - 1.0)):
+        for n in (64 * 8, 2000):
+            v, i = _flat_topk(flat, n)
+            assert torch.equal(v.sort().values, flat.topk(n).values.sort().values)
+            assert torch.equal(flat[i], v) and i.unique().numel() == n

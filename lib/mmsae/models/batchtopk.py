@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .losses import reconstruction_loss
+from .losses import squared_errors
 from .base import LossOutput, SAEConfig, register, step_stats
 from .sparse import (batch_topk_entries, dead_latents, decode_entries, fast_auxk, pooled_pre_activations,
                      select_dead, sparse_encoder_values)
@@ -155,7 +155,8 @@ class BatchTopKSAE(TopKSAE):
         vals = self._sparse_values(u_c, mod, kept, rows, cols)
         u_hat = decode_entries(self.W_dec, vals, rows, cols, 2 * b) + self._pooled_bias(b)
         x_hat, y_hat = u_hat[:b], u_hat[b:]
-        rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
+        se = squared_errors(torch.cat([x, y]), u_hat)  # ||u - u_hat||^2 per row of [x; y]
+        rec_x, rec_y = se[:b].mean(), se[b:].mean()
         aux = self._auxk_pooled(pre, u_c, mod, (x, y), u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux
         return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,

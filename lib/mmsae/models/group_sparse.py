@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .losses import group_l21, reconstruction_loss
+from .losses import group_l21, squared_errors
 from .base import LossOutput, SAEConfig, register, step_stats
 from .sparse import HashMask, draw_hash_mask, fast_auxk, fast_pair_branch
 from .topk import TopKSAE
@@ -74,7 +74,8 @@ class GroupSparseSAE(TopKSAE):
         B = x.shape[0]
         sel, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, keep, self.select_dtype)
         x_hat, y_hat, ix, iy = u_hat[:B], u_hat[B:], idx[:B], idx[B:]
-        rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
+        se = squared_errors(torch.cat([x, y]), u_hat)  # ||u - u_hat||^2 per row of [x; y]
+        rec_x, rec_y = se[:B].mean(), se[B:].mean()
         group = group_l21(vals[:B], ix, vals[B:], iy)
         aux = fast_auxk(self, sel.aux, u_c, mod, (x, y), u_hat)
         loss = rec_x + rec_y + cfg.group_lambda * group + cfg.auxk_coef * aux

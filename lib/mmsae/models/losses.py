@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "reconstruction_loss",
+    "squared_errors",
     "group_l21",
     "auxk_loss",
     "total_variance",
@@ -20,14 +21,36 @@ __all__ = [
 ]
 
 
-def reconstruction_loss(u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
-    """``mean_b ||u_b - u_hat_b||_2^2`` (squared error summed over dimensions).
+class _SquaredErrors(torch.autograd.Function):
+    """Per-row ``||u_hat - u||^2`` with a one-pass backward ``2 (u_hat - u) * g``."""
 
-    Evaluated by one fused kernel (``F.mse_loss`` summed, over the number of rows) when the
-    shapes agree, forward and backward."""
-    if u.shape == u_hat.shape and u.numel() > 0:
-        return F.mse_loss(u_hat, u, reduction="sum") * (u.shape[-1] / u.numel())
-    return (u - u_hat).pow(2).sum(dim=-1).mean()
+    @staticmethod
+    def forward(ctx, u_hat, u):  # noqa: D401
+        e = u_hat - u
+        ctx.save_for_backward(e)
+        return torch.linalg.vector_norm(e, dim=-1).square_()
+
+    @staticmethod
+    def backward(ctx, g):
+        (e,) = ctx.saved_tensors
+        grad = e * (2.0 * g).unsqueeze(-1)
+        return (grad if ctx.needs_input_grad[0] else None), (-grad if ctx.needs_input_grad[1] else None)
+
+
+def squared_errors(u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
+    """``||u_b - u_hat_b||_2^2`` per row (shape ``u.shape[:-1]``).
+
+    One pass forward (the difference and its row norms) and one backward; per-block means of
+    it give each modality's :func:`reconstruction_loss` of a stacked batch ``[x; y]`` without
+    slicing the ``(2B, d)`` reconstruction (whose backward would allocate and zero it twice)."""
+    if u.shape != u_hat.shape:
+        return (u - u_hat).pow(2).sum(dim=-1)
+    return _SquaredErrors.apply(u_hat, u)
+
+
+def reconstruction_loss(u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
+    """``mean_b ||u_b - u_hat_b||_2^2`` (squared error summed over dimensions)."""
+    return squared_errors(u, u_hat).mean()
 
 
 def group_l21(v_x: torch.Tensor, i_x: torch.Tensor, v_y: torch.Tensor, i_y: torch.Tensor) -> torch.Tensor:

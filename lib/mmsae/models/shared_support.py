@@ -34,7 +34,7 @@ import torch
 
 import torch.nn.functional as F
 
-from .losses import reconstruction_loss
+from .losses import squared_errors
 from .base import LossOutput, SAEConfig, register, step_stats
 from .sparse import fast_auxk, select_shared_support, sparse_encoder_values
 from .topk import TopKSAE
@@ -92,7 +92,8 @@ class SharedSupportSAE(TopKSAE):
         pre_bias = torch.cat([b_pre[0].expand(B, -1), b_pre[1].expand(B, -1)])
         u_hat = F.embedding_bag(sel.idx, self.W_dec, per_sample_weights=vals, mode="sum") + pre_bias
         x_hat, y_hat = u_hat[:B], u_hat[B:]
-        rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
+        se = squared_errors(torch.cat([x, y]), u_hat)  # ||u - u_hat||^2 per row of [x; y]
+        rec_x, rec_y = se[:B].mean(), se[B:].mean()
         aux = fast_auxk(self, sel.aux, u_c, mod, (x, y), u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux
         self._update_firing((vals[:B], sel.idx[:B]), (vals[B:], sel.idx[B:]), n_samples=2 * B)

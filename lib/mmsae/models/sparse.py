@@ -577,6 +577,25 @@ def batch_topk_entries(pre: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, to
     entries some kept entries hold 0 (which ones is unspecified); passed as ``raw`` to
     :func:`sparse_encoder_values` such an entry has value 0 and gradient 0, as in the dense form."""
     R, m = pre.shape
-    vals, flat = pre.reshape(-1).topk(min(int(n_keep), R * m), sorted=False)
+    n_keep = min(int(n_keep), R * m)
+    vals, flat = _flat_topk(pre.reshape(-1), n_keep)
     flat, order = flat.sort()
     return vals[order], flat // m, flat % m
+
+
+def _flat_topk(flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``flat.topk(n, sorted=False)`` of a long 1-D tensor. On CPU the same chunk-maximum bound
+    as :func:`topk_rows`: cut into at least ``2n`` chunks, the ``n``-th largest chunk maximum is
+    a lower bound of the ``n``-th largest entry, so only the entries above it (usually a few
+    times ``n``) go through ``torch.topk`` (one call on the whole vector runs single-threaded
+    over every entry). Ties at the bound may resolve to other indices than ``torch.topk``'s."""
+    N = flat.numel()
+    size = 1
+    while size * 2 * 2 * n <= N:  # chunks of a power-of-two size, at least 2n of them
+        size *= 2
+    if flat.device.type != "cpu" or size < 4 or N % size or not torch.isfinite(flat).all():
+        return flat.topk(n, sorted=False)
+    t = flat.view(-1, size).amax(1).topk(n, sorted=False).values.amin()
+    cand = (flat >= t).nonzero().squeeze(1)
+    v, j = flat[cand].topk(n, sorted=False)
+    return v, cand[j]

@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .losses import auxk_loss, reconstruction_loss
+from .losses import squared_errors
 from .base import Dictionary, LossOutput, SAEConfig, register, step_stats
 from .sparse import fast_auxk, fast_pair_branch
 
@@ -171,31 +171,6 @@ class TopKSAE(Dictionary):
             else:
                 self.since_fired.index_fill_(0, s.reshape(-1), 0)
 
-    def _auxk(self, pre: torch.Tensor, residual: torch.Tensor, inputs: torch.Tensor, n_blocks: int = 2) -> torch.Tensor:
-        """AuxK term for one batch (before ``auxk_coef``): the top-k_aux dead pre-activations
-        (``pre``, after ReLU) decode ``e_hat``, which must fit the residual ``e = u - u_hat``;
-        the value is :func:`mmsae.models.losses.auxk_loss`, ``TV(u) ||e - e_hat||^2 / TV(e)`` (Gao et
-        al.'s relative weight for our un-normalised main loss). ``inputs``: the embeddings
-        ``u`` of the rows; ``n_blocks``: modalities stacked in the rows (default 2, the
-        ``[x; y]`` stacking: the value is ``aux_x + aux_y`` like the main loss ``rec_x + rec_y``;
-        1 for a single modality)."""
-        dead = self.dead_mask()
-        n_dead = int(dead.sum())
-        if self.config.auxk_coef <= 0 or n_dead == 0:
-            return pre.new_zeros(())
-        k_aux = min(self.config.k_aux or self.config.d // 2, n_dead)
-        vals, idx = pre.masked_fill(~dead, 0.0).topk(k_aux, dim=-1, sorted=False)
-        aux = torch.einsum("bk,bkd->bd", vals, self.W_dec[idx])
-        return auxk_loss(residual.detach(), aux, inputs, n_blocks=n_blocks)
-
-    def _branch(self, u: torch.Tensor, modality: int, keep: torch.Tensor | None = None):
-        """One modality through the dense encoder: ``(pre, values, indices, u_hat)`` (used by
-        :class:`~mmsae.models.modality_specific.ModalitySpecificSAE`)."""
-        pre = self.pre_activations(u, modality)
-        vals, idx = self.topk(pre, keep)
-        u_hat = self.decode_sparse(vals, idx, modality)
-        return pre, vals, idx, u_hat
-
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
         """Pooled objective: ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK), no pair coupling.
 
@@ -204,7 +179,8 @@ class TopKSAE(Dictionary):
         B = x.shape[0]
         sel, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, None, self.select_dtype)
         x_hat, y_hat = u_hat[:B], u_hat[B:]
-        rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
+        se = squared_errors(torch.cat([x, y]), u_hat)  # ||u - u_hat||^2 per row of [x; y]
+        rec_x, rec_y = se[:B].mean(), se[B:].mean()
         aux = fast_auxk(self, sel.aux, u_c, mod, (x, y), u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux
         self._update_firing((vals[:B], idx[:B]), (vals[B:], idx[B:]), n_samples=2 * B)
