@@ -45,6 +45,9 @@ from .sparse import fast_auxk, fast_pair_branch
 
 __all__ = ["TopKSAE", "geometric_median"]
 
+#: rows of the decoder per block in the decoder-norm hooks (1 MiB of float32 at d = 512)
+_ROW_BLOCK = 512
+
 
 def geometric_median(u: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
     """Weiszfeld's algorithm for the point minimising the sum of distances to rows of ``u``."""
@@ -141,14 +144,24 @@ class TopKSAE(Dictionary):
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
-        # remove the gradient component parallel to each (unit) decoder atom
+        """Remove the gradient component parallel to each (unit) decoder atom:
+        ``g_i -= (g_i . w_i) w_i``, in blocks of rows that stay in cache between the dot
+        products and the update (one pass over memory, no ``(m, d)`` temporary)."""
         g = self.W_dec.grad
-        if g is not None:  # two passes, no (m, d) temporaries
-            g.addcmul_(torch.linalg.vecdot(g, self.W_dec, dim=1).unsqueeze(1), self.W_dec, value=-1.0)
+        if g is None:
+            return
+        W = self.W_dec
+        for r in range(0, W.shape[0], _ROW_BLOCK):
+            gb, wb = g[r:r + _ROW_BLOCK], W[r:r + _ROW_BLOCK]
+            gb.addcmul_(torch.linalg.vecdot(gb, wb, dim=1).unsqueeze(1), wb, value=-1.0)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        """Renormalise every decoder atom to unit norm (in cache-sized blocks of rows)."""
+        W = self.W_dec
+        for r in range(0, W.shape[0], _ROW_BLOCK):
+            wb = W[r:r + _ROW_BLOCK]
+            wb.div_(torch.linalg.vector_norm(wb, dim=1, keepdim=True).clamp_min_(1e-8))
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
