@@ -384,34 +384,37 @@ def profile(args, dev, data) -> list[dict]:
 
     torch.set_num_threads(args.threads[0])
     rows = []
-    for name in ("topk", "mgsae"):
-        for B in args.batches:
-            st = steps_for(B)
-            model = build_model(method_config(name, args.d, args.m, args.k), seed=0)
-            cfg = TrainConfig(steps=st, batch_size=B, progress=False, log_every=10 ** 9, warmup_steps=1,
-                              device=str(dev), lr=LR)
-            train(model, data, cfg)
-            with tprofile(activities=[ProfilerActivity.CPU]) as prof:
-                wall = train(model, data, cfg).wall_time_s
-            ev = {e.key: e for e in prof.key_averages()}
-            total = 1e3 * wall / st
-            got = {p: ev[p].cpu_time_total / 1e3 / st for p in PHASES if p in ev}
-            inner = sum(got.get(p, 0.0) for p in ("mmsae.encoder_gemm", "mmsae.topk_select",
-                                                  "mmsae.topk_select_masked", "mmsae.auxk_select",
-                                                  "mmsae.sparse_decode", "mmsae.auxk"))
-            parts = {p.replace("mmsae.", ""): v for p, v in got.items() if p not in ("mmsae.forward",)}
-            parts["other forward (losses, l2,1, bookkeeping)"] = max(0.0, got.get("mmsae.forward", 0.0) - inner)
-            # inside the backward: the autograd nodes
-            for key, e in ev.items():
-                if (key.endswith("Backward0") or key.endswith("Backward")) and not key.startswith("autograd::"):
-                    if e.cpu_time_total / 1e3 / st > 0.02 * total:
-                        parts[f"  backward: {key}"] = e.cpu_time_total / 1e3 / st
-            profiled = sum(v for p, v in got.items() if p not in PHASES[:6])
-            parts["loop (sampling, logging, Python)"] = max(0.0, total - profiled)
-            for part, v in parts.items():
-                rows.append(dict(method=name, batch_pairs=B, threads=args.threads[0], part=part, ms_per_step=v,
-                                 share=v / total, step_ms_profiled=total))
-            print(f"profile {name} B={B}: step {total:.1f} ms under the profiler")
+    for name, B, dead in [(n, B, dead) for n in ("topk", "mgsae") for B in args.batches for dead in (False, True)]:
+        st = steps_for(B)
+        model = build_model(method_config(name, args.d, args.m, args.k), seed=0)
+        cfg = TrainConfig(steps=st, batch_size=B, progress=False, log_every=10 ** 9, warmup_steps=1,
+                          device=str(dev), lr=LR)
+        train(model, data, cfg)
+        if dead:  # a third of the latents dead: AuxK active
+            with torch.no_grad():
+                model.since_fired[::3] = model.config.dead_after
+        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+            wall = train(model, data, cfg).wall_time_s
+        ev = {e.key: e for e in prof.key_averages()}
+        total = 1e3 * wall / st
+        got = {p: ev[p].cpu_time_total / 1e3 / st for p in PHASES if p in ev}
+        inner = sum(got.get(p, 0.0) for p in ("mmsae.encoder_gemm", "mmsae.topk_select",
+                                              "mmsae.topk_select_masked", "mmsae.auxk_select",
+                                              "mmsae.sparse_decode", "mmsae.auxk"))
+        parts = {p.replace("mmsae.", ""): v for p, v in got.items() if p not in ("mmsae.forward",)}
+        parts["other forward (losses, l2,1, bookkeeping)"] = max(0.0, got.get("mmsae.forward", 0.0) - inner)
+        # inside the backward: the autograd nodes
+        for key, e in ev.items():
+            if (key.endswith("Backward0") or key.endswith("Backward")) and not key.startswith("autograd::"):
+                if e.cpu_time_total / 1e3 / st > 0.02 * total:
+                    parts[f"  backward: {key}"] = e.cpu_time_total / 1e3 / st
+        profiled = sum(v for p, v in got.items() if p not in PHASES[:6])
+        parts["loop (sampling, logging, Python)"] = max(0.0, total - profiled)
+        for part, v in parts.items():
+            rows.append(dict(method=name, batch_pairs=B, threads=args.threads[0], part=part, ms_per_step=v,
+                             share=v / total, step_ms_profiled=total,
+                             latents="a third dead (AuxK on)" if dead else "all alive (AuxK off)"))
+        print(f"profile {name} B={B} dead={dead}: step {total:.1f} ms under the profiler")
     return rows
 
 
@@ -463,8 +466,8 @@ def markdown_tables(df, sc, pf, meta: dict) -> str:
     if pf is not None and len(pf):
         out += ["", "Where a step's time goes (torch profiler, ms per step; the profiler itself adds "
                 "time, so the parts are shares of the *profiled* step):", ""]
-        for (name, B), g in pf.groupby(["method", "batch_pairs"], sort=False):
-            out += [f"*{name}, batch {int(B)}, {int(g.threads.iloc[0])} thread(s), profiled step "
+        for (name, B, lat), g in pf.groupby(["method", "batch_pairs", "latents"], sort=False):
+            out += [f"*{name}, batch {int(B)}, {lat}, {int(g.threads.iloc[0])} thread(s), profiled step "
                     f"{g.step_ms_profiled.iloc[0]:.1f} ms:*", "", "| part | ms / step | share |", "|---|---:|---:|"]
             out += [f"| {r.part} | {_fmt_ms(r.ms_per_step)} | {100 * r.share:.0f}% |" for _, r in g.iterrows()]
             out.append("")
