@@ -329,17 +329,37 @@ def _rss_mb(field: str) -> float:
     return float("nan")
 
 
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+def scale_point(d: int, m: int, k: int, B: int, threads: int, dev, max_foreign: float) -> dict:
+    """One point of the scaling grid, measured in a fresh process (see :func:`scaling`): the
+    MGSAE step time, its floor and the memory the training added at its peak (the resident
+    set's high-water mark minus the resident set once the data were in memory)."""
+    from mmsae.models.sparse import topk_rows
+
+    torch.set_num_threads(threads)
+    data = make_data(max(16384, 2 * B), d)
+    topk_rows(torch.randn(2, 128), 2)  # load the compiled top-k kernel before the baseline
+    rss0 = _rss_mb("VmRSS")
+    st = max(2, min(10, steps_for(B)))
+    r = time_method("mgsae", B, d, m, k, data, dev, 2, max_foreign, steps=st)
+    peak = _rss_mb("VmHWM") - rss0
+    g = time_gemm(B, d, m, dev, 2, max_foreign, st)
+    a = time_adam(d, m, dev, 2, max_foreign, 5)
+    ms = 1e3 * statistics.median(r["seconds"]) / st
+    floor = 1e3 * (statistics.median(g["seconds"]) / st + statistics.median(a["seconds"]) / 5)
+    return dict(threads=threads, batch_pairs=B, m=m, k=k, d=d, ms_per_step=ms, floor_ms=floor,
+                ratio_to_floor=ms / floor, pairs_per_s=B / ms * 1e3, peak_mem_mb=peak,
+                foreign_cores=max(r["foreign_cores"], g["foreign_cores"], a["foreign_cores"]),
+                busy=bool(r["busy"] or g["busy"] or a["busy"]), note="")
 
 
 def scaling(args, dev, data) -> list[dict]:
     """MGSAE step time and peak memory against m, K, batch and threads (one axis at a time,
-    from batch 128 pairs, ``--m`` latents and ``--k``)."""
+    from batch 128 pairs, ``--m`` latents and ``--k``). Each point runs in its own process
+    (this script with ``--scale-point``), so that its peak memory is its own: within one
+    process the allocator keeps memory freed by an earlier point."""
+    import json
+    import subprocess
+
     B0, m0, k0 = 128, args.m, args.k
     grid = [("m", 1, B0, m, k0) for m in args.scale_m]
     grid += [("K", 1, B0, m0, k) for k in args.scale_k]
@@ -348,25 +368,19 @@ def scaling(args, dev, data) -> list[dict]:
     for axis, th, B, m, k in grid:
         if m < 2 * k:
             continue
-        torch.set_num_threads(th)
-        st = max(2, min(10, steps_for(B)))
-        rss0 = _rss_mb("VmRSS")
-        reset = _reset_peak_rss()
-        try:
-            r = time_method("mgsae", B, args.d, m, k, data, dev, 2, args.max_foreign, steps=st)
-        except Exception as e:  # noqa: BLE001
-            rows.append(dict(axis=axis, threads=th, batch_pairs=B, m=m, k=k, note=f"failed: {type(e).__name__}: {e}"[:200]))
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--device", str(dev), "--max-foreign",
+               str(args.max_foreign), "--scale-point", f"{args.d},{m},{k},{B},{th}"]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        line = [ln for ln in p.stdout.splitlines() if ln.startswith("SCALE_POINT ")]
+        if p.returncode or not line:
+            rows.append(dict(axis=axis, threads=th, batch_pairs=B, m=m, k=k, d=args.d,
+                             note=f"failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}"[:200]))
+            print(f"scaling {axis:5s} threads={th} B={B:5d} m={m:6d} K={k:4d} failed:\n{p.stderr[-2000:]}")
             continue
-        peak = _rss_mb("VmHWM") - rss0 if reset else float("nan")
-        g = time_gemm(B, args.d, m, dev, 2, args.max_foreign, st)
-        a = time_adam(args.d, m, dev, 2, args.max_foreign, 5)
-        ms = 1e3 * statistics.median(r["seconds"]) / st
-        floor = 1e3 * (statistics.median(g["seconds"]) / st + statistics.median(a["seconds"]) / 5)
-        rows.append(dict(axis=axis, threads=th, batch_pairs=B, m=m, k=k, d=args.d, ms_per_step=ms, floor_ms=floor,
-                         ratio_to_floor=ms / floor, pairs_per_s=B / ms * 1e3, peak_mem_mb=peak,
-                         busy=r["busy"] or g["busy"] or a["busy"], note=""))
-        print(f"scaling {axis:5s} threads={th} B={B:5d} m={m:6d} K={k:4d} {ms:9.2f} ms/step (floor {floor:.2f}, "
-              f"x{ms / floor:.2f}) peak +{peak:.0f} MB", flush=True)
+        row = dict(axis=axis, **json.loads(line[-1][len("SCALE_POINT "):]))
+        rows.append(row)
+        print(f"scaling {axis:5s} threads={th} B={B:5d} m={m:6d} K={k:4d} {row['ms_per_step']:9.2f} ms/step "
+              f"(floor {row['floor_ms']:.2f}, x{row['ratio_to_floor']:.2f}) peak +{row['peak_mem_mb']:.0f} MB", flush=True)
     return rows
 
 
@@ -451,8 +465,8 @@ def markdown_tables(df, sc, pf, meta: dict) -> str:
     out += targets(df)
     if sc is not None and len(sc):
         out += ["", f"How the MGSAE step grows (one axis at a time from B=128 pairs, m={meta['m']}, K={meta['k']}; "
-                "peak memory = the process's resident-set high-water mark over the run minus the "
-                "resident set before it):", "",
+                "each point in a fresh process; peak memory = what the training added to the resident set at "
+                "its peak, i.e. the high-water mark minus the resident set with the data loaded):", "",
                 "| axis | threads | batch | m | K | ms / step | x floor | pairs / s | peak memory (MB) |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for _, r in sc.iterrows():
@@ -590,6 +604,7 @@ def main(argv=None) -> int:
     p.add_argument("--scale-k", default="8,16,32,64,128")
     p.add_argument("--scale-batch", default="32,128,512,2048,8192")
     p.add_argument("--profile", action="store_true", help="also the op-by-op profile of a step")
+    p.add_argument("--scale-point", default=None, help=argparse.SUPPRESS)  # internal: one scaling point
     p.add_argument("--quick", action="store_true", help="smoke run: d=64 m=512 k=8, batch 32, 1 thread, 1 repeat")
     p.add_argument("--max-load", type=float, default=0.5, help="refuse to start above this 1-min load average")
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for a quiet machine")
@@ -616,6 +631,12 @@ def main(argv=None) -> int:
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available here")
+    if args.scale_point:  # a child of --scaling: one point, printed as JSON
+        import json
+
+        d, m, k, B, th = _ints(args.scale_point)
+        print("SCALE_POINT " + json.dumps(scale_point(d, m, k, B, th, dev, args.max_foreign)))
+        return 0
 
     load0 = wait_until_quiet(args.max_load, args.wait if not args.allow_busy else 0)
     if load0 == load0 and load0 >= args.max_load and not args.allow_busy:

@@ -9,6 +9,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -87,3 +88,15 @@ def test_paper_scale_line_is_an_extrapolation(bench):
     sc = pd.DataFrame([dict(axis="m", threads=1, batch_pairs=128, m=8192, k=32, d=512, ms_per_step=60.0)])
     (line,) = bench.paper_scale(sc)
     assert "25.0 min" in line and "extrapolated" in line
+
+
+@pytest.mark.slow
+def test_scaling_points_run_in_their_own_processes(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "load_avg", lambda: 0.0)
+    args = _args(tmp_path, "--methods", "topk", "--scaling", "--scale-m", "256", "--scale-k", "4",
+                 "--scale-batch", "16", "--allow-busy")
+    assert bench.main(args) == 0
+    sc = pd.read_csv(tmp_path / "benchmark_scaling.csv")
+    assert set(sc.axis) == {"m", "K", "batch"}
+    assert (sc.ms_per_step > 0).all() and (sc.floor_ms > 0).all() and (sc.peak_mem_mb >= 0).all()
+    assert np.allclose(sc.ratio_to_floor, sc.ms_per_step / sc.floor_ms)

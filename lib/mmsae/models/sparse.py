@@ -45,6 +45,8 @@ from torch.profiler import record_function
 
 from .losses import auxk_loss
 
+from .topk_kernel import scan_rows
+
 __all__ = ["HashMask", "draw_hash_mask", "SparseEncoderValues", "sparse_encoder_values", "fast_branch",
            "fast_auxk", "fast_pair_branch", "sparse_grad_matmul", "decode_entries", "topk_rows", "Selection",
            "select_codes", "select_dead", "dead_latents", "select_shared_support"]
@@ -200,59 +202,6 @@ def _bound_chunks(m: int, k: int) -> int:
     return n if m % n == 0 and m // n >= 2 else 0
 
 
-_NUMBA_KERNELS = None
-
-
-def _numba_kernels():
-    """The row-scan kernel, compiled by numba on first use (cached on disk); None without numba."""
-    global _NUMBA_KERNELS
-    if _NUMBA_KERNELS is None:
-        try:
-            import numba
-            import numpy as np
-        except ImportError:  # pragma: no cover - numba comes with umap-learn, a dependency
-            _NUMBA_KERNELS = False
-            return None
-
-        @numba.njit(cache=True, nogil=True, inline="always")
-        def _row(row, t, k, buf_v, buf_i, out_v, out_i):
-            m = row.shape[0]
-            n = 0
-            for j in range(m):  # candidates: every entry >= the lower bound t
-                v = row[j]
-                if v >= t:
-                    buf_v[n] = v
-                    buf_i[n] = j
-                    n += 1
-            if n < k:  # NaN in the row (no bound holds): the caller uses torch.topk
-                out_i[0] = -1
-                return
-            kth = np.partition(buf_v[:n], n - k)[n - k]
-            w = 0
-            for j in range(n):
-                if buf_v[j] > kth:
-                    out_v[w] = buf_v[j]
-                    out_i[w] = buf_i[j]
-                    w += 1
-            for j in range(n):  # ties at the k-th value: the lowest latent indices
-                if w >= k:
-                    break
-                if buf_v[j] == kth:
-                    out_v[w] = kth
-                    out_i[w] = buf_i[j]
-                    w += 1
-
-        @numba.njit(cache=True, nogil=True)
-        def scan_serial(pre, t, k, out_v, out_i):
-            buf_v = np.empty(pre.shape[1], pre.dtype)
-            buf_i = np.empty(pre.shape[1], np.int64)
-            for r in range(pre.shape[0]):
-                _row(pre[r], t[r], k, buf_v, buf_i, out_v[r], out_i[r])
-
-        _NUMBA_KERNELS = scan_serial
-    return _NUMBA_KERNELS or None
-
-
 _SCAN_POOL = None
 
 
@@ -281,8 +230,8 @@ def topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     ``torch.topk``. Elsewhere (CUDA, other dtypes, shapes without a bound) ``torch.topk``."""
     R, m = pre.shape
     n_chunks = _bound_chunks(m, k)
-    kern = _numba_kernels() if (pre.device.type == "cpu" and pre.dtype == torch.float32 and n_chunks
-                                and pre.is_contiguous() and R > 0) else None
+    kern = scan_rows if (pre.device.type == "cpu" and pre.dtype == torch.float32 and n_chunks
+                         and pre.is_contiguous() and R > 0) else None
     if kern is None:
         return pre.topk(k, dim=-1, sorted=False)
     t = pre.view(R, n_chunks, m // n_chunks).amax(-1).topk(k, dim=-1, sorted=False).values.amin(-1)
