@@ -1,7 +1,8 @@
 """Refresh the measured numbers in README.md from results/ (never typed by hand).
 
 Fills the sections between ``<!-- results:NAME:begin -->`` and ``<!-- results:NAME:end -->``
-markers, and the benchmark section (rendered by scripts/benchmark.py --from-csv).
+markers. The Speed section's benchmark summary is written by ``scripts/benchmark.py --summary
+README.md`` itself, when it measures (a quiet machine), and is left alone here.
 Run by ./run_all.sh after the default run; safe to run by hand. The tables come from
 ``results/`` (synthetic default) and ``results/<slug>/`` (other data, :class:`mmsae.study.runs.RunPaths`).
 The runtime line is rewritten only with ``--runtime``: wall times vary between identical runs,
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -260,10 +260,6 @@ def main(argv=None) -> None:
             body = f"_Not generated yet ({Path(e.filename).name} missing): run `./run_all.sh`._"
         text = pat.sub(lambda mt: mt.group(1) + body + mt.group(2), text)
     atomic_write(readme, lambda tmp: Path(tmp).write_text(text))
-    bench = RES / "benchmarks.csv"
-    if bench.exists():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--from-csv", str(bench),
-                        "--markdown", str(readme)], check=True, cwd=ROOT)
     print(f"updated {readme}")
 
 
