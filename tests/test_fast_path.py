@@ -59,8 +59,9 @@ def _dense_branch(model, u, modality, keep=None):
     return pre, vals, idx, z, z @ model.W_dec + b_pre
 
 
-def _dense_auxk(model, pre, residual, inputs):
-    """Top-k_aux of the dead latents' dense pre-activations decode the residual."""
+def _dense_auxk(model, pre, residual, inputs, n_blocks=2):
+    """Top-k_aux of the dead latents' dense pre-activations decode the residual (``n_blocks``
+    stacked modalities; 1: a single modality)."""
     dead = model.dead_mask()
     n_dead = int(dead.sum())
     if model.config.auxk_coef <= 0 or n_dead == 0:
@@ -68,7 +69,7 @@ def _dense_auxk(model, pre, residual, inputs):
     k_aux = min(model.config.k_aux or model.config.d // 2, n_dead)
     v, j = pre.masked_fill(~dead, 0.0).topk(k_aux, dim=-1, sorted=False)
     e_hat = torch.zeros_like(pre).scatter(1, j, v) @ model.W_dec
-    return auxk_loss(residual.detach(), e_hat, inputs, n_blocks=2)
+    return auxk_loss(residual.detach(), e_hat, inputs, n_blocks=n_blocks)
 
 
 def dense_topk_loss(model, x, y, keep=None, group_lambda=None):
@@ -83,7 +84,7 @@ def dense_topk_loss(model, x, y, keep=None, group_lambda=None):
     aux = _dense_auxk(model, torch.cat([pre_x, pre_y]), torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]))
     loss = loss + model.config.auxk_coef * aux
     model._update_firing((vx, ix), (vy, iy), n_samples=2 * x.shape[0])
-    return type("Out", (), {"loss": loss, "stats": step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, **extra)})
+    return type("Out", (), {"loss": loss, "stats": step_stats(x, y, rec_x, rec_y, aux=aux, **extra)})
 
 
 def dense_group_sparse_loss(model, x, y, keep=None):
@@ -394,18 +395,6 @@ def _dense_pre(model, u, modality):
     return (u - model.b_pre[model._mod(modality)]) @ model.W_enc.t() + model.b_enc
 
 
-def _dense_auxk_blocks(model, pre, residual, inputs, n_blocks):
-    """:func:`_dense_auxk` for ``n_blocks`` stacked modalities (1: a single modality)."""
-    dead = model.dead_mask()
-    n_dead = int(dead.sum())
-    if model.config.auxk_coef <= 0 or n_dead == 0:
-        return pre.new_zeros(())
-    k_aux = min(model.config.k_aux or model.config.d // 2, n_dead)
-    v, j = pre.masked_fill(~dead, 0.0).topk(k_aux, dim=-1, sorted=False)
-    e_hat = torch.zeros_like(pre).scatter(1, j, v) @ model.W_dec
-    return auxk_loss(residual.detach(), e_hat, inputs, n_blocks=n_blocks)
-
-
 def _dense_batch_codes(model, x, y):
     """BatchTopK's training code of the pooled batch: ``(pre, z)``, the ReLU pre-activations
     ``(2B, m)`` and the dense code keeping their ``2B * K`` largest entries. In training mode
@@ -439,9 +428,9 @@ def dense_batchtopk_loss(model, x, y):
     u_hat = z @ model.W_dec + _pooled_bias(model, b)
     x_hat, y_hat = u_hat[:b], u_hat[b:]
     rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-    aux = _dense_auxk_blocks(model, pre, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]), 2)
+    aux = _dense_auxk(model, pre, torch.cat([x - x_hat, y - y_hat]), torch.cat([x, y]), 2)
     loss = rec_x + rec_y + model.config.auxk_coef * aux
-    return type("Out", (), {"loss": loss, "stats": step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
+    return type("Out", (), {"loss": loss, "stats": step_stats(x, y, rec_x, rec_y, aux=aux,
                                                               threshold=model.threshold.clone())})
 
 
@@ -457,9 +446,9 @@ def dense_matryoshka_loss(model, x, y):
         loss = loss / len(model.prefixes)
     x_hat, y_hat = recs[-1][:b], recs[-1][b:]
     rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-    aux = _dense_auxk_blocks(model, pre, u - recs[-1], u, 2)
+    aux = _dense_auxk(model, pre, u - recs[-1], u, 2)
     loss = loss + model.config.auxk_coef * aux
-    stats = step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux, threshold=model.threshold.clone(),
+    stats = step_stats(x, y, rec_x, rec_y, aux=aux, threshold=model.threshold.clone(),
                        **{f"rec_prefix{p}": t for p, t in zip(model.prefixes, terms)})
     return type("Out", (), {"loss": loss, "stats": stats})
 
@@ -473,12 +462,12 @@ def dense_modality_specific_loss(model, x, y):
         vals, idx = pre.topk(sae.config.k, dim=-1, sorted=False)
         u_hat = torch.zeros_like(pre).scatter(1, idx, vals) @ sae.W_dec + sae.b_pre[0]
         rec = reconstruction_loss(u, u_hat)
-        aux = _dense_auxk_blocks(sae, pre, u - u_hat, u, 1)
+        aux = _dense_auxk(sae, pre, u - u_hat, u, 1)
         sae._update_firing((vals, idx), n_samples=u.shape[0])
         out.append((rec, aux, u_hat))
     (rec_x, aux_x, x_hat), (rec_y, aux_y, y_hat) = out
     loss = rec_x + rec_y + model.config.auxk_coef * (aux_x + aux_y)
-    return type("Out", (), {"loss": loss, "stats": step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux_x + aux_y)})
+    return type("Out", (), {"loss": loss, "stats": step_stats(x, y, rec_x, rec_y, aux=aux_x + aux_y)})
 
 
 def dense_shared_support_loss(model, x, y):
@@ -491,11 +480,11 @@ def dense_shared_support_loss(model, x, y):
     x_hat = torch.zeros_like(h_x).scatter(1, idx, vx) @ model.W_dec + model.b_pre[model._mod(0)]
     y_hat = torch.zeros_like(h_y).scatter(1, idx, vy) @ model.W_dec + model.b_pre[model._mod(1)]
     rec_x, rec_y = reconstruction_loss(x, x_hat), reconstruction_loss(y, y_hat)
-    aux = _dense_auxk_blocks(model, torch.relu(torch.cat([h_x, h_y])), torch.cat([x - x_hat, y - y_hat]),
+    aux = _dense_auxk(model, torch.relu(torch.cat([h_x, h_y])), torch.cat([x - x_hat, y - y_hat]),
                              torch.cat([x, y]), 2)
     loss = rec_x + rec_y + model.config.auxk_coef * aux
     model._update_firing((vx, idx), (vy, idx), n_samples=2 * x.shape[0])
-    return type("Out", (), {"loss": loss, "stats": step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux)})
+    return type("Out", (), {"loss": loss, "stats": step_stats(x, y, rec_x, rec_y, aux=aux)})
 
 
 _DENSE_FORMS = {"batchtopk": dense_batchtopk_loss, "matryoshka": dense_matryoshka_loss,
@@ -760,3 +749,13 @@ def test_flat_topk_bound_matches_torch_topk():
             v, i = _flat_topk(flat, n)
             assert torch.equal(v.sort().values, flat.topk(n).values.sort().values)
             assert torch.equal(flat[i], v) and i.unique().numel() == n
+
+
+def test_flat_topk_with_nan_falls_back_to_torch_topk():
+    from mmsae.models.sparse import _flat_topk
+
+    flat = torch.randn(64 * 512, generator=torch.Generator().manual_seed(2))
+    flat[1000] = float("nan")
+    v, i = _flat_topk(flat, 300)
+    want = flat.topk(300)
+    assert torch.equal(i.sort().values, want.indices.sort().values)

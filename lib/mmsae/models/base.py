@@ -228,7 +228,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 
 @torch.no_grad()
-def step_stats(x, y, x_hat, y_hat, rec_x, rec_y, **extra) -> dict[str, torch.Tensor]:
+def step_stats(x, y, rec_x, rec_y, **extra) -> dict[str, torch.Tensor]:
     """Per-step statistics of a paired loss, kept as tensors (the loop syncs them only when it logs).
 
     ``ev_u = 1 - sum ||u - u_hat||^2 / sum ||u - mean(u)||^2 = 1 - rec_u / TV(u)`` (``rec_u`` the

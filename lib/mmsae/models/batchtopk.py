@@ -154,10 +154,9 @@ class BatchTopKSAE(TopKSAE):
         pre, u_c, mod, kept, rows, cols = self._batch_codes(x, y)
         vals = self._sparse_values(u_c, mod, kept, rows, cols)
         u_hat = decode_entries(self.W_dec, vals, rows, cols, 2 * b) + self._pooled_bias(b)
-        x_hat, y_hat = u_hat[:b], u_hat[b:]
         se = squared_errors(torch.cat([x, y]), u_hat)  # ||u - u_hat||^2 per row of [x; y]
         rec_x, rec_y = se[:b].mean(), se[b:].mean()
         aux = self._auxk_pooled(pre, u_c, mod, (x, y), u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux
-        return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
+        return LossOutput(loss, step_stats(x, y, rec_x, rec_y, aux=aux,
                                        threshold=self.threshold.detach().clone()))

@@ -86,10 +86,9 @@ class MatryoshkaSAE(BatchTopKSAE):
         loss = terms.sum()
         if self.config.extra.get("prefix_reduce", "sum") == "mean":
             loss = loss / len(self.prefixes)
-        x_hat, y_hat = recs[-1, :b], recs[-1, b:]
         rec_x, rec_y = per[-1, :b].mean(), per[-1, b:].mean()
         aux = self._auxk_pooled(pre, u_c, mod, u, recs[-1])
         loss = loss + self.config.auxk_coef * aux
         prefix_stats = {f"rec_prefix{p}": t for p, t in zip(self.prefixes, terms)}
-        return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux,
+        return LossOutput(loss, step_stats(x, y, rec_x, rec_y, aux=aux,
                                        threshold=self.threshold.detach().clone(), **prefix_stats))

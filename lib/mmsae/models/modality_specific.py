@@ -209,14 +209,14 @@ class ModalitySpecificSAE(Dictionary):
         rec = reconstruction_loss(u, u_hat)
         aux = fast_auxk(sae, sel.aux, u_c, sae._mod(0), u, u_hat, n_blocks=1)  # one modality
         sae._update_firing((vals, idx), n_samples=u.shape[0])
-        return rec, aux, u_hat
+        return rec, aux
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
         """Each SAE's own objective on its own modality: ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK each)."""
-        rec_x, aux_x, x_hat = self._own_loss(self.sae_x, x)
-        rec_y, aux_y, y_hat = self._own_loss(self.sae_y, y)
+        rec_x, aux_x = self._own_loss(self.sae_x, x)
+        rec_y, aux_y = self._own_loss(self.sae_y, y)
         loss = rec_x + rec_y + self.config.auxk_coef * (aux_x + aux_y)
-        return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux_x + aux_y))
+        return LossOutput(loss, step_stats(x, y, rec_x, rec_y, aux=aux_x + aux_y))
 
     # ------------------------------------------------------------------ alignment
     @torch.no_grad()

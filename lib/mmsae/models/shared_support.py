@@ -91,10 +91,9 @@ class SharedSupportSAE(TopKSAE):
         vals = vals * on.repeat(2, 1).to(vals.dtype)  # empty slots hold 0
         pre_bias = torch.cat([b_pre[0].expand(B, -1), b_pre[1].expand(B, -1)])
         u_hat = F.embedding_bag(sel.idx, self.W_dec, per_sample_weights=vals, mode="sum") + pre_bias
-        x_hat, y_hat = u_hat[:B], u_hat[B:]
         se = squared_errors(torch.cat([x, y]), u_hat)  # ||u - u_hat||^2 per row of [x; y]
         rec_x, rec_y = se[:B].mean(), se[B:].mean()
         aux = fast_auxk(self, sel.aux, u_c, mod, (x, y), u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux
         self._update_firing((vals[:B], sel.idx[:B]), (vals[B:], sel.idx[B:]), n_samples=2 * B)
-        return LossOutput(loss, step_stats(x, y, x_hat, y_hat, rec_x, rec_y, aux=aux))
+        return LossOutput(loss, step_stats(x, y, rec_x, rec_y, aux=aux))

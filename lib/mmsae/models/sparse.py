@@ -542,9 +542,11 @@ def _flat_topk(flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     size = 1
     while size * 2 * 2 * n <= N:  # chunks of a power-of-two size, at least 2n of them
         size *= 2
-    if flat.device.type != "cpu" or size < 4 or N % size or not torch.isfinite(flat).all():
+    if flat.device.type != "cpu" or size < 4 or N % size:
         return flat.topk(n, sorted=False)
     t = flat.view(-1, size).amax(1).topk(n, sorted=False).values.amin()
     cand = (flat >= t).nonzero().squeeze(1)
+    if cand.numel() < n:  # NaN in the vector (its chunk maximum is NaN, so is t): no bound holds
+        return flat.topk(n, sorted=False)
     v, j = flat[cand].topk(n, sorted=False)
     return v, cand[j]
