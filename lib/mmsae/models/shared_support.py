@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import torch
 
-import torch.nn.functional as F
 
 from .losses import squared_errors
 from .base import LossOutput, SAEConfig, register, step_stats
-from .sparse import fast_auxk, select_shared_support, sparse_encoder_values
+from .sparse import fast_auxk, select_shared_support, sparse_decode, sparse_encoder_values
 from .topk import TopKSAE
 
 __all__ = ["SharedSupportSAE", "global_topk"]
@@ -90,7 +89,7 @@ class SharedSupportSAE(TopKSAE):
         vals = sparse_encoder_values(sel.raw, u_c, sel.idx, self.W_enc, self.b_enc, b_pre, mod)
         vals = vals * on.repeat(2, 1).to(vals.dtype)  # empty slots hold 0
         pre_bias = torch.cat([b_pre[0].expand(B, -1), b_pre[1].expand(B, -1)])
-        u_hat = F.embedding_bag(sel.idx, self.W_dec, per_sample_weights=vals, mode="sum") + pre_bias
+        u_hat = sparse_decode(self.W_dec, vals, sel.idx) + pre_bias
         se = squared_errors(torch.cat([x, y]), u_hat)  # ||u - u_hat||^2 per row of [x; y]
         rec_x, rec_y = se[:B].mean(), se[B:].mean()
         aux = fast_auxk(self, sel.aux, u_c, mod, (x, y), u_hat)

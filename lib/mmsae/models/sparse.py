@@ -45,10 +45,12 @@ from torch.profiler import record_function
 
 from .losses import auxk_loss
 
-from .topk_kernel import scan_rows
+from . import kernels
+from .kernels import scan_rows
 
 __all__ = ["HashMask", "draw_hash_mask", "SparseEncoderValues", "sparse_encoder_values", "fast_branch",
-           "fast_auxk", "fast_pair_branch", "sparse_grad_matmul", "decode_entries", "topk_rows", "Selection",
+           "fast_auxk", "fast_pair_branch", "sparse_grad_matmul", "decode_entries", "sparse_decode", "SparseDecode",
+           "topk_rows", "Selection", "split_rows",
            "select_codes", "select_dead", "dead_latents", "select_shared_support"]
 
 _M32 = 0xFFFFFFFF
@@ -133,6 +135,49 @@ def _mod_parts(mod, rows: torch.Tensor | None):
     return out
 
 
+def _kernel_ok(*ts: torch.Tensor) -> bool:
+    """The compiled latent-by-latent backward applies: CPU float32 tensors."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ts)
+
+
+def _np(t: torch.Tensor):
+    return t.detach().contiguous().numpy()
+
+
+def _over_latents(kernel, ptr, *args) -> None:
+    """Run ``kernel(*args, lo, hi)`` over the latent range, split over torch's intra-op
+    thread count into ranges holding about equal numbers of entries (the kernels release the
+    GIL; each latent is summed by one thread, so the result does not depend on the split)."""
+    m, n = len(ptr) - 1, int(ptr[-1])
+    threads = min(torch.get_num_threads(), n // 4096)
+    if threads <= 1:
+        kernel(*args, 0, m)
+        return
+    import numpy as np
+
+    cuts = [0] + [int(np.searchsorted(ptr, n * t // threads)) for t in range(1, threads)] + [m]
+    list(_scan_pool(threads).map(lambda t: kernel(*args, cuts[t], cuts[t + 1]), range(threads)))
+
+
+def split_rows(kernel, n_rows: int, *args) -> None:
+    """Run ``kernel(*args, lo, hi)`` over rows ``[0, n_rows)`` split evenly over torch's intra-op
+    thread count (rows of at least 1024 per thread; the kernels release the GIL and each row
+    is done by one thread, so the split does not change the result)."""
+    threads = min(torch.get_num_threads(), n_rows // 1024)
+    if threads <= 1:
+        kernel(*args, 0, n_rows)
+        return
+    cuts = [n_rows * t // threads for t in range(threads + 1)]
+    list(_scan_pool(threads).map(lambda t: kernel(*args, cuts[t], cuts[t + 1]), range(threads)))
+
+
+def _entry_rows(rows: torch.Tensor | None):
+    """``(rows array, K)`` for the kernels: flat entries pass their rows (K = 0)."""
+    import numpy as np
+
+    return (np.empty(0, np.int64), None) if rows is None else (_np(rows.to(torch.int64)), 0)
+
+
 class SparseEncoderValues(torch.autograd.Function):
     """``relu(raw)`` for the selected entries ``raw[r, k] = (u_r - b_pre[mod]) . W_enc[idx[r,k]] + b_enc[idx[r,k]]``
     with gradients for ``W_enc``, ``b_enc``, ``b_pre`` (and ``u`` if it requires grad)
@@ -155,12 +200,18 @@ class SparseEncoderValues(torch.autograd.Function):
         m = W_enc.shape[0]
         gW = gb = gpre = gu = None
         need_b = ctx.needs_input_grad[4] or ctx.needs_input_grad[5]
-        if ctx.needs_input_grad[3]:
-            gW = sparse_grad_matmul(idx, g, u_c, m, rows).to(W_enc.dtype)
+        if (ctx.needs_input_grad[3] or need_b) and _kernel_ok(u_c, W_enc, g):
+            gW, per = _encoder_grads(ctx.mod, ctx.bpre_shape[0], idx, g, u_c, m, rows)
+            if not ctx.needs_input_grad[3]:
+                gW = None
+        else:
+            if ctx.needs_input_grad[3]:
+                gW = sparse_grad_matmul(idx, g, u_c, m, rows).to(W_enc.dtype)
+            if need_b:
+                per = torch.zeros(ctx.bpre_shape[0], m, device=g.device, dtype=torch.float32)
+                for sel, mrow in _mod_parts(ctx.mod, rows):
+                    per[mrow].index_add_(0, idx[sel].reshape(-1), g[sel].reshape(-1).float())
         if need_b:
-            per = torch.zeros(ctx.bpre_shape[0], m, device=g.device, dtype=torch.float32)
-            for sel, mrow in _mod_parts(ctx.mod, rows):
-                per[mrow].index_add_(0, idx[sel].reshape(-1), g[sel].reshape(-1).float())
             if ctx.needs_input_grad[4]:
                 gb = per.sum(0)
             if ctx.needs_input_grad[5]:
@@ -178,13 +229,73 @@ def sparse_encoder_values(raw, u_c, idx, W_enc, b_enc, b_pre, mod, rows=None):
     return SparseEncoderValues.apply(raw, u_c, idx, W_enc, b_enc, b_pre, mod, rows)
 
 
+def _encoder_grads(mod, n_pre: int, idx, g, u_c, m: int, rows):
+    """CPU: ``(W_enc gradient, per)`` with ``per[q, j]`` the summed gradient of latent ``j``'s
+    entries in rows that use pre-bias row ``q`` (:func:`kernels.encoder_backward`)."""
+    import numpy as np
+
+    R = u_c.shape[0]
+    rowmod = np.zeros(R, np.int64)
+    if not isinstance(mod, int):
+        for sl, mrow in mod:
+            rowmod[sl] = mrow
+    elif mod:
+        rowmod[:] = mod
+    flat = idx.reshape(-1)
+    order, ptr = kernels.entries_by_latent(_np(flat), m)
+    r_np, K = _entry_rows(rows)
+    gW = torch.empty(m, u_c.shape[1], dtype=u_c.dtype)  # every row written by the kernel
+    per = torch.zeros(n_pre, m, dtype=torch.float32)
+    _over_latents(kernels.encoder_backward, ptr, _np(u_c), r_np, idx.shape[1] if K is None else 0,
+                  _np(g.reshape(-1)), rowmod, order, ptr, gW.numpy(), per.numpy())
+    return gW, per
+
+
+class SparseDecode(torch.autograd.Function):
+    """``embedding_bag`` decoding (``u_hat[r] = sum vals[r, k] W[idx[r, k]]``; with ``rows``,
+    flat entries sorted by row and ``offsets`` their row starts) whose backward runs latent by
+    latent on CPU (:func:`kernels.decoder_backward`): each ``W`` gradient row is summed in
+    cache and written once, instead of ``embedding_bag``'s scattered read-modify-writes."""
+
+    @staticmethod
+    def forward(ctx, vals, idx, W, rows, offsets):  # noqa: D401
+        out = F.embedding_bag(idx, W, offsets, per_sample_weights=vals, mode="sum")
+        ctx.save_for_backward(vals, idx, W, rows)
+        ctx.mark_non_differentiable(idx)
+        return out
+
+    @staticmethod
+    def backward(ctx, G):
+        vals, idx, W, rows = ctx.saved_tensors
+        m = W.shape[0]
+        flat = idx.reshape(-1)
+        order, ptr = kernels.entries_by_latent(_np(flat), m)
+        r_np, K = _entry_rows(rows)
+        gW = torch.empty_like(W)  # every row written by the kernel
+        gv = torch.empty(flat.shape[0], dtype=vals.dtype)
+        _over_latents(kernels.decoder_backward, ptr, _np(G), _np(W), r_np, idx.shape[1] if K is None else 0,
+                      _np(vals.reshape(-1)), order, ptr, gW.numpy(), gv.numpy())
+        return (gv.view_as(vals) if ctx.needs_input_grad[0] else None, None,
+                gW if ctx.needs_input_grad[2] else None, None, None)
+
+
+def sparse_decode(W: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor | None = None,
+                  offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum_k vals[r, k] W[idx[r, k]]`` per row (``(R, K)`` inputs), or of flat entries
+    (``rows`` their sorted rows, ``offsets`` each row's first entry). CPU float32 goes through
+    :class:`SparseDecode`; elsewhere :func:`torch.nn.functional.embedding_bag` itself."""
+    if _kernel_ok(W, vals) and torch.is_grad_enabled() and (W.requires_grad or vals.requires_grad):
+        return SparseDecode.apply(vals, idx, W, rows, offsets)
+    return F.embedding_bag(idx, W, offsets, per_sample_weights=vals, mode="sum")
+
+
 def decode_entries(W_dec: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                    n_rows: int) -> torch.Tensor:
     """``(n_rows, d)`` decoding of flat entries (``vals[n]`` times atom ``cols[n]`` added to row
     ``rows[n]``; entries sorted by row; a row without entries decodes to 0)."""
     counts = torch.bincount(rows, minlength=n_rows)
     offsets = torch.cumsum(counts, 0) - counts
-    return F.embedding_bag(cols, W_dec, offsets, per_sample_weights=vals, mode="sum")
+    return sparse_decode(W_dec, vals, cols, rows, offsets)
 
 
 def _exact_raw(u_c: torch.Tensor, idx: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor) -> torch.Tensor:
@@ -449,7 +560,7 @@ def fast_branch(model, u: torch.Tensor, modality: int, mask=None, select_dtype: 
     sel = select_codes(model, u_c, mask, None, select_dtype)
     vals = sparse_encoder_values(sel.raw, u - b_pre[mod].detach() if u.requires_grad else u_c, sel.idx,
                                  model.W_enc, model.b_enc, b_pre, mod)
-    u_hat = F.embedding_bag(sel.idx, model.W_dec, per_sample_weights=vals, mode="sum") + b_pre[mod]
+    u_hat = sparse_decode(model.W_dec, vals, sel.idx) + b_pre[mod]
     return sel, u_c, vals, sel.idx, u_hat
 
 
@@ -474,7 +585,7 @@ def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_
     with record_function("mmsae.sparse_decode"):
         vals = sparse_encoder_values(sel.raw, u_c, sel.idx, model.W_enc, model.b_enc, b_pre, mod)
         pre_bias = b_pre[m0] if m0 == m1 else torch.cat([b_pre[m0].expand(B, -1), b_pre[m1].expand(B, -1)])
-        u_hat = F.embedding_bag(sel.idx, model.W_dec, per_sample_weights=vals, mode="sum") + pre_bias
+        u_hat = sparse_decode(model.W_dec, vals, sel.idx) + pre_bias
     return sel, u_c, vals, sel.idx, u_hat, mod
 
 
@@ -497,7 +608,7 @@ def _auxk_value(model, aux, u_c, mod, inputs, u_hat, n_blocks):
     residual = inputs - u_hat
     raw, idx = aux
     vals = sparse_encoder_values(raw, u_c, idx, model.W_enc, model.b_enc, model.b_pre, mod)
-    recon = F.embedding_bag(idx, model.W_dec, per_sample_weights=vals, mode="sum")
+    recon = sparse_decode(model.W_dec, vals, idx)
     return auxk_loss(residual.detach(), recon, inputs, n_blocks=n_blocks)
 
 

@@ -41,12 +41,16 @@ from torch import nn
 
 from .losses import squared_errors
 from .base import Dictionary, LossOutput, SAEConfig, register, step_stats
-from .sparse import fast_auxk, fast_pair_branch
+from .sparse import fast_auxk, fast_pair_branch, split_rows
 
 __all__ = ["TopKSAE", "geometric_median"]
 
 #: rows of the decoder per block in the decoder-norm hooks (1 MiB of float32 at d = 512)
 _ROW_BLOCK = 512
+
+
+def _rows_kernel_ok(*ts: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in ts)
 
 
 def geometric_median(u: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -145,20 +149,32 @@ class TopKSAE(Dictionary):
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
         """Remove the gradient component parallel to each (unit) decoder atom:
-        ``g_i -= (g_i . w_i) w_i``, in blocks of rows that stay in cache between the dot
-        products and the update (one pass over memory, no ``(m, d)`` temporary)."""
+        ``g_i -= (g_i . w_i) w_i``, one pass over memory: on CPU (float32) a compiled kernel
+        row by row (:func:`mmsae.models.kernels.project_rows`), elsewhere in blocks of rows
+        that stay in cache between the dot products and the update."""
         g = self.W_dec.grad
         if g is None:
             return
         W = self.W_dec
+        if _rows_kernel_ok(W, g):  # CPU: one compiled pass, row by row
+            from .kernels import project_rows
+
+            split_rows(project_rows, W.shape[0], W.detach().numpy(), g.numpy())
+            return
         for r in range(0, W.shape[0], _ROW_BLOCK):
             gb, wb = g[r:r + _ROW_BLOCK], W[r:r + _ROW_BLOCK]
             gb.addcmul_(torch.linalg.vecdot(gb, wb, dim=1).unsqueeze(1), wb, value=-1.0)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        """Renormalise every decoder atom to unit norm (in cache-sized blocks of rows)."""
+        """Renormalise every decoder atom to unit norm (CPU float32: compiled, row by row; elsewhere
+        in cache-sized blocks of rows)."""
         W = self.W_dec
+        if _rows_kernel_ok(W):
+            from .kernels import renorm_rows
+
+            split_rows(renorm_rows, W.shape[0], W.detach().numpy())
+            return
         for r in range(0, W.shape[0], _ROW_BLOCK):
             wb = W[r:r + _ROW_BLOCK]
             wb.div_(torch.linalg.vector_norm(wb, dim=1, keepdim=True).clamp_min_(1e-8))
