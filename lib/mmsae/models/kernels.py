@@ -5,11 +5,10 @@ caches it on disk (``cache=True`` works for module-level functions only), so lat
 processes load them in milliseconds instead of compiling them again. Every kernel releases
 the GIL (``nogil``), so the caller can split its work over threads.
 
-* ``scan_rows(pre, t, k, out_v, out_i)``: for each row ``r`` of the float32 matrix ``pre``,
-  given a lower bound ``t[r]`` of the row's k-th largest entry, write the k largest entries
-  and their column indices into ``out_v[r]``, ``out_i[r]`` (unsorted; ties at the k-th value
-  go to the lowest indices). A row with fewer than k entries ``>= t[r]`` (only possible with
-  NaN) gets ``out_i[r, 0] = -1`` and is left to the caller (:func:`~mmsae.models.sparse.topk_rows`).
+* ``scan_rows(pre, cmax, t, k, masked, ...)``: the row top-k of
+  :func:`~mmsae.models.sparse.topk_rows` from the chunk maxima ``cmax`` and a lower bound
+  ``t``, scanning only the chunks that can hold a candidate, with the MGSAE mask applied to
+  the candidates when ``masked``.
 * ``entries_by_latent(idx, m)``: the entries (flat positions in ``idx``) grouped by latent,
   CSR style: ``order[ptr[j]:ptr[j + 1]]`` are the entries of latent ``j``, in entry order (a
   stable counting sort, ``O(N + m)``).
@@ -38,41 +37,112 @@ __all__ = ["scan_rows", "entries_by_latent", "decoder_backward", "encoder_backwa
 _FM = {"reassoc", "contract", "nsz", "arcp"}
 
 
+_M32 = np.uint64(0xFFFFFFFF)
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
-def _scan_row(row, t, k, buf_v, buf_i, out_v, out_i):
-    m = row.shape[0]
-    n = 0
-    for j in range(m):  # candidates: every entry >= the lower bound t
-        v = row[j]
-        if v >= t:
-            buf_v[n] = v
-            buf_i[n] = j
-            n += 1
-    if n < k:  # NaN in the row (no bound holds): the caller uses torch.topk
-        out_i[0] = -1
-        return
-    kth = np.partition(buf_v[:n], n - k)[n - k]
-    w = 0
-    for j in range(n):
-        if buf_v[j] > kth:
-            out_v[w] = buf_v[j]
-            out_i[w] = buf_i[j]
-            w += 1
-    for j in range(n):  # ties at the k-th value: the lowest latent indices
-        if w >= k:
-            break
-        if buf_v[j] == kth:
-            out_v[w] = kth
-            out_i[w] = buf_i[j]
-            w += 1
+def _mix32(h):
+    """murmur3's 32-bit finaliser (as :func:`mmsae.models.sparse._mix32`), on uint64."""
+    h = h ^ (h >> np.uint64(16))
+    h = (h * np.uint64(0x85EBCA6B)) & _M32
+    h = h ^ (h >> np.uint64(13))
+    h = (h * np.uint64(0xC2B2AE35)) & _M32
+    return h ^ (h >> np.uint64(16))
 
 
 @numba.njit(cache=True, nogil=True)
-def scan_rows(pre, t, k, out_v, out_i):
-    buf_v = np.empty(pre.shape[1], pre.dtype)
-    buf_i = np.empty(pre.shape[1], np.int64)
-    for r in range(pre.shape[0]):
-        _scan_row(pre[r], t[r], k, buf_v, buf_i, out_v[r], out_i[r])
+def _kth_largest(a, n, q):
+    """The ``q``-th largest (1-based) of ``a[:n]`` (quickselect; reorders ``a[:n]``)."""
+    target = n - q
+    lo, hi = 0, n - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < a[lo]:
+            a[mid], a[lo] = a[lo], a[mid]
+        if a[hi] < a[lo]:
+            a[hi], a[lo] = a[lo], a[hi]
+        if a[mid] < a[hi]:
+            a[mid], a[hi] = a[hi], a[mid]
+        p = a[hi]  # median of three
+        i = lo
+        for j in range(lo, hi):
+            if a[j] < p:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+        a[i], a[hi] = a[hi], a[i]
+        if i == target:
+            return a[i]
+        if i < target:
+            lo = i + 1
+        else:
+            hi = i - 1
+    return a[target]
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def scan_rows(pre, cmax, t, k, masked, salt, thresh, per_pair, pairs, out_v, out_i):
+    """Top ``k`` of each row of ``pre`` (``(R, m)`` float32) from the candidates ``>= t[r]``.
+
+    ``cmax[r, c]`` is the maximum of chunk ``c`` (``m / n_chunks`` consecutive entries) of row
+    ``r`` and ``t[r]`` a lower bound of the row's k-th largest entry (of its ``kc``-th largest
+    when masked), so only chunks with ``cmax >= t`` are scanned. With ``masked``, candidates
+    are kept only where the index-form mask keeps them (``keep`` of
+    :class:`mmsae.models.sparse.HashMask` with ``salt``, ``thresh = rate * 2^32``,
+    ``per_pair`` and pair ``pairs[r]``), and the top ``k`` are taken among the kept ones: the
+    exact masked top-k whenever at least ``k`` candidates are kept. Results are unsorted; ties
+    at the k-th value go to the lowest indices. A row with fewer than ``k`` (kept) candidates
+    (NaN in the row, or the mask dropping too many) gets ``out_i[r, 0] = -1``, for the caller."""
+    R, m = pre.shape
+    size = m // cmax.shape[1]
+    buf_v = np.empty(m, pre.dtype)
+    buf_i = np.empty(m, np.int64)
+    work = np.empty(m, pre.dtype)
+    salt = np.uint64(salt) & _M32
+    hfin = (salt * np.uint64(0x7FEB352D) + np.uint64(0x165667B1)) & _M32
+    hsalt = (salt ^ np.uint64(0x27D4EB2F)) & _M32
+    for r in range(R):
+        row = pre[r]
+        tr = t[r]
+        n = 0
+        for c in range(cmax.shape[1]):
+            if cmax[r, c] >= tr:  # NaN maxima (and bounds) compare False: such rows come up short
+                for j in range(c * size, (c + 1) * size):
+                    v = row[j]
+                    if v >= tr:
+                        buf_v[n] = v
+                        buf_i[n] = j
+                        n += 1
+        if masked:
+            hrow = np.uint64(0)
+            if per_pair:
+                hrow = _mix32(((np.uint64(pairs[r]) & _M32) * np.uint64(0x85EBCA77) + hsalt) & _M32)
+            w = 0
+            for e in range(n):
+                h = _mix32((np.uint64(buf_i[e]) * np.uint64(0x9E3779B1) + salt) & _M32) ^ hrow
+                if _mix32(h ^ hfin) >= thresh:
+                    buf_v[w] = buf_v[e]
+                    buf_i[w] = buf_i[e]
+                    w += 1
+            n = w
+        if n < k:
+            out_i[r, 0] = -1
+            continue
+        for e in range(n):
+            work[e] = buf_v[e]
+        kth = _kth_largest(work, n, k)
+        w = 0
+        for e in range(n):
+            if buf_v[e] > kth:
+                out_v[r, w] = buf_v[e]
+                out_i[r, w] = buf_i[e]
+                w += 1
+        for e in range(n):  # ties at the k-th value: the lowest latent indices
+            if w >= k:
+                break
+            if buf_v[e] == kth:
+                out_v[r, w] = kth
+                out_i[r, w] = buf_i[e]
+                w += 1
 
 
 @numba.njit(cache=True, nogil=True)

@@ -88,8 +88,7 @@ class SharedSupportSAE(TopKSAE):
         mod = [(slice(0, B), 0), (slice(B, 2 * B), 1)]
         vals = sparse_encoder_values(sel.raw, u_c, sel.idx, self.W_enc, self.b_enc, b_pre, mod)
         vals = vals * on.repeat(2, 1).to(vals.dtype)  # empty slots hold 0
-        pre_bias = torch.cat([b_pre[0].expand(B, -1), b_pre[1].expand(B, -1)])
-        u_hat = sparse_decode(self.W_dec, vals, sel.idx) + pre_bias
+        u_hat = sparse_decode(self.W_dec, vals, sel.idx, b_pre=b_pre, mod=mod)
         se = squared_errors(torch.cat([x, y]), u_hat)  # ||u - u_hat||^2 per row of [x; y]
         rec_x, rec_y = se[:B].mean(), se[B:].mean()
         aux = fast_auxk(self, sel.aux, u_c, mod, (x, y), u_hat)

@@ -253,14 +253,21 @@ def _encoder_grads(mod, n_pre: int, idx, g, u_c, m: int, rows):
 
 class SparseDecode(torch.autograd.Function):
     """``embedding_bag`` decoding (``u_hat[r] = sum vals[r, k] W[idx[r, k]]``; with ``rows``,
-    flat entries sorted by row and ``offsets`` their row starts) whose backward runs latent by
-    latent on CPU (:func:`kernels.decoder_backward`): each ``W`` gradient row is summed in
-    cache and written once, instead of ``embedding_bag``'s scattered read-modify-writes."""
+    flat entries sorted by row and ``offsets`` their row starts), plus the pre-bias row
+    ``b_pre[q]`` of each row block (``mod``: as :class:`SparseEncoderValues`; None: no bias)
+    added in place. The backward runs latent by latent on CPU (:func:`kernels.decoder_backward`):
+    each ``W`` gradient row is summed in cache and written once, instead of
+    ``embedding_bag``'s scattered read-modify-writes; the pre-bias gradient is a row sum per block."""
 
     @staticmethod
-    def forward(ctx, vals, idx, W, rows, offsets):  # noqa: D401
+    def forward(ctx, vals, idx, W, rows, offsets, b_pre, mod):  # noqa: D401
         out = F.embedding_bag(idx, W, offsets, per_sample_weights=vals, mode="sum")
+        if b_pre is not None:
+            for sl, q in _mod_parts(mod, None):
+                out[sl] += b_pre[q]
         ctx.save_for_backward(vals, idx, W, rows)
+        ctx.mod = mod
+        ctx.bpre = None if b_pre is None else (b_pre.shape, b_pre.dtype)
         ctx.mark_non_differentiable(idx)
         return out
 
@@ -275,18 +282,31 @@ class SparseDecode(torch.autograd.Function):
         gv = torch.empty(flat.shape[0], dtype=vals.dtype)
         _over_latents(kernels.decoder_backward, ptr, _np(G), _np(W), r_np, idx.shape[1] if K is None else 0,
                       _np(vals.reshape(-1)), order, ptr, gW.numpy(), gv.numpy())
+        gb = None
+        if ctx.bpre is not None and ctx.needs_input_grad[5]:
+            shape, dtype = ctx.bpre
+            gb = torch.zeros(shape, dtype=dtype)
+            for sl, q in _mod_parts(ctx.mod, None):
+                gb[q] += G[sl].sum(0)
         return (gv.view_as(vals) if ctx.needs_input_grad[0] else None, None,
-                gW if ctx.needs_input_grad[2] else None, None, None)
+                gW if ctx.needs_input_grad[2] else None, None, None, gb, None)
 
 
 def sparse_decode(W: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor | None = None,
-                  offsets: torch.Tensor | None = None) -> torch.Tensor:
+                  offsets: torch.Tensor | None = None, b_pre: torch.Tensor | None = None, mod=None) -> torch.Tensor:
     """``sum_k vals[r, k] W[idx[r, k]]`` per row (``(R, K)`` inputs), or of flat entries
-    (``rows`` their sorted rows, ``offsets`` each row's first entry). CPU float32 goes through
-    :class:`SparseDecode`; elsewhere :func:`torch.nn.functional.embedding_bag` itself."""
+    (``rows`` their sorted rows, ``offsets`` each row's first entry); with ``b_pre``, plus the
+    pre-bias row of each row (``mod``: one row index for all rows, or a list of (row slice,
+    row index) as :class:`SparseEncoderValues` takes). CPU float32 goes through
+    :class:`SparseDecode`; elsewhere :func:`torch.nn.functional.embedding_bag` and an add."""
     if _kernel_ok(W, vals) and torch.is_grad_enabled() and (W.requires_grad or vals.requires_grad):
-        return SparseDecode.apply(vals, idx, W, rows, offsets)
-    return F.embedding_bag(idx, W, offsets, per_sample_weights=vals, mode="sum")
+        return SparseDecode.apply(vals, idx, W, rows, offsets, b_pre, mod)
+    out = F.embedding_bag(idx, W, offsets, per_sample_weights=vals, mode="sum")
+    if b_pre is None:
+        return out
+    if isinstance(mod, int):
+        return out + b_pre[mod]
+    return out + torch.cat([b_pre[q].expand(sl.stop - (sl.start or 0), -1) for sl, q in mod])
 
 
 def decode_entries(W_dec: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
@@ -329,35 +349,58 @@ def _scan_pool(threads: int):
     return _SCAN_POOL
 
 
+def _chunk_scan(pre: torch.Tensor, k: int, kc: int, mask: "HashMask | None" = None,
+                pairs: torch.Tensor | None = None):
+    """The compiled top-k of :func:`topk_rows` (and, with ``mask``, the masked top-k of
+    :func:`_select`): ``(vals, idx, short)`` with ``short`` the rows left to the caller
+    (see :func:`kernels.scan_rows`), or None where it does not apply (not CPU float32
+    contiguous, or no chunking of the row gives a bound for ``kc``)."""
+    import numpy as np
+
+    R, m = pre.shape
+    n_chunks = _bound_chunks(m, kc)
+    if not (pre.device.type == "cpu" and pre.dtype == torch.float32 and n_chunks and pre.is_contiguous()
+            and R > 0):
+        return None
+    cmax = pre.view(R, n_chunks, m // n_chunks).amax(-1)
+    t = cmax.topk(kc, dim=-1, sorted=False).values.amin(-1)
+    vals = torch.empty(R, k, dtype=pre.dtype)
+    idx = torch.empty(R, k, dtype=torch.int64)
+    if mask is None:
+        margs = (False, np.uint64(0), np.uint64(0), False, np.empty(0, np.int64))
+    else:
+        p = torch.arange(R) if pairs is None else pairs.to(torch.int64)
+        margs = (True, np.uint64(mask.salt & _M32), np.uint64(int(mask.rate * 2 ** 32)), bool(mask.per_pair),
+                 (p + mask.row_offset).numpy())
+    a, cm, tt, v, i = pre.numpy(), cmax.numpy(), t.numpy(), vals.numpy(), idx.numpy()
+    pa = margs[4]
+    threads = min(torch.get_num_threads(), R // 64)
+    if threads > 1:  # the kernel releases the GIL: rows split over torch's thread count
+        b = [R * j // threads for j in range(threads + 1)]
+        list(_scan_pool(threads).map(
+            lambda j: scan_rows(a[b[j]:b[j + 1]], cm[b[j]:b[j + 1]], tt[b[j]:b[j + 1]], k, *margs[:4],
+                                pa[b[j]:b[j + 1]] if mask is not None else pa, v[b[j]:b[j + 1]], i[b[j]:b[j + 1]]),
+            range(threads)))
+    else:
+        scan_rows(a, cm, tt, k, *margs, v, i)
+    return vals, idx, idx[:, 0] < 0
+
+
 def topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``pre.topk(k, dim=-1, sorted=False)`` of a 2-D tensor, faster on CPU.
 
     On CPU (float32, contiguous) each row is cut into ``n`` chunks (:func:`_bound_chunks`);
     the k-th largest chunk maximum ``t`` is a lower bound of the row's k-th largest entry (the
     k largest chunk maxima are k distinct entries), so the top k are among the entries
-    ``>= t``, usually a few times k. A compiled row scan (numba) collects those and selects the
-    k largest. Same values as ``torch.topk`` (ties at the k-th value go to the lowest index;
+    ``>= t``, usually a few times k, and lie in the chunks whose maximum is ``>= t``. A
+    compiled scan (numba, :func:`kernels.scan_rows`) of those chunks collects them and selects
+    the k largest. Same values as ``torch.topk`` (ties at the k-th value go to the lowest index;
     ``torch.topk`` leaves tie order unspecified); a row holding NaN falls back to
     ``torch.topk``. Elsewhere (CUDA, other dtypes, shapes without a bound) ``torch.topk``."""
-    R, m = pre.shape
-    n_chunks = _bound_chunks(m, k)
-    kern = scan_rows if (pre.device.type == "cpu" and pre.dtype == torch.float32 and n_chunks
-                         and pre.is_contiguous() and R > 0) else None
-    if kern is None:
+    res = _chunk_scan(pre, k, k)
+    if res is None:
         return pre.topk(k, dim=-1, sorted=False)
-    t = pre.view(R, n_chunks, m // n_chunks).amax(-1).topk(k, dim=-1, sorted=False).values.amin(-1)
-    vals = torch.empty(R, k, dtype=pre.dtype)
-    idx = torch.empty(R, k, dtype=torch.int64)
-    a, tt, v, i = pre.numpy(), t.numpy(), vals.numpy(), idx.numpy()
-    threads = min(torch.get_num_threads(), R // 64)
-    if threads > 1:  # the kernel releases the GIL: rows split over torch's thread count
-        bounds = [R * j // threads for j in range(threads + 1)]
-        list(_scan_pool(threads).map(lambda j: kern(a[bounds[j]:bounds[j + 1]], tt[bounds[j]:bounds[j + 1]], k,
-                                                    v[bounds[j]:bounds[j + 1]], i[bounds[j]:bounds[j + 1]]),
-                                     range(threads)))
-    else:
-        kern(a, tt, k, v, i)
-    bad = idx[:, 0] < 0
+    vals, idx, bad = res
     if bool(bad.any()):
         r = bad.nonzero().squeeze(1)
         vals[r], idx[r] = pre[r].topk(k, dim=-1, sorted=False)
@@ -379,17 +422,21 @@ def _select(pre: torch.Tensor, k: int, mask: HashMask | torch.Tensor | None, pai
     R, m = pre.shape
     rate = mask.rate if isinstance(mask, HashMask) else min(0.95, 1.0 - float(mask.float().mean()))
     kc = _candidates(k, m, rate)
-    cv, ci = topk_rows(pre, kc)
     rows = (torch.arange(R, device=pre.device) if pairs is None else pairs)[:, None]
-    if isinstance(mask, HashMask):
-        keep = mask.keep(rows if mask.per_pair else torch.zeros_like(rows), ci)
-    else:  # dense bool (pairs, m) or (1, m)
-        dm = mask if mask.shape[0] == 1 else mask[rows[:, 0]]
-        keep = dm.expand(R, m).gather(1, ci)
-    short = keep.sum(1) < k
-    cv = cv.masked_fill(~keep, float("-inf"))
-    v, j = cv.topk(k, dim=-1, sorted=False)
-    idx = ci.gather(1, j)
+    res = _chunk_scan(pre, k, kc, mask, rows[:, 0]) if isinstance(mask, HashMask) else None
+    if res is not None:  # CPU: the mask applied inside the compiled scan
+        v, idx, short = res
+    else:
+        cv, ci = topk_rows(pre, kc)
+        if isinstance(mask, HashMask):
+            keep = mask.keep(rows if mask.per_pair else torch.zeros_like(rows), ci)
+        else:  # dense bool (pairs, m) or (1, m)
+            dm = mask if mask.shape[0] == 1 else mask[rows[:, 0]]
+            keep = dm.expand(R, m).gather(1, ci)
+        short = keep.sum(1) < k
+        cv = cv.masked_fill(~keep, float("-inf"))
+        v, j = cv.topk(k, dim=-1, sorted=False)
+        idx = ci.gather(1, j)
     if bool(short.any()):  # rare: exact dense masked top-k on those rows (dense masked top-K semantics)
         r = short.nonzero().squeeze(1)
         if isinstance(mask, HashMask):
@@ -560,7 +607,7 @@ def fast_branch(model, u: torch.Tensor, modality: int, mask=None, select_dtype: 
     sel = select_codes(model, u_c, mask, None, select_dtype)
     vals = sparse_encoder_values(sel.raw, u - b_pre[mod].detach() if u.requires_grad else u_c, sel.idx,
                                  model.W_enc, model.b_enc, b_pre, mod)
-    u_hat = sparse_decode(model.W_dec, vals, sel.idx) + b_pre[mod]
+    u_hat = sparse_decode(model.W_dec, vals, sel.idx, b_pre=b_pre, mod=mod)
     return sel, u_c, vals, sel.idx, u_hat
 
 
@@ -584,8 +631,7 @@ def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_
     sel = select_codes(model, u_c, mask, pairs, select_dtype)
     with record_function("mmsae.sparse_decode"):
         vals = sparse_encoder_values(sel.raw, u_c, sel.idx, model.W_enc, model.b_enc, b_pre, mod)
-        pre_bias = b_pre[m0] if m0 == m1 else torch.cat([b_pre[m0].expand(B, -1), b_pre[m1].expand(B, -1)])
-        u_hat = sparse_decode(model.W_dec, vals, sel.idx) + pre_bias
+        u_hat = sparse_decode(model.W_dec, vals, sel.idx, b_pre=b_pre, mod=mod)
     return sel, u_c, vals, sel.idx, u_hat, mod
 
 
