@@ -730,6 +730,30 @@ def test_select_codes_blocks_match_one_block(masked, monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_select_codes_bias_column_matches_addmm(masked, monkeypatch):
+    """Large batches fold b_enc into the matmul as a column of ones; the selection is addmm's
+    (the same latents, values equal to rounding)."""
+    import mmsae.models.sparse as sp
+
+    x, y = _data(n=100, d=32)
+    model = _model(GroupSparseSAE, mgsae_config(d=32, m=256, k=8, k_aux=12), x, y)
+    with torch.no_grad():
+        model.b_enc.normal_()  # a bias that changes the ranking
+    u_c = torch.cat([x - model.b_pre[0], y - model.b_pre[1]]).detach()
+    mask = HashMask(salt=5, rate=0.3) if masked else None
+    pairs = torch.arange(100).repeat(2) if masked else None
+    monkeypatch.setattr(sp, "_AUGMENTED_MIN_ROWS", 10 ** 9)  # addmm
+    ref = sp.select_codes(model, u_c, mask, pairs)
+    monkeypatch.setattr(sp, "_AUGMENTED_MIN_ROWS", 0)  # the bias column
+    got = sp.select_codes(model, u_c, mask, pairs)
+    exact = (u_c @ model.W_enc.t() + model.b_enc).detach()
+    for a, b, (rv, ri) in ((ref.raw, ref.idx, (got.raw, got.idx)), (ref.aux_raw, ref.aux_idx, (got.aux_raw, got.aux_idx))):
+        assert torch.equal(b.sort(1).values, ri.sort(1).values)
+        torch.testing.assert_close(rv, exact.gather(1, ri), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, exact.gather(1, b), rtol=1e-5, atol=1e-5)
+
+
 def test_training_loop_restores_determinism_settings():
     import torch.utils.deterministic as tud
 

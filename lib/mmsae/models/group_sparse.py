@@ -72,12 +72,13 @@ class GroupSparseSAE(TopKSAE):
         if keep is None and self.training and cfg.mask_rate > 0:
             keep = self.draw_mask()
         B = x.shape[0]
-        sel, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, keep, self.select_dtype)
+        u = torch.cat([x, y])
+        sel, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, keep, self.select_dtype, u=u)
         ix, iy = idx[:B], idx[B:]
-        se = squared_errors(torch.cat([x, y]), u_hat)  # ||u - u_hat||^2 per row of [x; y]
+        se = squared_errors(u, u_hat)  # ||u - u_hat||^2 per row of [x; y]
         rec_x, rec_y = se[:B].mean(), se[B:].mean()
         group = group_l21(vals[:B], ix, vals[B:], iy)
-        aux = fast_auxk(self, sel.aux, u_c, mod, (x, y), u_hat)
+        aux = fast_auxk(self, sel.aux, u_c, mod, u, u_hat)
         loss = rec_x + rec_y + cfg.group_lambda * group + cfg.auxk_coef * aux
         self._update_firing((vals[:B], ix), (vals[B:], iy), n_samples=2 * B)  # zero-valued slots do not fire
         return LossOutput(loss, step_stats(x, y, rec_x, rec_y, aux=aux, group=group))

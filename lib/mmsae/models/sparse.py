@@ -467,6 +467,12 @@ class Selection:
         return None if self.aux_idx is None else (self.aux_raw, self.aux_idx)
 
 
+#: on CPU, batches of at least this many rows per input dimension fold the encoder bias into
+#: the matmul (an extra input column of ones) instead of ``addmm``'s copy of it into the output:
+#: building the ``(m, d + 1)`` operand costs about one pass over ``W_enc``, the copy one pass
+#: over the ``R x m`` output
+_AUGMENTED_MIN_ROWS = 4
+
 #: rows of pre-activations computed at once on CPU: a block of ``block_rows x m`` floats
 #: stays in cache between the encoder matmul, the top-K and the AuxK selection
 CPU_BLOCK_BYTES = 32 * 2 ** 20
@@ -530,6 +536,12 @@ def select_codes(model, u_c: torch.Tensor, mask=None, pairs: torch.Tensor | None
     if pairs is None and mask is not None:
         pairs = torch.arange(R, device=u_c.device)
     rb = _block_rows(R, m, u_c.device)
+    if u_c.device.type == "cpu" and R >= _AUGMENTED_MIN_ROWS * u_c.shape[1]:
+        # the bias as one more input column: a plain matmul into the buffer (addmm would first
+        # copy the bias into every row of it, one more pass over R x m floats than the bias row)
+        Wt = torch.cat([Wt.t(), bb[:, None]], 1).t()
+        uu = torch.cat([uu, uu.new_ones(R, 1)], 1)
+        bb = None
     raw = torch.empty(R, k, dtype=dt, device=u_c.device)
     idx = torch.empty(R, k, dtype=torch.int64, device=u_c.device)
     aux_raw = torch.empty(R, k_aux, dtype=dt, device=u_c.device) if k_aux else None
@@ -537,7 +549,8 @@ def select_codes(model, u_c: torch.Tensor, mask=None, pairs: torch.Tensor | None
     for r0 in range(0, R, rb):
         r1 = min(R, r0 + rb)
         with record_function("mmsae.encoder_gemm"):
-            pre = torch.addmm(bb, uu[r0:r1], Wt, out=_workspace(model, r1 - r0, m, dt, u_c.device))
+            ws = _workspace(model, r1 - r0, m, dt, u_c.device)
+            pre = torch.mm(uu[r0:r1], Wt, out=ws) if bb is None else torch.addmm(bb, uu[r0:r1], Wt, out=ws)
         with record_function("mmsae.topk_select" if mask is None else "mmsae.topk_select_masked"):
             raw[r0:r1], idx[r0:r1] = _select(pre, k, mask, None if pairs is None else pairs[r0:r1])
         if k_aux:
@@ -611,9 +624,11 @@ def fast_branch(model, u: torch.Tensor, modality: int, mask=None, select_dtype: 
     return sel, u_c, vals, sel.idx, u_hat
 
 
-def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_dtype=None):
+def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_dtype=None,
+                     u: torch.Tensor | None = None):
     """Both modalities in one pass (one encoder matmul, one sparse backward, one decode over
-    the ``2B`` rows ``[x; y]``): ``(sel, u_c, vals, idx, u_hat, mod)``; rows ``:B`` are x."""
+    the ``2B`` rows ``[x; y]``): ``(sel, u_c, vals, idx, u_hat, mod)``; rows ``:B`` are x.
+    ``u``: ``torch.cat([x, y])`` when the caller has it already (its squared errors need it)."""
     B = x.shape[0]
     b_pre = model.b_pre
     m0, m1 = model._mod(0), model._mod(1)
@@ -625,8 +640,12 @@ def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_
                         None if sx.aux is None else torch.cat([sx.aux_raw, sy.aux_raw]),
                         None if sx.aux is None else torch.cat([sx.aux_idx, sy.aux_idx]))
         return (sel,) + tuple(torch.cat([a, b]) for a, b in zip(bx[1:], by[1:])) + (mod,)
-    with torch.no_grad():
-        u_c = torch.cat([x - b_pre[m0], y - b_pre[m1]])
+    with torch.no_grad():  # u_c = [x - b_pre[m0]; y - b_pre[m1]] in one pass
+        u = torch.cat([x, y]) if u is None else u
+        if m0 == m1:
+            u_c = u - b_pre[m0]
+        else:
+            u_c = (u.view(2, B, -1) - b_pre[[m0, m1]].unsqueeze(1)).view(2 * B, -1)
     pairs = torch.arange(B, device=x.device).repeat(2) if mask is not None else None
     sel = select_codes(model, u_c, mask, pairs, select_dtype)
     with record_function("mmsae.sparse_decode"):

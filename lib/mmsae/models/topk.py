@@ -206,10 +206,11 @@ class TopKSAE(Dictionary):
         Evaluated K-sparse (:mod:`mmsae.models.sparse`): the ``2B`` rows ``[x; y]`` go through
         one encoder matmul; only the selected ``(2B, K)`` entries enter the autograd graph."""
         B = x.shape[0]
-        sel, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, None, self.select_dtype)
-        se = squared_errors(torch.cat([x, y]), u_hat)  # ||u - u_hat||^2 per row of [x; y]
+        u = torch.cat([x, y])
+        sel, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, None, self.select_dtype, u=u)
+        se = squared_errors(u, u_hat)  # ||u - u_hat||^2 per row of [x; y]
         rec_x, rec_y = se[:B].mean(), se[B:].mean()
-        aux = fast_auxk(self, sel.aux, u_c, mod, (x, y), u_hat)
+        aux = fast_auxk(self, sel.aux, u_c, mod, u, u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux
         self._update_firing((vals[:B], idx[:B]), (vals[B:], idx[B:]), n_samples=2 * B)
         return LossOutput(loss, step_stats(x, y, rec_x, rec_y, aux=aux))
