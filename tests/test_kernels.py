@@ -1,0 +1,156 @@
+"""The compiled CPU kernels (mmsae.models.kernels) against plain torch definitions: the masked
+top-k scan, the latent-by-latent sparse backward, the decoder-norm hooks; and that splitting
+each over two threads gives bit-identical results."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mmsae.models.sparse as sp
+from mmsae.models import SAEConfig, build_model
+from mmsae.models.kernels import entries_by_latent
+
+
+@pytest.fixture
+def threads():
+    """``threads(n)`` sets torch's intra-op thread count for the test, restored afterwards."""
+    prev = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(prev)
+
+
+def test_entries_by_latent_is_a_stable_grouping():
+    idx = torch.randint(0, 50, (1000,), generator=torch.Generator().manual_seed(0))
+    order, ptr = entries_by_latent(idx.numpy(), 64)
+    ref = np.argsort(idx.numpy(), kind="stable")
+    assert np.array_equal(order, ref)
+    assert np.array_equal(np.diff(ptr), np.bincount(idx.numpy(), minlength=64)) and ptr[0] == 0
+
+
+def _dense_masked_topk(pre, k, mask, pairs):
+    R, m = pre.shape
+    rows = pairs[:, None] if mask.per_pair else torch.zeros(R, 1, dtype=torch.long)
+    keep = mask.keep(rows, torch.arange(m)[None]).expand(R, m)
+    return pre.masked_fill(~keep, float("-inf")).topk(k, dim=-1), keep
+
+
+@pytest.mark.parametrize("per_pair,offset", [(True, 0), (True, 77), (False, 0)])
+def test_masked_scan_is_the_dense_masked_topk(per_pair, offset, threads):
+    g = torch.Generator().manual_seed(1)
+    R, m, k = 300, 1024, 16
+    pre = torch.randn(R, m, generator=g)
+    pre[3] = pre[3].sort().values  # the bound is loosest on sorted rows
+    pre[4] = torch.relu(pre[4] - 2.0)  # mostly zeros: ties at the k-th value
+    pre[6, 10] = float("nan")  # no bound holds: the exact fallback answers
+    pairs = torch.arange(R) % 120
+    mask = sp.HashMask(98765, 0.3, per_pair, offset)
+    threads(1)
+    v, i = sp._select(pre, k, mask, pairs)
+    (rv, _), keep = _dense_masked_topk(pre, k, mask, pairs)
+    ok = torch.isfinite(rv).all(1) & ~pre.isnan().any(1)
+    assert ok.sum() >= R - 2
+    assert torch.equal(v[ok].sort(1).values, rv[ok].sort(1).values)
+    assert keep.gather(1, i).all()
+    kept4 = (torch.arange(m)[keep[4]])
+    tie = rv[4, -1]
+    want = kept4[pre[4, kept4] > tie].tolist() + kept4[pre[4, kept4] == tie].tolist()[:k - int((pre[4, kept4] > tie).sum())]
+    assert sorted(i[4].tolist()) == sorted(want)  # ties: the lowest kept indices
+    threads(2)
+    v2, i2 = sp._select(pre, k, mask, pairs)
+    assert torch.equal(v2[ok], v[ok]) and torch.equal(i2[ok], i[ok])  # the scan's rows: the same order
+    assert torch.equal(i2.sort(1).values, i.sort(1).values)  # (torch.topk's fallback rows: any order)
+
+
+def _grads(fn, *inputs):
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    out = fn(*leaves)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
+    out.backward(g)
+    return out.detach(), [t.grad for t in leaves if t.is_floating_point()]
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_sparse_decode_backward_matches_embedding_bag(flat, threads):
+    gen = torch.Generator().manual_seed(2)
+    R, K, m, d = 512, 16, 300, 24  # 8192 entries: the backward runs on two threads below
+    W = torch.randn(m, d, generator=gen)
+    b_pre = torch.randn(2, d, generator=gen)
+    idx = torch.stack([torch.randperm(m, generator=gen)[:K] for _ in range(R)])
+    vals = torch.rand(R, K, generator=gen)
+    mod = [(slice(0, R // 2), 0), (slice(R // 2, R), 1)]
+    if flat:
+        rows = torch.arange(R).repeat_interleave(K)
+        counts = torch.bincount(rows, minlength=R)
+        offsets = torch.cumsum(counts, 0) - counts
+        ours = lambda W_, v_, b_: sp.sparse_decode(W_, v_.reshape(-1), idx.reshape(-1), rows, offsets, b_, mod)
+        ref = lambda W_, v_, b_: F.embedding_bag(idx.reshape(-1), W_, offsets, per_sample_weights=v_.reshape(-1),
+                                                  mode="sum") + torch.cat([b_[0].expand(R // 2, -1),
+                                                                           b_[1].expand(R // 2, -1)])
+    else:
+        ours = lambda W_, v_, b_: sp.sparse_decode(W_, v_, idx, b_pre=b_, mod=mod)
+        ref = lambda W_, v_, b_: F.embedding_bag(idx, W_, per_sample_weights=v_, mode="sum") + torch.cat(
+            [b_[0].expand(R // 2, -1), b_[1].expand(R // 2, -1)])
+    threads(1)
+    o1, g1 = _grads(ours, W, vals, b_pre)
+    o0, g0 = _grads(ref, W, vals, b_pre)
+    torch.testing.assert_close(o1, o0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    threads(2)
+    o2, g2 = _grads(ours, W, vals, b_pre)
+    assert torch.equal(o2, o1) and all(torch.equal(a, b) for a, b in zip(g2, g1))
+
+
+def test_sparse_encoder_values_backward_matches_torch_path(monkeypatch, threads):
+    gen = torch.Generator().manual_seed(3)
+    R, K, m, d = 512, 16, 300, 24
+    u_c = torch.randn(R, d, generator=gen)
+    W = torch.randn(m, d, generator=gen)
+    b_enc = torch.randn(m, generator=gen)
+    b_pre = torch.randn(2, d, generator=gen)
+    idx = torch.stack([torch.randperm(m, generator=gen)[:K] for _ in range(R)])
+    raw = torch.randn(R, K, generator=gen)  # some negative: ReLU gradient 0 there
+    mod = [(slice(0, R // 2), 0), (slice(R // 2, R), 1)]
+    fn = lambda W_, be, bp: sp.sparse_encoder_values(raw, u_c, idx, W_, be, bp, mod)
+    threads(1)
+    _, g_kernel = _grads(fn, W, b_enc, b_pre)
+    threads(2)
+    _, g_two = _grads(fn, W, b_enc, b_pre)
+    assert all(torch.equal(a, b) for a, b in zip(g_two, g_kernel))
+    threads(1)
+    monkeypatch.setattr(sp, "_kernel_ok", lambda *ts: False)  # torch's sparse matmul and index_add
+    _, g_ref = _grads(fn, W, b_enc, b_pre)
+    for a, b in zip(g_kernel, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_hooks_match_torch_and_threads(monkeypatch, threads):
+    import mmsae.models.topk as tk
+
+    model = build_model(SAEConfig(d=24, m=4096, k=4), seed=0)
+    g = torch.Generator().manual_seed(4)
+    grad = torch.randn(4096, 24, generator=g)
+    grad[7] = 0.0  # a latent without gradient
+    W_next = model.W_dec.detach() * 3.0 + 0.1 * torch.randn(4096, 24, generator=g)
+    out = {}
+    for name, n, kernel in (("kernel1", 1, True), ("kernel2", 2, True), ("torch", 1, False)):
+        threads(n)
+        monkeypatch.setattr(tk, "_rows_kernel_ok", (lambda *ts: True) if kernel else (lambda *ts: False))
+        model.W_dec.grad = grad.clone()
+        model.before_optimizer_step()
+        projected = model.W_dec.grad.clone()
+        with torch.no_grad():
+            saved = model.W_dec.detach().clone()
+            model.W_dec.copy_(W_next)
+        model.after_optimizer_step()
+        out[name] = (projected, model.W_dec.detach().clone())
+        with torch.no_grad():
+            model.W_dec.copy_(saved)
+    assert all(torch.equal(a, b) for a, b in zip(out["kernel1"], out["kernel2"]))
+    for a, b in zip(out["kernel1"], out["torch"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    projected, renormed = out["kernel1"]
+    assert (projected * model.W_dec.detach()).sum(1).abs().max() < 1e-5
+    assert torch.equal(projected[7], torch.zeros(24))
+    torch.testing.assert_close(renormed.norm(dim=1), torch.ones(4096))
