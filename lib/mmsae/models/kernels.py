@@ -19,6 +19,9 @@ the GIL (``nogil``), so the caller can split its work over threads.
   gradient), the
   rows of the upstream gradient are what is gathered, and the result does not depend on how
   the latent range is split over threads (each latent's sum runs in entry order).
+* ``match_slots(i_x, i_y, match_x, y_only)``: for the K-sparse codes of the two members of
+  each pair, where each x slot's latent sits among the y slots, and which y slots have no x
+  partner (the matching of :func:`mmsae.models.losses.group_l21`).
 * ``project_rows(W, G, lo, hi)`` and ``renorm_rows(W, lo, hi)``: the decoder-norm hooks of
   :class:`~mmsae.models.topk.TopKSAE` (gradient projection, renormalisation), one row at a
   time while it is in cache.
@@ -30,7 +33,7 @@ import numba
 import numpy as np
 
 __all__ = ["scan_rows", "entries_by_latent", "decoder_backward", "encoder_backward", "project_rows",
-           "renorm_rows"]
+           "renorm_rows", "match_slots"]
 
 #: fast-math flags for the dot products and sums (reassociation lets them vectorise); no
 #: ``nnan``/``ninf``, so NaN and infinity propagate as in torch
@@ -237,3 +240,23 @@ def renorm_rows(W, lo, hi):
         nrm = max(np.sqrt(s), np.float32(1e-8))
         for c in range(d):
             w[c] = w[c] / nrm
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def match_slots(i_x, i_y, match_x, y_only):
+    """Per pair ``b``: ``match_x[b, s]`` = the y slot holding latent ``i_x[b, s]`` (or -1), and
+    ``y_only[b, t]`` = no x slot holds latent ``i_y[b, t]`` (latents unique within a row)."""
+    B, Kx = i_x.shape
+    Ky = i_y.shape[1]
+    for b in range(B):
+        for t in range(Ky):
+            y_only[b, t] = True
+        for s in range(Kx):
+            j = i_x[b, s]
+            hit = -1
+            for t in range(Ky):
+                if i_y[b, t] == j:
+                    hit = t
+            match_x[b, s] = hit
+            if hit >= 0:
+                y_only[b, hit] = False

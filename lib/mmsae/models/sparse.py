@@ -39,6 +39,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
@@ -153,8 +154,6 @@ def _over_latents(kernel, ptr, *args) -> None:
     if threads <= 1:
         kernel(*args, 0, m)
         return
-    import numpy as np
-
     cuts = [0] + [int(np.searchsorted(ptr, n * t // threads)) for t in range(1, threads)] + [m]
     list(_scan_pool(threads).map(lambda t: kernel(*args, cuts[t], cuts[t + 1]), range(threads)))
 
@@ -173,8 +172,6 @@ def split_rows(kernel, n_rows: int, *args) -> None:
 
 def _entry_rows(rows: torch.Tensor | None):
     """``(rows array, K)`` for the kernels: flat entries pass their rows (K = 0)."""
-    import numpy as np
-
     return (np.empty(0, np.int64), None) if rows is None else (_np(rows.to(torch.int64)), 0)
 
 
@@ -232,8 +229,6 @@ def sparse_encoder_values(raw, u_c, idx, W_enc, b_enc, b_pre, mod, rows=None):
 def _encoder_grads(mod, n_pre: int, idx, g, u_c, m: int, rows):
     """CPU: ``(W_enc gradient, per)`` with ``per[q, j]`` the summed gradient of latent ``j``'s
     entries in rows that use pre-bias row ``q`` (:func:`kernels.encoder_backward`)."""
-    import numpy as np
-
     R = u_c.shape[0]
     rowmod = np.zeros(R, np.int64)
     if not isinstance(mod, int):
@@ -355,8 +350,6 @@ def _chunk_scan(pre: torch.Tensor, k: int, kc: int, mask: "HashMask | None" = No
     :func:`_select`): ``(vals, idx, short)`` with ``short`` the rows left to the caller
     (see :func:`kernels.scan_rows`), or None where it does not apply (not CPU float32
     contiguous, or no chunking of the row gives a bound for ``kc``)."""
-    import numpy as np
-
     R, m = pre.shape
     n_chunks = _bound_chunks(m, kc)
     if not (pre.device.type == "cpu" and pre.dtype == torch.float32 and n_chunks and pre.is_contiguous()

@@ -41,6 +41,7 @@ from torch import nn
 
 from .losses import squared_errors
 from .base import Dictionary, LossOutput, SAEConfig, register, step_stats
+from .kernels import project_rows, renorm_rows
 from .sparse import fast_auxk, fast_pair_branch, split_rows
 
 __all__ = ["TopKSAE", "geometric_median"]
@@ -157,8 +158,6 @@ class TopKSAE(Dictionary):
             return
         W = self.W_dec
         if _rows_kernel_ok(W, g):  # CPU: one compiled pass, row by row
-            from .kernels import project_rows
-
             split_rows(project_rows, W.shape[0], W.detach().numpy(), g.numpy())
             return
         for r in range(0, W.shape[0], _ROW_BLOCK):
@@ -171,8 +170,6 @@ class TopKSAE(Dictionary):
         in cache-sized blocks of rows)."""
         W = self.W_dec
         if _rows_kernel_ok(W):
-            from .kernels import renorm_rows
-
             split_rows(renorm_rows, W.shape[0], W.detach().numpy())
             return
         for r in range(0, W.shape[0], _ROW_BLOCK):
