@@ -5,9 +5,9 @@ caches it on disk (``cache=True`` works for module-level functions only), so lat
 processes load them in milliseconds instead of compiling them again. Every kernel releases
 the GIL (``nogil``), so the caller can split its work over threads.
 
-* ``scan_rows(pre, cmax, t, k, masked, ...)``: the row top-k of
-  :func:`~mmsae.models.sparse.topk_rows` from the chunk maxima ``cmax`` and a lower bound
-  ``t``, scanning only the chunks that can hold a candidate, with the MGSAE mask applied to
+* ``scan_rows(pre, cmax, kc, k, masked, ...)``: the row top-k of
+  :func:`~mmsae.models.sparse.topk_rows` from the chunk maxima ``cmax`` (their ``kc``-th
+  largest bounds the candidates), scanning only the chunks that can hold a candidate, with the MGSAE mask applied to
   the candidates when ``masked``.
 * ``entries_by_latent(idx, m)``: the entries (flat positions in ``idx``) grouped by latent,
   CSR style: ``order[ptr[j]:ptr[j + 1]]`` are the entries of latent ``j``, in entry order (a
@@ -83,12 +83,14 @@ def _kth_largest(a, n, q):
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def scan_rows(pre, cmax, t, k, masked, salt, thresh, per_pair, pairs, out_v, out_i):
+def scan_rows(pre, cmax, kc, k, masked, salt, thresh, per_pair, pairs, out_v, out_i):
     """Top ``k`` of each row of ``pre`` (``(R, m)`` float32) from the candidates ``>= t[r]``.
 
     ``cmax[r, c]`` is the maximum of chunk ``c`` (``m / n_chunks`` consecutive entries) of row
-    ``r`` and ``t[r]`` a lower bound of the row's k-th largest entry (of its ``kc``-th largest
-    when masked), so only chunks with ``cmax >= t`` are scanned. With ``masked``, candidates
+    ``r``; their ``kc``-th largest ``t`` (``kc <= n_chunks``; ``kc = k`` unmasked) is a lower
+    bound of the row's ``kc``-th largest entry (the ``kc`` largest chunk maxima are ``kc``
+    distinct entries), so the candidates are the entries ``>= t`` and only chunks with
+    ``cmax >= t`` are scanned. With ``masked``, candidates
     are kept only where the index-form mask keeps them (``keep`` of
     :class:`mmsae.models.sparse.HashMask` with ``salt``, ``thresh = rate * 2^32``,
     ``per_pair`` and pair ``pairs[r]``), and the top ``k`` are taken among the kept ones: the
@@ -96,19 +98,28 @@ def scan_rows(pre, cmax, t, k, masked, salt, thresh, per_pair, pairs, out_v, out
     at the k-th value go to the lowest indices. A row with fewer than ``k`` (kept) candidates
     (NaN in the row, or the mask dropping too many) gets ``out_i[r, 0] = -1``, for the caller."""
     R, m = pre.shape
-    size = m // cmax.shape[1]
+    nc = cmax.shape[1]
+    size = m // nc
     buf_v = np.empty(m, pre.dtype)
     buf_i = np.empty(m, np.int64)
-    work = np.empty(m, pre.dtype)
+    work = np.empty(max(m, nc), pre.dtype)
     salt = np.uint64(salt) & _M32
     hfin = (salt * np.uint64(0x7FEB352D) + np.uint64(0x165667B1)) & _M32
     hsalt = (salt ^ np.uint64(0x27D4EB2F)) & _M32
     for r in range(R):
         row = pre[r]
-        tr = t[r]
+        nan = False
+        for c in range(nc):
+            v = cmax[r, c]
+            work[c] = v
+            nan |= v != v
+        if nan:  # NaN in the row: no bound holds
+            out_i[r, 0] = -1
+            continue
+        tr = _kth_largest(work, nc, kc)
         n = 0
-        for c in range(cmax.shape[1]):
-            if cmax[r, c] >= tr:  # NaN maxima (and bounds) compare False: such rows come up short
+        for c in range(nc):
+            if cmax[r, c] >= tr:
                 for j in range(c * size, (c + 1) * size):
                     v = row[j]
                     if v >= tr:

@@ -356,7 +356,6 @@ def _chunk_scan(pre: torch.Tensor, k: int, kc: int, mask: "HashMask | None" = No
             and R > 0):
         return None
     cmax = pre.view(R, n_chunks, m // n_chunks).amax(-1)
-    t = cmax.topk(kc, dim=-1, sorted=False).values.amin(-1)
     vals = torch.empty(R, k, dtype=pre.dtype)
     idx = torch.empty(R, k, dtype=torch.int64)
     if mask is None:
@@ -365,17 +364,17 @@ def _chunk_scan(pre: torch.Tensor, k: int, kc: int, mask: "HashMask | None" = No
         p = torch.arange(R) if pairs is None else pairs.to(torch.int64)
         margs = (True, np.uint64(mask.salt & _M32), np.uint64(int(mask.rate * 2 ** 32)), bool(mask.per_pair),
                  (p + mask.row_offset).numpy())
-    a, cm, tt, v, i = pre.numpy(), cmax.numpy(), t.numpy(), vals.numpy(), idx.numpy()
+    a, cm, v, i = pre.numpy(), cmax.numpy(), vals.numpy(), idx.numpy()
     pa = margs[4]
     threads = min(torch.get_num_threads(), R // 64)
     if threads > 1:  # the kernel releases the GIL: rows split over torch's thread count
         b = [R * j // threads for j in range(threads + 1)]
         list(_scan_pool(threads).map(
-            lambda j: scan_rows(a[b[j]:b[j + 1]], cm[b[j]:b[j + 1]], tt[b[j]:b[j + 1]], k, *margs[:4],
+            lambda j: scan_rows(a[b[j]:b[j + 1]], cm[b[j]:b[j + 1]], kc, k, *margs[:4],
                                 pa[b[j]:b[j + 1]] if mask is not None else pa, v[b[j]:b[j + 1]], i[b[j]:b[j + 1]]),
             range(threads)))
     else:
-        scan_rows(a, cm, tt, k, *margs, v, i)
+        scan_rows(a, cm, kc, k, *margs, v, i)
     return vals, idx, idx[:, 0] < 0
 
 
@@ -386,8 +385,8 @@ def topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     the k-th largest chunk maximum ``t`` is a lower bound of the row's k-th largest entry (the
     k largest chunk maxima are k distinct entries), so the top k are among the entries
     ``>= t``, usually a few times k, and lie in the chunks whose maximum is ``>= t``. A
-    compiled scan (numba, :func:`kernels.scan_rows`) of those chunks collects them and selects
-    the k largest. Same values as ``torch.topk`` (ties at the k-th value go to the lowest index;
+    compiled scan (numba, :func:`kernels.scan_rows`) finds ``t`` by quickselect on the chunk
+    maxima, collects the entries of those chunks and selects the k largest. Same values as ``torch.topk`` (ties at the k-th value go to the lowest index;
     ``torch.topk`` leaves tie order unspecified); a row holding NaN falls back to
     ``torch.topk``. Elsewhere (CUDA, other dtypes, shapes without a bound) ``torch.topk``."""
     res = _chunk_scan(pre, k, k)

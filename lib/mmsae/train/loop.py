@@ -526,7 +526,7 @@ def train(
                 xb, yb = prefetch.next()
             else:
                 idx = idx[shard]
-                xb, yb = x[idx], y[idx]
+                xb, yb = torch.index_select(x, 0, idx), torch.index_select(y, 0, idx)  # row copies
             before = [b.clone() for b in ddp.firing_buffers(model)] if has_firing else None
             with record_function("mmsae.forward"):
                 out = model.training_loss(xb, yb, step)
