@@ -753,7 +753,8 @@ def test_select_codes_bias_column_matches_addmm(masked, monkeypatch):
     monkeypatch.setattr(sp, "_AUGMENTED_MIN_ROWS", 0)  # the bias column
     got = sp.select_codes(model, u_c, mask, pairs)
     exact = (u_c @ model.W_enc.t() + model.b_enc).detach()
-    for a, b, (rv, ri) in ((ref.raw, ref.idx, (got.raw, got.idx)), (ref.aux_raw, ref.aux_idx, (got.aux_raw, got.aux_idx))):
+    pairs_of = ((ref.raw, ref.idx, (got.raw, got.idx)), (ref.aux_raw, ref.aux_idx, (got.aux_raw, got.aux_idx)))
+    for a, b, (rv, ri) in pairs_of:
         assert torch.equal(b.sort(1).values, ri.sort(1).values)
         torch.testing.assert_close(rv, exact.gather(1, ri), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(a, exact.gather(1, b), rtol=1e-5, atol=1e-5)

@@ -52,9 +52,10 @@ def test_masked_scan_is_the_dense_masked_topk(per_pair, offset, threads):
     assert ok.sum() >= R - 2
     assert torch.equal(v[ok].sort(1).values, rv[ok].sort(1).values)
     assert keep.gather(1, i).all()
-    kept4 = (torch.arange(m)[keep[4]])
+    kept4 = torch.arange(m)[keep[4]]
     tie = rv[4, -1]
-    want = kept4[pre[4, kept4] > tie].tolist() + kept4[pre[4, kept4] == tie].tolist()[:k - int((pre[4, kept4] > tie).sum())]
+    above = kept4[pre[4, kept4] > tie].tolist()
+    want = above + kept4[pre[4, kept4] == tie].tolist()[:k - len(above)]
     assert sorted(i[4].tolist()) == sorted(want)  # ties: the lowest kept indices
     threads(2)
     v2, i2 = sp._select(pre, k, mask, pairs)

@@ -145,29 +145,30 @@ def _np(t: torch.Tensor):
     return t.detach().contiguous().numpy()
 
 
-def _over_latents(kernel, ptr, *args) -> None:
-    """Run ``kernel(*args, lo, hi)`` over the latent range, split over torch's intra-op
-    thread count into ranges holding about equal numbers of entries (the kernels release the
-    GIL; each latent is summed by one thread, so the result does not depend on the split)."""
-    m, n = len(ptr) - 1, int(ptr[-1])
-    threads = min(torch.get_num_threads(), n // 4096)
-    if threads <= 1:
-        kernel(*args, 0, m)
+def _run_ranges(kernel, cuts: list[int], *args) -> None:
+    """``kernel(*args, cuts[t], cuts[t + 1])`` for each range, one thread each (the kernels
+    release the GIL; each row or latent is done by one thread, so the split does not change
+    the result)."""
+    if len(cuts) <= 2:
+        kernel(*args, cuts[0], cuts[-1])
         return
-    cuts = [0] + [int(np.searchsorted(ptr, n * t // threads)) for t in range(1, threads)] + [m]
-    list(_scan_pool(threads).map(lambda t: kernel(*args, cuts[t], cuts[t + 1]), range(threads)))
+    list(_scan_pool(len(cuts) - 1).map(lambda t: kernel(*args, cuts[t], cuts[t + 1]), range(len(cuts) - 1)))
+
+
+def _over_latents(kernel, ptr, *args) -> None:
+    """Run ``kernel(*args, lo, hi)`` over the latent range, split over torch's intra-op thread
+    count into ranges holding about equal numbers of entries (at least 4096 per thread)."""
+    m, n = len(ptr) - 1, int(ptr[-1])
+    threads = max(1, min(torch.get_num_threads(), n // 4096))
+    _run_ranges(kernel, [0] + [int(np.searchsorted(ptr, n * t // threads)) for t in range(1, threads)] + [m],
+                *args)
 
 
 def split_rows(kernel, n_rows: int, *args) -> None:
     """Run ``kernel(*args, lo, hi)`` over rows ``[0, n_rows)`` split evenly over torch's intra-op
-    thread count (rows of at least 1024 per thread; the kernels release the GIL and each row
-    is done by one thread, so the split does not change the result)."""
-    threads = min(torch.get_num_threads(), n_rows // 1024)
-    if threads <= 1:
-        kernel(*args, 0, n_rows)
-        return
-    cuts = [n_rows * t // threads for t in range(threads + 1)]
-    list(_scan_pool(threads).map(lambda t: kernel(*args, cuts[t], cuts[t + 1]), range(threads)))
+    thread count (at least 1024 rows per thread)."""
+    threads = max(1, min(torch.get_num_threads(), n_rows // 1024))
+    _run_ranges(kernel, [n_rows * t // threads for t in range(threads + 1)], *args)
 
 
 def _entry_rows(rows: torch.Tensor | None):
@@ -386,9 +387,10 @@ def topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     k largest chunk maxima are k distinct entries), so the top k are among the entries
     ``>= t``, usually a few times k, and lie in the chunks whose maximum is ``>= t``. A
     compiled scan (numba, :func:`kernels.scan_rows`) finds ``t`` by quickselect on the chunk
-    maxima, collects the entries of those chunks and selects the k largest. Same values as ``torch.topk`` (ties at the k-th value go to the lowest index;
-    ``torch.topk`` leaves tie order unspecified); a row holding NaN falls back to
-    ``torch.topk``. Elsewhere (CUDA, other dtypes, shapes without a bound) ``torch.topk``."""
+    maxima, collects the entries of those chunks and selects the k largest. Same values as
+    ``torch.topk`` (ties at the k-th value go to the lowest index; ``torch.topk`` leaves tie
+    order unspecified); a row holding NaN falls back to ``torch.topk``. Elsewhere (CUDA,
+    other dtypes, shapes without a bound) ``torch.topk``."""
     res = _chunk_scan(pre, k, k)
     if res is None:
         return pre.topk(k, dim=-1, sorted=False)
