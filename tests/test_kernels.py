@@ -155,3 +155,29 @@ def test_decoder_hooks_match_torch_and_threads(monkeypatch, threads):
     assert (projected * model.W_dec.detach()).sum(1).abs().max() < 1e-5
     assert torch.equal(projected[7], torch.zeros(24))
     torch.testing.assert_close(renormed.norm(dim=1), torch.ones(4096))
+
+
+def test_torch_fallbacks_match_the_kernels(monkeypatch):
+    """What runs off CPU (CUDA, other dtypes): the torch forms of the masked selection and of
+    the decode with pre-biases give what the kernels give."""
+    g = torch.Generator().manual_seed(6)
+    pre = torch.randn(200, 512, generator=g)
+    pairs = torch.arange(200) % 90
+    mask = sp.HashMask(4242, 0.2, True)
+    v, i = sp._select(pre, 8, mask, pairs)
+    R, m, K, d = 64, 100, 8, 12
+    W = torch.randn(m, d, generator=g, requires_grad=True)
+    vals = torch.rand(R, K, generator=g, requires_grad=True)
+    b_pre = torch.randn(2, d, generator=g, requires_grad=True)
+    idx = torch.stack([torch.randperm(m, generator=g)[:K] for _ in range(R)])
+    mod = [(slice(0, R // 2), 0), (slice(R // 2, R), 1)]
+    out = sp.sparse_decode(W, vals, idx, b_pre=b_pre, mod=mod)
+    grads = torch.autograd.grad(out.square().sum(), (W, vals, b_pre))
+    monkeypatch.setattr(sp, "_chunk_scan", lambda *a, **k: None)  # the torch hash on the top candidates
+    monkeypatch.setattr(sp, "_kernel_ok", lambda *ts: False)  # embedding_bag and an add
+    v0, i0 = sp._select(pre, 8, mask, pairs)
+    assert torch.equal(v.sort(1).values, v0.sort(1).values) and torch.equal(i.sort(1).values, i0.sort(1).values)
+    out0 = sp.sparse_decode(W, vals, idx, b_pre=b_pre, mod=mod)
+    torch.testing.assert_close(out, out0)
+    for a, b in zip(grads, torch.autograd.grad(out0.square().sum(), (W, vals, b_pre))):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
