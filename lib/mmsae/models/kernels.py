@@ -1,30 +1,31 @@
-"""The compiled (numba, CPU) kernels behind :mod:`mmsae.models.sparse`.
+"""The compiled (numba, CPU) kernels behind :mod:`mmsae.models.sparse`,
+:func:`mmsae.models.losses.group_l21` and the decoder hooks of
+:class:`~mmsae.models.topk.TopKSAE`.
 
-Kept in their own module, imported on first use: numba compiles each kernel once and
-caches it on disk (``cache=True`` works for module-level functions only), so later
-processes load them in milliseconds instead of compiling them again. Every kernel releases
-the GIL (``nogil``), so the caller can split its work over threads.
+numba compiles each kernel on its first call and caches it on disk (``cache=True``, which
+works for module-level functions only), so later processes load it in milliseconds instead
+of compiling it again. Every kernel releases the GIL (``nogil``), so the caller can split
+its work over threads.
 
 * ``scan_rows(pre, cmax, kc, k, masked, ...)``: the row top-k of
   :func:`~mmsae.models.sparse.topk_rows` from the chunk maxima ``cmax`` (their ``kc``-th
-  largest bounds the candidates), scanning only the chunks that can hold a candidate, with the MGSAE mask applied to
-  the candidates when ``masked``.
+  largest bounds the candidates), scanning only the chunks that can hold a candidate, with
+  the MGSAE mask applied to the candidates when ``masked``.
 * ``entries_by_latent(idx, m)``: the entries (flat positions in ``idx``) grouped by latent,
   CSR style: ``order[ptr[j]:ptr[j + 1]]`` are the entries of latent ``j``, in entry order (a
   stable counting sort, ``O(N + m)``).
 * ``decoder_backward(...)`` and ``encoder_backward(...)``: the backward of a K-sparse decode
   (``u_hat[r] = sum_e vals[e] W[idx[e]]`` over row ``r``'s entries) and of the K selected
   encoder values, latent by latent over that grouping. Each weight-gradient row is summed
-  in cache and written once (no zero fill and no scattered read-modify-write of the ``(m, d)``
-  gradient), the
-  rows of the upstream gradient are what is gathered, and the result does not depend on how
-  the latent range is split over threads (each latent's sum runs in entry order).
+  in cache and written once (no zero fill and no scattered read-modify-write of the
+  ``(m, d)`` gradient); the rows of the upstream gradient are what is gathered; and the
+  result does not depend on how the latent range is split over threads (each latent's sum
+  runs in entry order).
 * ``match_slots(i_x, i_y, match_x, y_only)``: for the K-sparse codes of the two members of
   each pair, where each x slot's latent sits among the y slots, and which y slots have no x
   partner (the matching of :func:`mmsae.models.losses.group_l21`).
-* ``project_rows(W, G, lo, hi)`` and ``renorm_rows(W, lo, hi)``: the decoder-norm hooks of
-  :class:`~mmsae.models.topk.TopKSAE` (gradient projection, renormalisation), one row at a
-  time while it is in cache.
+* ``project_rows(W, G, lo, hi)`` and ``renorm_rows(W, lo, hi)``: the decoder-norm hooks
+  (gradient projection, renormalisation), one row at a time while it is in cache.
 """
 
 from __future__ import annotations
