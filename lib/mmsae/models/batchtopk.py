@@ -32,8 +32,8 @@ import torch
 
 from .losses import squared_errors
 from .base import LossOutput, SAEConfig, register, step_stats
-from .sparse import (batch_topk_entries, dead_latents, decode_entries, fast_auxk, pooled_pre_activations,
-                     select_dead, sparse_encoder_values)
+from .sparse import (batch_topk_entries, dead_latents, decode_entries, fast_auxk, pair_mod,
+                     pooled_pre_activations, select_dead, sparse_encoder_values)
 from .topk import TopKSAE
 
 __all__ = ["BatchTopKSAE", "batch_topk"]
@@ -103,7 +103,7 @@ class BatchTopKSAE(TopKSAE):
         of value 0, when fewer than ``2B * K`` pre-activations are positive, is not a firing)."""
         b = x.shape[0]
         m0, m1 = self._mod(0), self._mod(1)
-        mod = m0 if m0 == m1 else [(slice(0, b), m0), (slice(b, 2 * b), m1)]
+        mod = pair_mod(self, b)
         b_pre = self.b_pre.detach()
         u_c = torch.cat([x - b_pre[m0], y - b_pre[m1]])
         pre = pooled_pre_activations(self, u_c.detach())
@@ -153,7 +153,7 @@ class BatchTopKSAE(TopKSAE):
         b = x.shape[0]
         pre, u_c, mod, kept, rows, cols = self._batch_codes(x, y)
         vals = self._sparse_values(u_c, mod, kept, rows, cols)
-        u_hat = decode_entries(self.W_dec, vals, rows, cols, 2 * b) + self._pooled_bias(b)
+        u_hat = decode_entries(self.W_dec, vals, rows, cols, 2 * b, self.b_pre, mod)
         se = squared_errors(torch.cat([x, y]), u_hat)  # ||u - u_hat||^2 per row of [x; y]
         rec_x, rec_y = se[:b].mean(), se[b:].mean()
         aux = self._auxk_pooled(pre, u_c, mod, (x, y), u_hat)

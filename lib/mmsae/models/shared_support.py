@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import torch
 
-
 from .losses import squared_errors
 from .base import LossOutput, SAEConfig, register, step_stats
-from .sparse import fast_auxk, select_shared_support, sparse_decode, sparse_encoder_values
+from .sparse import (centred_pair_rows, fast_auxk, pair_mod, select_shared_support, sparse_decode,
+                     sparse_encoder_values)
 from .topk import TopKSAE
 
 __all__ = ["SharedSupportSAE", "global_topk"]
@@ -82,16 +82,16 @@ class SharedSupportSAE(TopKSAE):
         one no-grad encoder pass, only the ``(2B, K)`` supported entries enter autograd)."""
         B = x.shape[0]
         b_pre = self.b_pre
-        with torch.no_grad():
-            u_c = torch.cat([x - b_pre[0], y - b_pre[1]])
+        u = torch.cat([x, y])
+        u_c = centred_pair_rows(self, u)
         sel, on = select_shared_support(self, u_c, self.select_dtype)
-        mod = [(slice(0, B), 0), (slice(B, 2 * B), 1)]
+        mod = pair_mod(self, B)
         vals = sparse_encoder_values(sel.raw, u_c, sel.idx, self.W_enc, self.b_enc, b_pre, mod)
         vals = vals * on.repeat(2, 1).to(vals.dtype)  # empty slots hold 0
         u_hat = sparse_decode(self.W_dec, vals, sel.idx, b_pre=b_pre, mod=mod)
-        se = squared_errors(torch.cat([x, y]), u_hat)  # ||u - u_hat||^2 per row of [x; y]
+        se = squared_errors(u, u_hat)  # ||u - u_hat||^2 per row of [x; y]
         rec_x, rec_y = se[:B].mean(), se[B:].mean()
-        aux = fast_auxk(self, sel.aux, u_c, mod, (x, y), u_hat)
+        aux = fast_auxk(self, sel.aux, u_c, mod, u, u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux
         self._update_firing((vals[:B], sel.idx[:B]), (vals[B:], sel.idx[B:]), n_samples=2 * B)
         return LossOutput(loss, step_stats(x, y, rec_x, rec_y, aux=aux))

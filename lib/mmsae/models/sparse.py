@@ -36,7 +36,6 @@ same objectives written in the test.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +49,7 @@ from . import kernels
 from .kernels import scan_rows
 
 __all__ = ["HashMask", "draw_hash_mask", "SparseEncoderValues", "sparse_encoder_values", "fast_branch",
-           "fast_auxk", "fast_pair_branch", "sparse_grad_matmul", "decode_entries", "sparse_decode", "SparseDecode",
+           "fast_auxk", "fast_pair_branch", "pair_mod", "centred_pair_rows", "sparse_grad_matmul", "decode_entries", "sparse_decode", "SparseDecode",
            "topk_rows", "Selection", "split_rows",
            "select_codes", "select_dead", "dead_latents", "select_shared_support"]
 
@@ -103,20 +102,15 @@ def draw_hash_mask(rate: float, per_pair: bool, row_offset: int = 0) -> HashMask
 def sparse_grad_matmul(idx: torch.Tensor, g: torch.Tensor, u: torch.Tensor, m: int,
                        rows: torch.Tensor | None = None) -> torch.Tensor:
     """``S^T @ u`` for the ``(R, m)`` matrix ``S`` with ``S[r, idx[r, k]] = g[r, k]``: the
-    ``(m, d)`` gradient of a weight whose rows ``idx`` were dotted with rows of ``u``.
+    ``(m, d)`` gradient of a weight whose rows ``idx`` were dotted with rows of ``u``, as an
+    ``index_add`` of the outer products (the torch form; CPU float32 uses
+    :func:`kernels.encoder_backward`).
 
     With ``rows`` given, ``idx``, ``g`` and ``rows`` are flat ``(N,)`` entry lists instead:
-    ``S[rows[n], idx[n]] = g[n]`` (entries sorted by row, as :func:`batch_entries` gives them)."""
+    ``S[rows[n], idx[n]] = g[n]`` (entries sorted by row, as :func:`batch_topk_entries` gives them)."""
     if rows is None:
         R, K = idx.shape
         rows = torch.arange(R, device=u.device).repeat_interleave(K)
-    if u.device.type == "cpu":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            S = torch.sparse_coo_tensor(torch.stack([rows, idx.reshape(-1)]), g.reshape(-1).to(u.dtype),
-                                        (u.shape[0], m), is_coalesced=True)
-            return torch.sparse.mm(S.t(), u)
-    # CUDA: index_add of the outer products (memory-bound, no sort)
     out = torch.zeros(m, u.shape[1], device=u.device, dtype=u.dtype)
     return out.index_add_(0, idx.reshape(-1), g.reshape(-1, 1).to(u.dtype) * u[rows])
 
@@ -306,12 +300,13 @@ def sparse_decode(W: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, rows: 
 
 
 def decode_entries(W_dec: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                   n_rows: int) -> torch.Tensor:
+                   n_rows: int, b_pre: torch.Tensor | None = None, mod=None) -> torch.Tensor:
     """``(n_rows, d)`` decoding of flat entries (``vals[n]`` times atom ``cols[n]`` added to row
-    ``rows[n]``; entries sorted by row; a row without entries decodes to 0)."""
+    ``rows[n]``; entries sorted by row; a row without entries decodes to 0), plus the pre-bias
+    rows ``b_pre``/``mod`` as :func:`sparse_decode` takes them."""
     counts = torch.bincount(rows, minlength=n_rows)
     offsets = torch.cumsum(counts, 0) - counts
-    return sparse_decode(W_dec, vals, cols, rows, offsets)
+    return sparse_decode(W_dec, vals, cols, rows, offsets, b_pre, mod)
 
 
 def _exact_raw(u_c: torch.Tensor, idx: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor) -> torch.Tensor:
@@ -618,6 +613,22 @@ def fast_branch(model, u: torch.Tensor, modality: int, mask=None, select_dtype: 
     return sel, u_c, vals, sel.idx, u_hat
 
 
+def pair_mod(model, B: int):
+    """The pre-bias row(s) of the ``2B`` rows ``[x; y]``, as :class:`SparseEncoderValues` and
+    :func:`sparse_decode` take them: one row index, or ``[(rows of x, row), (rows of y, row)]``."""
+    m0, m1 = model._mod(0), model._mod(1)
+    return m0 if m0 == m1 else [(slice(0, B), m0), (slice(B, 2 * B), m1)]
+
+
+@torch.no_grad()
+def centred_pair_rows(model, u: torch.Tensor) -> torch.Tensor:
+    """``[x - b_pre[m0]; y - b_pre[m1]]`` of the stacked ``u = [x; y]``, in one pass."""
+    m0, m1 = model._mod(0), model._mod(1)
+    if m0 == m1:
+        return u - model.b_pre[m0]
+    return (u.view(2, u.shape[0] // 2, -1) - model.b_pre[[m0, m1]].unsqueeze(1)).view(u.shape)
+
+
 def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_dtype=None,
                      u: torch.Tensor | None = None):
     """Both modalities in one pass (one encoder matmul, one sparse backward, one decode over
@@ -625,8 +636,7 @@ def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_
     ``u``: ``torch.cat([x, y])`` when the caller has it already (its squared errors need it)."""
     B = x.shape[0]
     b_pre = model.b_pre
-    m0, m1 = model._mod(0), model._mod(1)
-    mod = m0 if m0 == m1 else [(slice(0, B), m0), (slice(B, 2 * B), m1)]
+    mod = pair_mod(model, B)
     if x.requires_grad or y.requires_grad:  # rare (gradients wrt the data): per-modality path
         bx, by = fast_branch(model, x, 0, mask, select_dtype), fast_branch(model, y, 1, mask, select_dtype)
         sx, sy = bx[0], by[0]
@@ -634,12 +644,7 @@ def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_
                         None if sx.aux is None else torch.cat([sx.aux_raw, sy.aux_raw]),
                         None if sx.aux is None else torch.cat([sx.aux_idx, sy.aux_idx]))
         return (sel,) + tuple(torch.cat([a, b]) for a, b in zip(bx[1:], by[1:])) + (mod,)
-    with torch.no_grad():  # u_c = [x - b_pre[m0]; y - b_pre[m1]] in one pass
-        u = torch.cat([x, y]) if u is None else u
-        if m0 == m1:
-            u_c = u - b_pre[m0]
-        else:
-            u_c = (u.view(2, B, -1) - b_pre[[m0, m1]].unsqueeze(1)).view(2 * B, -1)
+    u_c = centred_pair_rows(model, torch.cat([x, y]) if u is None else u)
     pairs = torch.arange(B, device=x.device).repeat(2) if mask is not None else None
     sel = select_codes(model, u_c, mask, pairs, select_dtype)
     with record_function("mmsae.sparse_decode"):
