@@ -680,16 +680,16 @@ def _same_topk(pre, k, got):
     assert all(len(set(r.tolist())) == k for r in i)  # no latent twice in a row
 
 
-@pytest.mark.parametrize("m,k", [(256, 8), (512, 54), (8192, 32), (1024, 128), (96, 5)])
+@pytest.mark.parametrize("m,k", [(256, 8), (512, 54), (8192, 32), (1024, 128), (96, 5), (64, 40)])
 def test_topk_rows_matches_torch_topk(m, k):
-    from mmsae.models.sparse import _bound_chunks, topk_rows
+    from mmsae.models.sparse import _chunk_size, topk_rows
 
     g = torch.Generator().manual_seed(m + k)
     pre = torch.randn(37, m, generator=g)
     pre[3] = pre[3].sort().values  # sorted rows: the bound is loosest at one end
     pre[4] = pre[4].sort(descending=True).values
     _same_topk(pre, k, topk_rows(pre, k))
-    assert (_bound_chunks(m, k) > 0) == (m % 64 == 0 and m >= 128 and k <= m // 2)  # 96: torch.topk
+    assert _chunk_size(m, k) == {256: 16, 512: 8, 8192: 16, 1024: 8, 96: 16, 64: 0}[m]  # 16, fewer, or torch
 
 
 def test_topk_rows_ties_nan_and_threads():
@@ -736,9 +736,9 @@ def test_select_codes_blocks_match_one_block(masked, monkeypatch):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_select_codes_bias_column_matches_addmm(masked, monkeypatch):
-    """Large batches fold b_enc into the matmul as a column of ones; the selection is addmm's
-    (the same latents, values equal to rounding)."""
+def test_select_codes_bias_in_scan_matches_addmm(masked, monkeypatch):
+    """On CPU the compiled scan adds b_enc to a plain matmul's output; the selection is the
+    torch path's (addmm, torch top-k): the same latents, values equal to rounding."""
     import mmsae.models.sparse as sp
 
     x, y = _data(n=100, d=32)
@@ -748,10 +748,9 @@ def test_select_codes_bias_column_matches_addmm(masked, monkeypatch):
     u_c = torch.cat([x - model.b_pre[0], y - model.b_pre[1]]).detach()
     mask = HashMask(salt=5, rate=0.3) if masked else None
     pairs = torch.arange(100).repeat(2) if masked else None
-    monkeypatch.setattr(sp, "_AUGMENTED_MIN_ROWS", 10 ** 9)  # addmm
-    ref = sp.select_codes(model, u_c, mask, pairs)
-    monkeypatch.setattr(sp, "_AUGMENTED_MIN_ROWS", 0)  # the bias column
     got = sp.select_codes(model, u_c, mask, pairs)
+    monkeypatch.setattr(sp, "_chunk_size", lambda m, kc: 0)  # addmm and torch's top-k
+    ref = sp.select_codes(model, u_c, mask, pairs)
     exact = (u_c @ model.W_enc.t() + model.b_enc).detach()
     pairs_of = ((ref.raw, ref.idx, (got.raw, got.idx)), (ref.aux_raw, ref.aux_idx, (got.aux_raw, got.aux_idx)))
     for a, b, (rv, ri) in pairs_of:

@@ -63,6 +63,42 @@ def test_masked_scan_is_the_dense_masked_topk(per_pair, offset, threads):
     assert torch.equal(i2.sort(1).values, i.sort(1).values)  # (torch.topk's fallback rows: any order)
 
 
+@pytest.mark.parametrize("m,k,masked", [(1000, 16, False), (1000, 16, True), (8192, 32, True), (200, 40, False)])
+def test_scan_adds_the_bias_and_handles_tails_and_infinities(m, k, masked, threads):
+    """The scan of ``pre + b``: the same entries as the dense (masked) top-k of the sum, with
+    a short last chunk (m not a multiple of 16), chunks shorter than 16 where k needs more
+    chunks (m=200, k=40), and rows with infinities or a bias with NaN left to torch."""
+    g = torch.Generator().manual_seed(m + k)
+    R = 256
+    pre = torch.randn(R, m, generator=g)
+    b = torch.randn(m, generator=g)
+    pre[5, 3] = float("inf")
+    pre[6, m - 1] = float("-inf")
+    pre[7, m - 1] = 50.0  # the largest entry in the short last chunk
+    pairs = torch.arange(R) % 100
+    mask = sp.HashMask(777, 0.4, True) if masked else None
+    threads(1)
+    v, i = sp._select(pre, k, mask, pairs, b)
+    full = pre + b
+    if masked:
+        (rv, _), keep = _dense_masked_topk(full, k, mask, pairs)
+        assert keep.gather(1, i).all()
+    else:
+        rv = full.topk(k, dim=-1).values
+    assert torch.equal(v.sort(1, descending=True).values, rv)
+    assert torch.equal(full.gather(1, i), v)
+    if not masked:
+        assert m - 1 in i[7].tolist()  # found in the short last chunk
+    threads(2)
+    v2, i2 = sp._select(pre, k, mask, pairs, b)
+    assert torch.equal(v2, v) and torch.equal(i2, i)
+    threads(1)
+    b_nan = b.clone()
+    b_nan[0] = float("nan")  # every row holds NaN: torch's answer (NaN ranks first)
+    v3, i3 = sp.topk_rows(pre, k, b_nan)
+    assert (i3 == 0).any(1).all() and v3.isnan().any(1).all()
+
+
 def _grads(fn, *inputs):
     leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
     out = fn(*leaves)

@@ -7,10 +7,11 @@ works for module-level functions only), so later processes load it in millisecon
 of compiling it again. Every kernel releases the GIL (``nogil``), so the caller can split
 its work over threads.
 
-* ``scan_rows(pre, cmax, kc, k, masked, ...)``: the row top-k of
-  :func:`~mmsae.models.sparse.topk_rows` from the chunk maxima ``cmax`` (their ``kc``-th
-  largest bounds the candidates), scanning only the chunks that can hold a candidate, with
-  the MGSAE mask applied to the candidates when ``masked``.
+* ``scan_rows(pre, b, kc, k, masked, ...)``: the row top-k of
+  :func:`~mmsae.models.sparse.topk_rows` (of ``pre + b``, the encoder bias added on the
+  way), from the maxima of short chunks (a value reached by ``kc`` of them bounds the
+  candidates), scanning only the chunks that can hold a candidate, with the MGSAE mask
+  applied to the candidates when ``masked``.
 * ``entries_by_latent(idx, m)``: the entries (flat positions in ``idx``) grouped by latent,
   CSR style: ``order[ptr[j]:ptr[j + 1]]`` are the entries of latent ``j``, in entry order (a
   stable counting sort, ``O(N + m)``).
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 __all__ = ["scan_rows", "entries_by_latent", "decoder_backward", "encoder_backward", "project_rows",
            "renorm_rows", "match_slots"]
@@ -83,50 +85,150 @@ def _kth_largest(a, n, q):
     return a[target]
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
-def scan_rows(pre, cmax, kc, k, masked, salt, thresh, per_pair, pairs, out_v, out_i):
-    """Top ``k`` of each row of ``pre`` (``(R, m)`` float32) from the candidates ``>= t[r]``.
+#: entries per chunk of a row in :func:`scan_rows` (fewer where a row has too few chunks for
+#: the candidates asked; the last chunk may be shorter)
+CHUNK = 16
 
-    ``cmax[r, c]`` is the maximum of chunk ``c`` (``m / n_chunks`` consecutive entries) of row
-    ``r``; their ``kc``-th largest ``t`` (``kc <= n_chunks``; ``kc = k`` unmasked) is a lower
-    bound of the row's ``kc``-th largest entry (the ``kc`` largest chunk maxima are ``kc``
-    distinct entries), so the candidates are the entries ``>= t`` and only chunks with
-    ``cmax >= t`` are scanned. With ``masked``, candidates
-    are kept only where the index-form mask keeps them (``keep`` of
-    :class:`mmsae.models.sparse.HashMask` with ``salt``, ``thresh = rate * 2^32``,
-    ``per_pair`` and pair ``pairs[r]``), and the top ``k`` are taken among the kept ones: the
-    exact masked top-k whenever at least ``k`` candidates are kept. Results are unsorted; ties
-    at the k-th value go to the lowest indices. A row with fewer than ``k`` (kept) candidates
-    (NaN in the row, or the mask dropping too many) gets ``out_i[r, 0] = -1``, for the caller."""
+#: fast-math flags of the chunk maxima (``nnan``/``ninf`` let the max reduction vectorise): the
+#: rows holding NaN or infinity are found from the bits and answered by the caller instead
+_FMAX = {"nnan", "ninf", "reassoc", "nsz", "arcp", "contract"}
+
+_ABS = np.int32(0x7FFFFFFF)
+_INF_BITS = np.int32(0x7F800000)
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, fastmath=_FMAX)
+def _chunk_maxima(row, cm, size):
+    """``cm[c]``: the maximum of chunk ``c`` (``size`` entries, the last one possibly fewer)
+    of ``row``, a row without NaN or infinity. (Fixed-length inner loops over the row alone:
+    they vectorise; a loop to ``min(m, ...)``, or one that adds the bias, does not.)"""
+    m = row.shape[0]
+    full = m // size
+    if size == 16:
+        for c in range(full):
+            base = c * 16
+            mx = np.float32(-np.inf)
+            for j in range(16):
+                mx = max(mx, row[base + j])
+            cm[c] = mx
+    else:
+        for c in range(full):
+            base = c * size
+            mx = np.float32(-np.inf)
+            for j in range(size):
+                mx = max(mx, row[base + j])
+            cm[c] = mx
+    if full < cm.shape[0]:
+        mx = np.float32(-np.inf)
+        for j in range(full * size, m):
+            mx = max(mx, row[j])
+        cm[full] = mx
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _not_finite(bits):
+    """Whether the float32 row whose bits are ``bits`` holds NaN or infinity (an integer
+    maximum of the bits without the sign; one vectorised pass)."""
+    top = np.int32(0)
+    for j in range(bits.shape[0]):
+        x = np.int32(bits[j] & _ABS)
+        top = x if x > top else top
+    return top >= _INF_BITS
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _add_not_finite(row, b, out):
+    """``out = row + b``; whether the sum holds NaN or infinity (one vectorised pass)."""
+    bad = False
+    for j in range(row.shape[0]):
+        t = row[j] + b[j]
+        out[j] = t
+        bad |= not (t - t == np.float32(0))
+    return bad
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _count_bound(cm, q):
+    """A value ``t`` with at least ``q`` of the (finite) ``cm`` at or above it, found by
+    bisection on the counts between their minimum and maximum (a few vectorised passes over
+    ``cm`` instead of a quickselect's unpredictable branches); the closer to the ``q``-th
+    largest, the fewer chunks are scanned."""
+    lo = cm[0]
+    hi = cm[0]
+    for c in range(cm.shape[0]):
+        lo = min(lo, cm[c])
+        hi = max(hi, cm[c])
+    for _ in range(7):
+        mid = lo + (hi - lo) * np.float32(0.5)
+        cnt = 0
+        for c in range(cm.shape[0]):
+            cnt += cm[c] >= mid
+        if cnt >= q:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def scan_rows(pre, b, size, kc, k, masked, salt, thresh, per_pair, pairs, out_v, out_i):
+    """Top ``k`` of each row of ``pre + b`` (``pre``: ``(R, m)`` float32; ``b``: ``(m,)``, or
+    empty for no bias), found among the candidates ``>= t[r]``.
+
+    Each row is cut into chunks of ``size`` entries and their maxima taken in one pass;
+    ``t`` is a value with at least ``kc`` chunk maxima at or above it (``kc <= n_chunks``;
+    ``kc = k`` unmasked), so at least ``kc`` distinct entries are candidates, and only the
+    chunks whose maximum reaches ``t`` are scanned. With ``masked``, candidates are kept only
+    where the index-form mask keeps them (``keep`` of :class:`mmsae.models.sparse.HashMask`
+    with ``salt``, ``thresh = rate * 2^32``, ``per_pair`` and pair ``pairs[r]``), and the top
+    ``k`` are taken among the kept ones. Every kept entry outside the candidates is below
+    ``t``, so this is the exact (masked) top-k whenever at least ``k`` candidates are kept.
+    Results are unsorted; ties at the k-th value go to the lowest indices. A row with fewer
+    than ``k`` kept candidates (the mask dropping too many), or holding NaN or infinity (in
+    ``pre`` or ``b``), gets ``out_i[r, 0] = -1``, for the caller. (The chunk maxima and the
+    bound are separate functions: numba's own inlining would drop their fast-math flags.)"""
     R, m = pre.shape
-    nc = cmax.shape[1]
-    size = m // nc
-    buf_v = np.empty(m, pre.dtype)
-    buf_i = np.empty(m, np.int64)
-    work = np.empty(max(m, nc), pre.dtype)
+    nc = (m + size - 1) // size
+    hasb = b.shape[0] > 0
+    bits = pre.view(np.int32)
+    cm = np.empty(nc, pre.dtype)
+    chunks = np.empty(nc, np.int64)
+    biased = np.empty(m if hasb else 0, pre.dtype)
+    buf_v = np.empty(m + size, pre.dtype)
+    buf_i = np.empty(m + size, np.int64)
+    work = np.empty(m + size, pre.dtype)
     salt = np.uint64(salt) & _M32
     hfin = (salt * np.uint64(0x7FEB352D) + np.uint64(0x165667B1)) & _M32
     hsalt = (salt ^ np.uint64(0x27D4EB2F)) & _M32
     for r in range(R):
-        row = pre[r]
-        nan = False
-        for c in range(nc):
-            v = cmax[r, c]
-            work[c] = v
-            nan |= v != v
-        if nan:  # NaN in the row: no bound holds
+        if hasb:  # the row plus the bias, once, into a buffer that stays in cache
+            bad = _add_not_finite(pre[r], b, biased)
+            row = biased
+        else:
+            bad = _not_finite(bits[r])
+            row = pre[r]
+        if bad:
             out_i[r, 0] = -1
             continue
-        tr = _kth_largest(work, nc, kc)
+        _chunk_maxima(row, cm, size)
+        tr = _count_bound(cm, kc)
+        nl = 0
+        for c in range(nc):  # the chunks to scan, listed without a branch
+            chunks[nl] = c
+            nl += cm[c] >= tr
         n = 0
-        for c in range(nc):
-            if cmax[r, c] >= tr:
-                for j in range(c * size, (c + 1) * size):
-                    v = row[j]
-                    if v >= tr:
-                        buf_v[n] = v
-                        buf_i[n] = j
-                        n += 1
+        for q in range(nl):  # the candidates: a bit mask of each chunk, then its set bits
+            lo = chunks[q] * size
+            span = min(m, lo + size) - lo
+            msk = np.uint32(0)
+            for j in range(span):
+                msk |= np.uint32(row[lo + j] >= tr) << np.uint32(j)
+            while msk:
+                j = lo + trailing_zeros(msk)
+                buf_v[n] = row[j]
+                buf_i[n] = j
+                n += 1
+                msk &= msk - np.uint32(1)
         if masked:
             hrow = np.uint64(0)
             if per_pair:
@@ -134,10 +236,9 @@ def scan_rows(pre, cmax, kc, k, masked, salt, thresh, per_pair, pairs, out_v, ou
             w = 0
             for e in range(n):
                 h = _mix32((np.uint64(buf_i[e]) * np.uint64(0x9E3779B1) + salt) & _M32) ^ hrow
-                if _mix32(h ^ hfin) >= thresh:
-                    buf_v[w] = buf_v[e]
-                    buf_i[w] = buf_i[e]
-                    w += 1
+                buf_v[w] = buf_v[e]
+                buf_i[w] = buf_i[e]
+                w += _mix32(h ^ hfin) >= thresh
             n = w
         if n < k:
             out_i[r, 0] = -1

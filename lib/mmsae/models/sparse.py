@@ -46,7 +46,7 @@ from torch.profiler import record_function
 from .losses import auxk_loss
 
 from . import kernels
-from .kernels import scan_rows
+from .kernels import CHUNK, scan_rows
 
 __all__ = ["HashMask", "draw_hash_mask", "SparseEncoderValues", "sparse_encoder_values", "fast_branch",
            "fast_auxk", "fast_pair_branch", "pair_mod", "centred_pair_rows", "sparse_grad_matmul", "decode_entries", "sparse_decode", "SparseDecode",
@@ -315,13 +315,20 @@ def _exact_raw(u_c: torch.Tensor, idx: torch.Tensor, W_enc: torch.Tensor, b_enc:
 
 
 # ----------------------------------------------------------------------- top-k kernel
-def _bound_chunks(m: int, k: int) -> int:
-    """Chunks per row for the top-k lower bound (0: use ``torch.topk``): the smallest power
-    of two >= max(64, 2k) that divides ``m`` into chunks of at least 2."""
-    n = 64
-    while n < 2 * k:
-        n *= 2
-    return n if m % n == 0 and m // n >= 2 else 0
+def _chunk_size(m: int, kc: int) -> int:
+    """Entries per chunk for the compiled scan of rows of ``m`` entries bounding ``kc``
+    candidates: :data:`kernels.CHUNK`, or fewer where that gives fewer than ``kc`` chunks
+    (down to 2; 0: the scan does not apply)."""
+    size = CHUNK
+    while size >= 2:
+        if 0 < kc <= -(-m // size):
+            return size
+        size //= 2
+    return 0
+
+
+def _scan_fits(m: int, kc: int) -> bool:
+    return _chunk_size(m, kc) > 0
 
 
 _SCAN_POOL = None
@@ -340,18 +347,20 @@ def _scan_pool(threads: int):
     return _SCAN_POOL
 
 
+def _scan_applies(pre: torch.Tensor, kc: int) -> bool:
+    return (pre.device.type == "cpu" and pre.dtype == torch.float32 and pre.dim() == 2 and pre.is_contiguous()
+            and pre.shape[0] > 0 and _scan_fits(pre.shape[1], kc))
+
+
 def _chunk_scan(pre: torch.Tensor, k: int, kc: int, mask: "HashMask | None" = None,
-                pairs: torch.Tensor | None = None):
+                pairs: torch.Tensor | None = None, bias: torch.Tensor | None = None):
     """The compiled top-k of :func:`topk_rows` (and, with ``mask``, the masked top-k of
-    :func:`_select`): ``(vals, idx, short)`` with ``short`` the rows left to the caller
-    (see :func:`kernels.scan_rows`), or None where it does not apply (not CPU float32
-    contiguous, or no chunking of the row gives a bound for ``kc``)."""
+    :func:`_select`) of ``pre (+ bias)``: ``(vals, idx, short)`` with ``short`` the rows left to
+    the caller (see :func:`kernels.scan_rows`), or None where it does not apply (not CPU
+    float32 contiguous, or a row too short for ``kc`` chunks)."""
     R, m = pre.shape
-    n_chunks = _bound_chunks(m, kc)
-    if not (pre.device.type == "cpu" and pre.dtype == torch.float32 and n_chunks and pre.is_contiguous()
-            and R > 0):
+    if not _scan_applies(pre, kc):
         return None
-    cmax = pre.view(R, n_chunks, m // n_chunks).amax(-1)
     vals = torch.empty(R, k, dtype=pre.dtype)
     idx = torch.empty(R, k, dtype=torch.int64)
     if mask is None:
@@ -360,39 +369,49 @@ def _chunk_scan(pre: torch.Tensor, k: int, kc: int, mask: "HashMask | None" = No
         p = torch.arange(R) if pairs is None else pairs.to(torch.int64)
         margs = (True, np.uint64(mask.salt & _M32), np.uint64(int(mask.rate * 2 ** 32)), bool(mask.per_pair),
                  (p + mask.row_offset).numpy())
-    a, cm, v, i = pre.numpy(), cmax.numpy(), vals.numpy(), idx.numpy()
-    pa = margs[4]
+    bn = np.empty(0, np.float32) if bias is None else bias.detach().to(torch.float32).contiguous().numpy()
+    a, v, i = pre.numpy(), vals.numpy(), idx.numpy()
+    pa, size = margs[4], _chunk_size(m, kc)
     threads = min(torch.get_num_threads(), R // 64)
     if threads > 1:  # the kernel releases the GIL: rows split over torch's thread count
         b = [R * j // threads for j in range(threads + 1)]
         list(_scan_pool(threads).map(
-            lambda j: scan_rows(a[b[j]:b[j + 1]], cm[b[j]:b[j + 1]], kc, k, *margs[:4],
+            lambda j: scan_rows(a[b[j]:b[j + 1]], bn, size, kc, k, *margs[:4],
                                 pa[b[j]:b[j + 1]] if mask is not None else pa, v[b[j]:b[j + 1]], i[b[j]:b[j + 1]]),
             range(threads)))
     else:
-        scan_rows(a, cm, kc, k, *margs, v, i)
+        scan_rows(a, bn, size, kc, k, *margs, v, i)
     return vals, idx, idx[:, 0] < 0
 
 
-def topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``pre.topk(k, dim=-1, sorted=False)`` of a 2-D tensor, faster on CPU.
+def _biased(pre: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``pre (+ bias)``, of the rows ``rows`` only when given (a new tensor; ``pre`` is left as is)."""
+    p = pre if rows is None else pre[rows]
+    return p if bias is None else p + bias
 
-    On CPU (float32, contiguous) each row is cut into ``n`` chunks (:func:`_bound_chunks`);
-    the k-th largest chunk maximum ``t`` is a lower bound of the row's k-th largest entry (the
-    k largest chunk maxima are k distinct entries), so the top k are among the entries
-    ``>= t``, usually a few times k, and lie in the chunks whose maximum is ``>= t``. A
-    compiled scan (numba, :func:`kernels.scan_rows`) finds ``t`` by quickselect on the chunk
-    maxima, collects the entries of those chunks and selects the k largest. Same values as
-    ``torch.topk`` (ties at the k-th value go to the lowest index; ``torch.topk`` leaves tie
-    order unspecified); a row holding NaN falls back to ``torch.topk``. Elsewhere (CUDA,
-    other dtypes, shapes without a bound) ``torch.topk``."""
-    res = _chunk_scan(pre, k, k)
+
+def topk_rows(pre: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pre + bias).topk(k, dim=-1, sorted=False)`` of a 2-D tensor (``bias``: None or one
+    value per column), faster on CPU.
+
+    On CPU (float32, contiguous) each row is cut into chunks of 16 entries (fewer when ``k``
+    is more than a sixteenth of the row; :func:`_chunk_size`; the bias added on
+    the way) and their maxima taken in one pass; a value ``t`` reached by at least ``k`` chunk
+    maxima is a lower bound of the row's k-th largest entry (those chunks hold ``k`` distinct
+    entries ``>= t``), so the top k are among the entries ``>= t``, usually little more than
+    k, and lie in the chunks whose maximum is ``>= t``. The compiled scan (numba,
+    :func:`kernels.scan_rows`) collects the entries of those chunks and selects the k largest.
+    Same values as ``torch.topk`` (ties at the k-th value go to the lowest index;
+    ``torch.topk`` leaves tie order unspecified); a row holding NaN or infinity falls back to
+    ``torch.topk``. Elsewhere (CUDA, other dtypes, rows of fewer than ``2k`` entries)
+    ``torch.topk``."""
+    res = _chunk_scan(pre, k, k, bias=bias)
     if res is None:
-        return pre.topk(k, dim=-1, sorted=False)
+        return _biased(pre, bias).topk(k, dim=-1, sorted=False)
     vals, idx, bad = res
     if bool(bad.any()):
         r = bad.nonzero().squeeze(1)
-        vals[r], idx[r] = pre[r].topk(k, dim=-1, sorted=False)
+        vals[r], idx[r] = _biased(pre, bias, r).topk(k, dim=-1, sorted=False)
     return vals, idx
 
 
@@ -403,20 +422,21 @@ def _candidates(k: int, m: int, rate: float) -> int:
 
 
 @torch.no_grad()
-def _select(pre: torch.Tensor, k: int, mask: HashMask | torch.Tensor | None, pairs: torch.Tensor | None = None):
-    """Top-k ``(raw values, indices)`` of each row of ``pre`` among kept latents; row ``r``
-    belongs to pair ``pairs[r]`` (default ``r``) for the mask."""
+def _select(pre: torch.Tensor, k: int, mask: HashMask | torch.Tensor | None, pairs: torch.Tensor | None = None,
+            bias: torch.Tensor | None = None):
+    """Top-k ``(raw values, indices)`` of each row of ``pre (+ bias)`` among kept latents; row
+    ``r`` belongs to pair ``pairs[r]`` (default ``r``) for the mask."""
     if mask is None:
-        return topk_rows(pre, k)
+        return topk_rows(pre, k, bias)
     R, m = pre.shape
     rate = mask.rate if isinstance(mask, HashMask) else min(0.95, 1.0 - float(mask.float().mean()))
     kc = _candidates(k, m, rate)
     rows = (torch.arange(R, device=pre.device) if pairs is None else pairs)[:, None]
-    res = _chunk_scan(pre, k, kc, mask, rows[:, 0]) if isinstance(mask, HashMask) else None
+    res = _chunk_scan(pre, k, kc, mask, rows[:, 0], bias) if isinstance(mask, HashMask) else None
     if res is not None:  # CPU: the mask applied inside the compiled scan
         v, idx, short = res
     else:
-        cv, ci = topk_rows(pre, kc)
+        cv, ci = topk_rows(pre, kc, bias)
         if isinstance(mask, HashMask):
             keep = mask.keep(rows if mask.per_pair else torch.zeros_like(rows), ci)
         else:  # dense bool (pairs, m) or (1, m)
@@ -434,8 +454,9 @@ def _select(pre: torch.Tensor, k: int, mask: HashMask | torch.Tensor | None, pai
                            torch.arange(m, device=pre.device)[None, :].expand(len(r), m))
         else:
             kr = (mask if mask.shape[0] == 1 else mask[rows[r, 0]]).expand(len(r), m)
-        vr, ir = torch.relu(pre[r]).masked_fill(~kr, 0.0).topk(k, dim=-1, sorted=False)
-        v[r] = pre[r].gather(1, ir)
+        pr_ = _biased(pre, bias, r)
+        vr, ir = torch.relu(pr_).masked_fill(~kr, 0.0).topk(k, dim=-1, sorted=False)
+        v[r] = pr_.gather(1, ir)
         idx[r] = ir
     return v, idx
 
@@ -455,12 +476,6 @@ class Selection:
     def aux(self):
         return None if self.aux_idx is None else (self.aux_raw, self.aux_idx)
 
-
-#: on CPU, batches of at least this many rows per input dimension fold the encoder bias into
-#: the matmul (an extra input column of ones) instead of ``addmm``'s copy of it into the output:
-#: building the ``(m, d + 1)`` operand costs about one pass over ``W_enc``, the copy one pass
-#: over the ``R x m`` output
-_AUGMENTED_MIN_ROWS = 4
 
 #: rows of pre-activations computed at once on CPU: a block of ``block_rows x m`` floats
 #: stays in cache between the encoder matmul, the top-K and the AuxK selection
@@ -495,13 +510,15 @@ def dead_latents(model) -> tuple[torch.Tensor | None, int]:
 
 
 @torch.no_grad()
-def select_dead(pre: torch.Tensor, dead_idx: torch.Tensor | None, k_aux: int):
-    """Each row's top ``k_aux`` dead latents of the raw pre-activations ``pre`` (ranked by
-    their ReLU, as AuxK's ``TopK(ReLU(pre) on the dead latents)``): ``(raw values, indices)``,
-    or None when no latent is dead."""
+def select_dead(pre: torch.Tensor, dead_idx: torch.Tensor | None, k_aux: int, bias: torch.Tensor | None = None):
+    """Each row's top ``k_aux`` dead latents of the raw pre-activations ``pre (+ bias)``
+    (ranked by their ReLU, as AuxK's ``TopK(ReLU(pre) on the dead latents)``):
+    ``(raw values, indices)``, or None when no latent is dead."""
     if dead_idx is None or k_aux <= 0:
         return None
     sub = pre.index_select(1, dead_idx)
+    if bias is not None:
+        sub += bias[dead_idx]
     _, j = torch.relu(sub).topk(k_aux, dim=-1, sorted=False)
     return sub.gather(1, j), dead_idx[j]
 
@@ -525,12 +542,10 @@ def select_codes(model, u_c: torch.Tensor, mask=None, pairs: torch.Tensor | None
     if pairs is None and mask is not None:
         pairs = torch.arange(R, device=u_c.device)
     rb = _block_rows(R, m, u_c.device)
-    if u_c.device.type == "cpu" and R >= _AUGMENTED_MIN_ROWS * u_c.shape[1]:
-        # the bias as one more input column: a plain matmul into the buffer (addmm would first
-        # copy the bias into every row of it, one more pass over R x m floats than the bias row)
-        Wt = torch.cat([Wt.t(), bb[:, None]], 1).t()
-        uu = torch.cat([uu, uu.new_ones(R, 1)], 1)
-        bb = None
+    kc = k if mask is None else _candidates(k, m, mask.rate) if isinstance(mask, HashMask) else 0
+    # the compiled scan adds b_enc itself (one more load per entry it reads already): a plain
+    # matmul into the buffer, where addmm would first copy the bias into every row of it
+    in_scan = u_c.device.type == "cpu" and dt == torch.float32 and _scan_fits(m, kc)
     raw = torch.empty(R, k, dtype=dt, device=u_c.device)
     idx = torch.empty(R, k, dtype=torch.int64, device=u_c.device)
     aux_raw = torch.empty(R, k_aux, dtype=dt, device=u_c.device) if k_aux else None
@@ -539,12 +554,13 @@ def select_codes(model, u_c: torch.Tensor, mask=None, pairs: torch.Tensor | None
         r1 = min(R, r0 + rb)
         with record_function("mmsae.encoder_gemm"):
             ws = _workspace(model, r1 - r0, m, dt, u_c.device)
-            pre = torch.mm(uu[r0:r1], Wt, out=ws) if bb is None else torch.addmm(bb, uu[r0:r1], Wt, out=ws)
+            pre = torch.mm(uu[r0:r1], Wt, out=ws) if in_scan else torch.addmm(bb, uu[r0:r1], Wt, out=ws)
         with record_function("mmsae.topk_select" if mask is None else "mmsae.topk_select_masked"):
-            raw[r0:r1], idx[r0:r1] = _select(pre, k, mask, None if pairs is None else pairs[r0:r1])
+            raw[r0:r1], idx[r0:r1] = _select(pre, k, mask, None if pairs is None else pairs[r0:r1],
+                                             bb if in_scan else None)
         if k_aux:
             with record_function("mmsae.auxk_select"):
-                aux_raw[r0:r1], aux_idx[r0:r1] = select_dead(pre, dead_idx, k_aux)
+                aux_raw[r0:r1], aux_idx[r0:r1] = select_dead(pre, dead_idx, k_aux, bb if in_scan else None)
     if low:  # exact float32 values of the entries chosen in low precision
         raw = _exact_raw(u_c, idx, W_enc, b_enc)
         if k_aux:
