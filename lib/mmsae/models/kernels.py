@@ -33,7 +33,16 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba.cpython.unsafe.numbers import trailing_zeros
+
+try:  # count trailing zeros as one instruction (numba's intrinsic, present since numba 0.47)
+    from numba.cpython.unsafe.numbers import trailing_zeros
+except ImportError:  # pragma: no cover - a numba without it: a loop
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def trailing_zeros(x):
+        n = 0
+        while not (x >> np.uint32(n)) & np.uint32(1):
+            n += 1
+        return n
 
 __all__ = ["scan_rows", "entries_by_latent", "decoder_backward", "encoder_backward", "project_rows",
            "renorm_rows", "match_slots"]
