@@ -154,3 +154,19 @@ def test_numpy_helpers():
     z = m.encode_numpy(u, batch_size=3)
     assert z.shape == (10, 16) and ((z > 0).sum(1) <= 2).all()
     assert m.reconstruct_numpy(u, batch_size=4).shape == (10, 8)
+
+
+def test_step_stats_compute_explained_variance_only_when_read():
+    from mmsae.models.base import step_stats
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 8, generator=g), torch.randn(50, 8, generator=g)
+    rec_x, rec_y = torch.tensor(0.3), torch.tensor(0.5)
+    st = step_stats(x, y, rec_x, rec_y, aux=2.0)
+    assert list(st) == ["rec_x", "rec_y", "ev_x", "ev_y", "aux"] and len(st) == 5
+    assert set(st._lazy) == {"ev_x", "ev_y"}  # nothing computed yet
+    tv = (x - x.mean(0)).square().sum(1).mean()
+    torch.testing.assert_close(st["ev_x"], 1 - rec_x / tv)
+    assert set(st._lazy) == {"ev_y"} and float(st["aux"]) == 2.0
+    d = {k: float(v) for k, v in st.items()}
+    assert d["ev_y"] == pytest.approx(float(1 - rec_y / (y - y.mean(0)).square().sum(1).mean()), rel=1e-5)

@@ -21,6 +21,8 @@ line with :func:`load_model`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import json
 import os
 import shutil
@@ -227,18 +229,40 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     return model.to(map_location)
 
 
-@torch.no_grad()
-def step_stats(x, y, rec_x, rec_y, **extra) -> dict[str, torch.Tensor]:
+class StepStats(Mapping):
+    """The per-step statistics of a loss (a read-only mapping of 0-d tensors). Entries given as
+    functions are computed on first access and kept: the loop reads the statistics only on the
+    steps it logs, so on the others they cost nothing."""
+
+    def __init__(self, keys: list[str], values: dict, lazy: dict):
+        self._keys, self._values, self._lazy = list(keys), dict(values), dict(lazy)
+
+    def __getitem__(self, key):
+        if key not in self._values:
+            self._values[key] = self._lazy.pop(key)()
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
+
+
+def step_stats(x, y, rec_x, rec_y, **extra) -> StepStats:
     """Per-step statistics of a paired loss, kept as tensors (the loop syncs them only when it logs).
 
     ``ev_u = 1 - sum ||u - u_hat||^2 / sum ||u - mean(u)||^2 = 1 - rec_u / TV(u)`` (``rec_u`` the
     batch-mean squared error the loss already holds, ``TV`` the batch's total variance), so
-    only the variance is computed here."""
+    only the variance is computed, and only when the statistic is read."""
     def ev(u, rec):  # TV(u) = mean ||u||^2 - ||mean u||^2: two fast reductions
         n = max(u.shape[0], 1)
-        tv = torch.linalg.vector_norm(u).square() / n - torch.linalg.vector_norm(u.sum(0) / n).square()
-        return 1.0 - rec.detach() / tv.clamp_min(1e-12)
+        with torch.no_grad():
+            tv = torch.linalg.vector_norm(u).square() / n - torch.linalg.vector_norm(u.sum(0) / n).square()
+            return 1.0 - rec.detach() / tv.clamp_min(1e-12)
 
-    out = {"rec_x": rec_x.detach(), "rec_y": rec_y.detach(), "ev_x": ev(x, rec_x), "ev_y": ev(y, rec_y)}
-    out.update({k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in extra.items()})
-    return out
+    rec_x, rec_y = rec_x.detach(), rec_y.detach()
+    values = {"rec_x": rec_x, "rec_y": rec_y}
+    values.update({k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in extra.items()})
+    return StepStats(["rec_x", "rec_y", "ev_x", "ev_y", *extra], values,
+                     {"ev_x": lambda: ev(x, rec_x), "ev_y": lambda: ev(y, rec_y)})
