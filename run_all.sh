@@ -74,9 +74,6 @@ export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 # Smoke-sized models are too small to gain from several intra-op threads, and OpenMP
 # spinning makes them erratically slow when cores are shared; set OMP_NUM_THREADS to override.
 if [[ "$profile" == smoke ]]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; fi
-# OpenMP threads that sleep at once after each parallel region leave the cores to the compiled
-# kernels that run right after the GEMM (lib/mmsae/__init__.py sets the same on import).
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 # Weights: on disk, or fetched once from the hub where it can be reached (docs/real_data.md);
 # offline, the encoders fail fast with the expected location instead of retrying.
 

@@ -54,12 +54,8 @@ import time
 import traceback
 from pathlib import Path
 
-# as mmsae sets on import (lib/mmsae/__init__.py), for every timing of this run, the floor's and
-# the peers' included; it must be set before torch is first imported
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
@@ -683,8 +679,8 @@ def main(argv=None) -> int:
     meta = dict(device=device_desc, load0=load0, load1=load1, m=args.m, k=args.k)
     cmd = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"Measured by `{cmd}` on: {device_desc}; torch {torch.__version__}; shape d={args.d}, m={args.m}, "
-              f"K={args.k}; peers: {peer_line}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} "
-              f"for every timing (as mmsae sets on import). 1-minute load average {load0:.2f} before the run and {load1:.2f} "
+              f"K={args.k}; peers: {peer_line}; OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}. "
+              f"1-minute load average {load0:.2f} before the run and {load1:.2f} "
               f"after it (the run's own threads count in the second); other processes used at most "
               f"{np.nanmax(df.foreign_cores.astype(float)) if 'foreign_cores' in df else float('nan'):.2f} cores "
               f"during any timing. Medians of {args.repeats} timed repeats after a warm-up."

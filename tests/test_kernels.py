@@ -218,23 +218,3 @@ def test_torch_fallbacks_match_the_kernels(monkeypatch):
     for a, b in zip(grads, torch.autograd.grad(out0.square().sum(), (W, vals, b_pre))):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
-
-def test_import_sets_passive_openmp_waiting_before_torch_only():
-    """``import mmsae`` asks torch's OpenMP threads to sleep after each parallel region (so the
-    kernels' own threads get the cores), keeps a value the user set, and leaves the variable
-    alone when torch was imported first (too late to take effect)."""
-    import os
-    import subprocess
-    import sys
-
-    code = "import os, sys\n{pre}import mmsae\nprint(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-
-    def run(pre="", **extra):
-        out = subprocess.run([sys.executable, "-c", code.format(pre=pre)], env={**env, **extra},
-                             capture_output=True, text=True, check=True)
-        return out.stdout.strip().splitlines()[-1]
-
-    assert run() == "PASSIVE"
-    assert run(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
-    assert run(pre="import torch\n") == "unset"
