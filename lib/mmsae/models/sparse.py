@@ -335,8 +335,8 @@ _SCAN_POOL = None
 
 
 def _scan_pool(threads: int):
-    """Threads for the row scan (numba's own thread pool would be a second OpenMP runtime
-    competing with torch's for the cores)."""
+    """Threads for the compiled kernels and the encoder pass's row shares (numba's own thread
+    pool would be a second OpenMP runtime competing with torch's for the cores)."""
     global _SCAN_POOL
     if _SCAN_POOL is None or _SCAN_POOL._max_workers != threads:
         from concurrent.futures import ThreadPoolExecutor
