@@ -736,36 +736,6 @@ def test_select_codes_blocks_match_one_block(masked, monkeypatch):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_select_codes_rows_split_over_threads_match_one_thread(masked, monkeypatch):
-    """With two torch threads each thread takes half the rows (its own single-threaded matmul
-    and scan); the selection is the one-thread selection, and the thread count is restored."""
-    import mmsae.models.sparse as sp
-
-    x, y = _data(n=100, d=32)
-    model = _model(GroupSparseSAE, mgsae_config(d=32, m=256, k=8, k_aux=12), x, y)
-    u_c = torch.cat([x - model.b_pre[0], y - model.b_pre[1]]).detach()
-    mask = HashMask(salt=5, rate=0.3) if masked else None
-    pairs = torch.arange(100).repeat(2) if masked else None
-    monkeypatch.setattr(sp, "CPU_BLOCK_BYTES", 16 * 256 * 4)  # 16-row blocks: several per thread
-    n = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = sp.select_codes(model, u_c, mask, pairs)
-        torch.set_num_threads(2)
-        calls = []
-        pool = sp._scan_pool
-        monkeypatch.setattr(sp, "_scan_pool", lambda t: calls.append(t) or pool(t))
-        two = sp.select_codes(model, u_c, mask, pairs)
-        assert calls and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(n)
-    assert one.aux is not None
-    for a, b in ((one.idx, two.idx), (one.aux_idx, two.aux_idx)):
-        assert torch.equal(a.sort(1).values, b.sort(1).values)
-    torch.testing.assert_close(two.raw.gather(1, two.idx.argsort(1)), one.raw.gather(1, one.idx.argsort(1)))
-
-
-@pytest.mark.parametrize("masked", [False, True])
 def test_select_codes_bias_in_scan_matches_addmm(masked, monkeypatch):
     """On CPU the compiled scan adds b_enc to a plain matmul's output; the selection is the
     torch path's (addmm, torch top-k): the same latents, values equal to rounding."""

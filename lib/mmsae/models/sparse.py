@@ -335,8 +335,14 @@ _SCAN_POOL = None
 
 
 def _scan_pool(threads: int):
-    """Threads for the compiled kernels and the encoder pass's row shares (numba's own thread
-    pool would be a second OpenMP runtime competing with torch's for the cores)."""
+    """Threads for the compiled kernels (numba's own thread pool would be a second OpenMP
+    runtime competing with torch's for the cores).
+
+    Only numba kernels run on these threads, never a torch op: a torch op on a thread that
+    torch's OpenMP (libgomp) does not manage makes it throttle its idle threads' spinning for
+    the rest of the process, which slows later torch code on several threads (measured here:
+    the dictionary_learning peer's training step became 8x slower at 2 threads; CPU CLIP
+    inference about 18% slower under the equivalent ``OMP_WAIT_POLICY=PASSIVE``)."""
     global _SCAN_POOL
     if _SCAN_POOL is None or _SCAN_POOL._max_workers != threads:
         from concurrent.futures import ThreadPoolExecutor
@@ -482,11 +488,6 @@ class Selection:
 CPU_BLOCK_BYTES = 32 * 2 ** 20
 
 
-#: on CPU with several torch threads, the encoder pass splits the rows over the threads when each
-#: gets at least this many
-_MIN_ROWS_PER_THREAD = 64
-
-
 def _block_rows(R: int, m: int, device: torch.device) -> int:
     if device.type != "cpu":
         return R
@@ -536,9 +537,7 @@ def select_codes(model, u_c: torch.Tensor, mask=None, pairs: torch.Tensor | None
 
     On CPU the rows go through in blocks (:data:`CPU_BLOCK_BYTES`) into a buffer kept on the
     model, so the ``(R, m)`` matrix is never written whole and each block is selected while it
-    is in cache. With several torch threads (float32), each thread takes an equal share of the
-    rows with its own single-threaded matmul and scan (torch's thread count set to 1 meanwhile,
-    and restored). ``pairs[r]``: the pair of row ``r`` for the mask (default ``r``)."""
+    is in cache. ``pairs[r]``: the pair of row ``r`` for the mask (default ``r``)."""
     W_enc, b_enc = model.W_enc, model.b_enc
     k = model.config.k
     R, m = u_c.shape[0], W_enc.shape[0]
@@ -557,40 +556,20 @@ def select_codes(model, u_c: torch.Tensor, mask=None, pairs: torch.Tensor | None
     idx = torch.empty(R, k, dtype=torch.int64, device=u_c.device)
     aux_raw = torch.empty(R, k_aux, dtype=dt, device=u_c.device) if k_aux else None
     aux_idx = torch.empty(R, k_aux, dtype=torch.int64, device=u_c.device) if k_aux else None
-
-    @torch.no_grad()  # (grad mode is per thread)
-    def rows(lo: int, hi: int, ws: torch.Tensor) -> None:  # rows [lo, hi) in blocks of ws's rows
-        for r0 in range(lo, hi, ws.shape[0]):
-            r1 = min(hi, r0 + ws.shape[0])
-            with record_function("mmsae.encoder_gemm"):
-                pre = ws[:r1 - r0]
-                if in_scan:
-                    torch.mm(uu[r0:r1], Wt, out=pre)
-                else:
-                    torch.addmm(bb, uu[r0:r1], Wt, out=pre)
-            with record_function("mmsae.topk_select" if mask is None else "mmsae.topk_select_masked"):
-                raw[r0:r1], idx[r0:r1] = _select(pre, k, mask, None if pairs is None else pairs[r0:r1],
-                                                 bb if in_scan else None)
-            if k_aux:
-                with record_function("mmsae.auxk_select"):
-                    aux_raw[r0:r1], aux_idx[r0:r1] = select_dead(pre, dead_idx, k_aux, bb if in_scan else None)
-
-    threads = torch.get_num_threads() if in_scan else 1
-    if threads > 1 and R >= _MIN_ROWS_PER_THREAD * threads:
-        # one share of the rows per thread, each with its own single-threaded matmul and scan:
-        # no OpenMP parallel region, so no idle OpenMP thread spinning on the cores that the
-        # scans need (after each parallel region torch's OpenMP threads spin for milliseconds)
-        cuts = [R * t // threads for t in range(threads + 1)]
-        per = min(rb, cuts[1])
-        ws = _workspace(model, threads * per, m, dt, u_c.device)
-        torch.set_num_threads(1)
-        try:
-            list(_scan_pool(threads).map(lambda t: rows(cuts[t], cuts[t + 1], ws[t * per:(t + 1) * per]),
-                                         range(threads)))
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        rows(0, R, _workspace(model, min(rb, R), m, dt, u_c.device))
+    for r0 in range(0, R, rb):
+        r1 = min(R, r0 + rb)
+        with record_function("mmsae.encoder_gemm"):
+            pre = _workspace(model, r1 - r0, m, dt, u_c.device)
+            if in_scan:
+                torch.mm(uu[r0:r1], Wt, out=pre)
+            else:
+                torch.addmm(bb, uu[r0:r1], Wt, out=pre)
+        with record_function("mmsae.topk_select" if mask is None else "mmsae.topk_select_masked"):
+            raw[r0:r1], idx[r0:r1] = _select(pre, k, mask, None if pairs is None else pairs[r0:r1],
+                                             bb if in_scan else None)
+        if k_aux:
+            with record_function("mmsae.auxk_select"):
+                aux_raw[r0:r1], aux_idx[r0:r1] = select_dead(pre, dead_idx, k_aux, bb if in_scan else None)
     if low:  # exact float32 values of the entries chosen in low precision
         raw = _exact_raw(u_c, idx, W_enc, b_enc)
         if k_aux:
