@@ -98,9 +98,10 @@ def _kth_largest(a, n, q):
 #: the candidates asked; the last chunk may be shorter)
 CHUNK = 16
 
-#: fast-math flags of the chunk maxima (``nnan``/``ninf`` let the max reduction vectorise): the
-#: rows holding NaN or infinity are found from the bits and answered by the caller instead
-_FMAX = {"nnan", "ninf", "reassoc", "nsz", "arcp", "contract"}
+#: fast-math flags of the chunk maxima (``nnan`` lets the max reduction vectorise; no ``ninf``:
+#: each maximum starts from -inf): the rows holding NaN or infinity are found beforehand, from
+#: the bits or the biased sum, and answered by the caller instead
+_FMAX = {"nnan", "reassoc", "nsz", "arcp", "contract"}
 
 _ABS = np.int32(0x7FFFFFFF)
 _INF_BITS = np.int32(0x7F800000)
