@@ -9,8 +9,10 @@
   that modality (the same array for shared dictionaries);
 * ``training_loss(x, y, step) -> LossOutput`` the method's objective on a batch of
   pairs (``x`` image/audio, ``y`` text); the one loop in :mod:`mmsae.train` calls it;
-* ``before_optimizer_step()`` / ``after_optimizer_step()`` hooks (decoder-norm
-  constraint), ``init_from_data(x, y)`` (pre-bias initialisation).
+* ``before_optimizer_step(skip=())`` / ``after_optimizer_step(skip=())`` hooks (decoder-norm
+  constraint) on the matrices ``unit_norm_rows()`` lists, except those whose ``id`` is in
+  ``skip`` (done by the optimiser: :class:`mmsae.train.optim.RowAdam`),
+  ``init_from_data(x, y)`` (pre-bias initialisation).
 
 Modality ids: 0 = image/audio (``x``), 1 = text (``y``). Models with one pre-bias
 ignore the id.
@@ -137,11 +139,18 @@ class Dictionary(nn.Module):
     def init_from_data(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Data-dependent initialisation before training (default: nothing)."""
 
-    def before_optimizer_step(self) -> None:
-        """Called after ``backward`` and before ``optimizer.step``."""
+    def unit_norm_rows(self) -> list[torch.nn.Parameter]:
+        """The matrices whose rows (dictionary atoms) are kept at unit norm by the two hooks
+        below (default: none). An optimiser that does the hooks' work inside its update takes
+        them from here (:class:`mmsae.train.optim.RowAdam`)."""
+        return []
 
-    def after_optimizer_step(self) -> None:
-        """Called after ``optimizer.step``."""
+    def before_optimizer_step(self, skip=()) -> None:
+        """Called after ``backward`` and before ``optimizer.step``; ``skip``: ``id`` of the
+        parameters whose hook work the optimiser does."""
+
+    def after_optimizer_step(self, skip=()) -> None:
+        """Called after ``optimizer.step`` (``skip`` as above)."""
 
     def dead_mask(self) -> torch.Tensor | None:
         """Latents that have not fired for ``dead_after`` training samples (or None)."""

@@ -27,12 +27,18 @@ its work over threads.
   partner (the matching of :func:`mmsae.models.losses.group_l21`).
 * ``project_rows(W, G, lo, hi)`` and ``renorm_rows(W, lo, hi)``: the decoder-norm hooks
   (gradient projection, renormalisation), one row at a time while it is in cache.
+* ``adam_rows(P, G, M, V, ...)``: torch's Adam update of a matrix, row by row, with (``unit``)
+  the two decoder-norm hooks in the same pass (:class:`mmsae.train.optim.RowAdam`).
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir as _llvm_ir
+from numba.core import cgutils as _cgutils
+from numba.core import types as _types
+from numba.extending import intrinsic as _intrinsic
 
 try:  # count trailing zeros as one instruction (numba's intrinsic, present since numba 0.47)
     from numba.cpython.unsafe.numbers import trailing_zeros
@@ -45,7 +51,7 @@ except ImportError:  # pragma: no cover - a numba without it: a loop
         return n
 
 __all__ = ["scan_rows", "entries_by_latent", "decoder_backward", "encoder_backward", "project_rows",
-           "renorm_rows", "match_slots"]
+           "renorm_rows", "adam_rows", "match_slots"]
 
 #: fast-math flags for the dot products and sums (reassociation lets them vectorise); no
 #: ``nnan``/``ninf``, so NaN and infinity propagate as in torch
@@ -363,6 +369,64 @@ def renorm_rows(W, lo, hi):
         nrm = max(np.sqrt(s), np.float32(1e-8))
         for c in range(d):
             w[c] = w[c] / nrm
+
+
+@_intrinsic
+def _sqrt_f32(typingctx, x):
+    """``llvm.sqrt.f32``: numba's ``math.sqrt`` calls libm's ``sqrtf``, which keeps a loop from
+    vectorising; the intrinsic becomes one ``vsqrtps`` per vector."""
+    if x != _types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        fnty = _llvm_ir.FunctionType(_llvm_ir.FloatType(), [_llvm_ir.FloatType()])
+        return builder.call(_cgutils.get_or_insert_function(builder.module, fnty, "llvm.sqrt.f32"), args)
+
+    return _types.float32(_types.float32), codegen
+
+
+# error_model="numpy": a float division by zero gives inf/NaN as in torch instead of raising,
+# so the divisions carry no zero test and the loops vectorise
+@numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False, error_model="numpy")
+def adam_rows(P, G, M, V, step_size, beta1, beta2, eps, bc2_sqrt, unit, lo, hi):
+    """Rows ``lo <= i < hi`` of one Adam step (``torch.optim.Adam`` without weight decay, in
+    place; ``M``, ``V`` the first and second moments; ``step_size = lr / (1 - beta1^t)``,
+    ``bc2_sqrt = sqrt(1 - beta2^t)``)::
+
+        m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
+        p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
+
+    With ``unit`` (rows kept at unit norm: decoder atoms) the step uses the gradient minus its
+    component along the row, ``g - (g . p) p`` (``G`` itself is left as it is), and the row
+    is renormalised afterwards, ``p /= max(||p||, 1e-8)``: the decoder-norm hooks, with the
+    row in cache, in the same pass as the update."""
+    d = P.shape[1]
+    one = np.float32(1.0)
+    a1 = one - beta1
+    a2 = one - beta2
+    for i in range(lo, hi):
+        p = P[i]
+        g = G[i]
+        m = M[i]
+        v = V[i]
+        s = np.float32(0.0)
+        if unit:
+            for c in range(d):
+                s += g[c] * p[c]
+        n2 = np.float32(0.0)
+        for c in range(d):
+            gc = g[c] - s * p[c]
+            mc = beta1 * m[c] + a1 * gc
+            vc = beta2 * v[c] + a2 * gc * gc
+            m[c] = mc
+            v[c] = vc
+            pc = p[c] - step_size * mc / (_sqrt_f32(vc) / bc2_sqrt + eps)
+            p[c] = pc
+            n2 += pc * pc
+        if unit:
+            nrm = max(_sqrt_f32(n2), np.float32(1e-8))
+            for c in range(d):
+                p[c] = p[c] / nrm
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)

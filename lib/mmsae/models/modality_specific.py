@@ -185,13 +185,16 @@ class ModalitySpecificSAE(Dictionary):
         self.sae_x.init_from_data(x, x)
         self.sae_y.init_from_data(y, y)
 
-    def before_optimizer_step(self) -> None:
-        self.sae_x.before_optimizer_step()
-        self.sae_y.before_optimizer_step()
+    def unit_norm_rows(self) -> list[torch.nn.Parameter]:
+        return self.sae_x.unit_norm_rows() + self.sae_y.unit_norm_rows()
 
-    def after_optimizer_step(self) -> None:
-        self.sae_x.after_optimizer_step()
-        self.sae_y.after_optimizer_step()
+    def before_optimizer_step(self, skip=()) -> None:
+        self.sae_x.before_optimizer_step(skip)
+        self.sae_y.before_optimizer_step(skip)
+
+    def after_optimizer_step(self, skip=()) -> None:
+        self.sae_x.after_optimizer_step(skip)
+        self.sae_y.after_optimizer_step(skip)
 
     # ------------------------------------------------------------------ training
     @property

@@ -148,13 +148,17 @@ class TopKSAE(Dictionary):
             self.b_pre[1] = center(y.float())
 
     @torch.no_grad()
-    def before_optimizer_step(self) -> None:
+    def unit_norm_rows(self) -> list[nn.Parameter]:
+        return [self.W_dec]
+
+    def before_optimizer_step(self, skip=()) -> None:
         """Remove the gradient component parallel to each (unit) decoder atom:
         ``g_i -= (g_i . w_i) w_i``, one pass over memory: on CPU (float32) a compiled kernel
         row by row (:func:`mmsae.models.kernels.project_rows`), elsewhere in blocks of rows
-        that stay in cache between the dot products and the update."""
+        that stay in cache between the dot products and the update. Nothing when
+        ``id(W_dec)`` is in ``skip`` (the optimiser projects it: :class:`mmsae.train.optim.RowAdam`)."""
         g = self.W_dec.grad
-        if g is None:
+        if g is None or id(self.W_dec) in skip:
             return
         W = self.W_dec
         if _rows_kernel_ok(W, g):  # CPU: one compiled pass, row by row
@@ -165,10 +169,12 @@ class TopKSAE(Dictionary):
             gb.addcmul_(torch.linalg.vecdot(gb, wb, dim=1).unsqueeze(1), wb, value=-1.0)
 
     @torch.no_grad()
-    def after_optimizer_step(self) -> None:
+    def after_optimizer_step(self, skip=()) -> None:
         """Renormalise every decoder atom to unit norm (CPU float32: compiled, row by row; elsewhere
-        in cache-sized blocks of rows)."""
+        in cache-sized blocks of rows). Nothing when ``id(W_dec)`` is in ``skip``."""
         W = self.W_dec
+        if id(W) in skip:
+            return
         if _rows_kernel_ok(W):
             split_rows(renorm_rows, W.shape[0], W.detach().numpy())
             return

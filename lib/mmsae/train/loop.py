@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from ..data.store import PairedEmbeddings, atomic_write, make_temp_dir, replace_dir
 from ..models.base import CheckpointError, CheckpointMismatchError, Dictionary, load_model
 from . import distributed as ddp
+from .optim import RowAdam
 
 __all__ = ["TrainConfig", "TrainResult", "TrainSummary", "TRAIN_SUMMARY", "train", "seed_everything",
            "resolve_device", "RUN_KEYS"]
@@ -85,7 +86,7 @@ class TrainConfig:
     desc: str | None = None
     # --- performance (see docs/performance.md) ---
     bf16_select: bool | str = "auto"  # CUDA: bf16 encoder matmul for top-K *selection* (values stay fp32)
-    fused_adam: bool | str = "auto"  # fused Adam kernel (CUDA and CPU) when available, else foreach
+    fused_adam: bool | str = "auto"  # CPU: RowAdam (decoder-norm hooks fused in); CUDA: torch's fused Adam; False: foreach
     stream: bool | None = None  # None: stream batches from a np.memmap / data over stream_threshold_gb
     stream_threshold_gb: float = 4.0
     prefetch: int = 8  # batches read ahead by the streaming thread
@@ -191,9 +192,16 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     return f
 
 
-def _make_adam(params, cfg: TrainConfig, device: torch.device):
+def _make_adam(model: Dictionary, cfg: TrainConfig, device: torch.device):
+    """Adam over the model's parameters: on CPU :class:`~mmsae.train.optim.RowAdam` (one compiled
+    pass per matrix, the decoder-norm hooks fused into the decoder's), elsewhere torch's fused
+    kernel when available; ``fused_adam=False``: torch's foreach Adam (and the model's hooks)."""
     opt_kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    params = model.parameters()
     if cfg.fused_adam is True or cfg.fused_adam == "auto":
+        if device.type == "cpu":
+            unit = getattr(model, "unit_norm_rows", list)()
+            return RowAdam(params, unit_rows=unit, fused=True, **opt_kw)
         try:
             return torch.optim.Adam(params, fused=True, **opt_kw)
         except (RuntimeError, TypeError, ValueError):
@@ -477,7 +485,9 @@ def train(
     start, history = 0, []
     torch.manual_seed(cfg.seed)
     sampler = _Sampler(len(x), cfg.batch_size, cfg.seed, torch.device("cpu") if stream else device)
-    opt = _make_adam(model.parameters(), cfg, device)
+    opt = _make_adam(model, cfg, device)
+    # the decoder-norm hooks' work that the optimiser does (models without unit_norm_rows: none)
+    hook_kw = {"skip": opt.fused_unit_rows} if getattr(opt, "fused_unit_rows", None) else {}
 
     found = _find_checkpoint(ckpt_dir) if ckpt_dir is not None and cfg.resume else None
     if found is not None:
@@ -539,11 +549,11 @@ def train(
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             with record_function("mmsae.decoder_projection"):
-                model.before_optimizer_step()
+                model.before_optimizer_step(**hook_kw)
             with record_function("mmsae.optimizer"):
                 opt.step()
             with record_function("mmsae.decoder_renorm"):
-                model.after_optimizer_step()
+                model.after_optimizer_step(**hook_kw)
 
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:

@@ -1,0 +1,118 @@
+"""The training loop's optimiser on CPU: torch's Adam, with the decoder-norm constraint fused into
+the update of the decoder.
+
+A TopK SAE step ends with three passes over the ``(m, d)`` decoder: the gradient projection
+(``model.before_optimizer_step``), the Adam update, and the renormalisation of every atom
+(``model.after_optimizer_step``). Each pass is memory-bound. :class:`RowAdam` does all three
+in one pass, a row at a time while it is in cache (:func:`mmsae.models.kernels.adam_rows`),
+and the loop skips the two hooks for the matrices it handled
+(:attr:`RowAdam.fused_unit_rows`). Every other parameter (the encoder, the biases) goes
+through torch's Adam step: for a plain matrix the compiled pass is no faster than torch's
+fused kernel (measured in the step: about equal on one thread, slower on two, where torch's
+OpenMP threads keep the cores busy; see docs/performance.md).
+
+The state is torch's (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter), so checkpoints
+load into ``torch.optim.Adam`` and back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from ..models.kernels import adam_rows
+from ..models.sparse import split_rows
+
+__all__ = ["RowAdam"]
+
+
+def _adam_step(opt: torch.optim.Adam) -> None:
+    """``torch.optim.Adam.step`` without the step hooks that torch wraps around it once an Adam
+    has been made (they ran around :meth:`RowAdam.step` already)."""
+    step = torch.optim.Adam.step
+    (step.__wrapped__ if getattr(step, "hooked", False) else step)(opt)
+
+
+class RowAdam(torch.optim.Adam):
+    """``torch.optim.Adam`` (same arguments) that updates the ``unit_rows`` matrices (a model's
+    :meth:`~mmsae.models.base.Dictionary.unit_norm_rows`: rows kept at unit norm) with one
+    compiled pass, row by row, split over torch's intra-op thread count (each row by one
+    thread: the result does not depend on the thread count). The pass removes each gradient
+    row's component along its atom, applies Adam's update and renormalises the atom: the
+    decoder-norm hooks and the update in one pass (``p.grad`` is left unprojected).
+
+    A ``unit_rows`` matrix the pass cannot take (not CPU float32 contiguous, or its group has
+    weight decay, amsgrad or maximize) and every other parameter go through torch's Adam, and
+    then the model's hooks do the projection and renormalisation as usual."""
+
+    def __init__(self, params, unit_rows: Iterable[torch.Tensor] = (), **kwargs):
+        super().__init__(params, **kwargs)
+        self._unit = {id(p) for p in unit_rows}
+        self._mine = {id(p) for group in self.param_groups for p in group["params"]
+                      if id(p) in self._unit and self._takes(p, group)}
+
+    @staticmethod
+    def _takes(p: torch.Tensor, group: dict) -> bool:
+        """Whether the compiled pass can update ``p`` (fixed for the optimiser's life)."""
+        return (p.device.type == "cpu" and p.dtype == torch.float32 and p.dim() == 2 and p.is_contiguous()
+                and not group["amsgrad"] and not group["maximize"] and group["weight_decay"] == 0
+                and not group.get("differentiable", False) and not group.get("capturable", False)
+                and not torch.is_tensor(group["lr"]))
+
+    @property
+    def fused_unit_rows(self) -> frozenset[int]:
+        """``id`` of each ``unit_rows`` parameter whose projection and renormalisation this
+        optimiser does (pass it as ``skip`` to the model's optimiser-step hooks)."""
+        return frozenset(self._mine)
+
+    @torch.no_grad()
+    def _update(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        if len(state) == 0:  # as torch's Adam initialises it
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        if not (m.is_contiguous() and v.is_contiguous() and m.dtype == v.dtype == torch.float32):
+            state["exp_avg"], state["exp_avg_sq"] = m, v = (m.float().contiguous(), v.float().contiguous())
+        g = p.grad
+        if g.is_sparse:
+            g = g.to_dense()
+        g = g.to(torch.float32).contiguous()
+        state["step"] += 1
+        t = float(state["step"])
+        beta1, beta2 = group["betas"]
+        f = np.float32
+        split_rows(adam_rows, p.shape[0], p.detach().numpy(), g.numpy(), m.numpy(), v.numpy(),
+                   f(group["lr"] / (1.0 - beta1 ** t)), f(beta1), f(beta2), f(group["eps"]),
+                   f(math.sqrt(1.0 - beta2 ** t)), True)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        saved = [group["params"] for group in self.param_groups]
+        rest = []
+        for group in self.param_groups:
+            left = []
+            for p in group["params"]:
+                if id(p) in self._mine:
+                    if p.grad is not None:
+                        self._update(p, group)
+                else:
+                    left.append(p)
+            rest.append(left)
+        if any(p.grad is not None for left in rest for p in left):
+            try:  # torch's Adam for the rest: the groups narrowed to it for this call
+                for group, left in zip(self.param_groups, rest):
+                    group["params"] = left
+                _adam_step(self)
+            finally:
+                for group, params in zip(self.param_groups, saved):
+                    group["params"] = params
+        return loss
