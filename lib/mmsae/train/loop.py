@@ -193,20 +193,23 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def _make_adam(model: Dictionary, cfg: TrainConfig, device: torch.device):
-    """Adam over the model's parameters: on CPU :class:`~mmsae.train.optim.RowAdam` (one compiled
-    pass per matrix, the decoder-norm hooks fused into the decoder's), elsewhere torch's fused
-    kernel when available; ``fused_adam=False``: torch's foreach Adam (and the model's hooks)."""
+    """Adam over the model's parameters: on CPU :class:`~mmsae.train.optim.RowAdam` (the decoder's
+    update with the decoder-norm hooks fused in, one compiled pass; torch's fused Adam for the
+    rest), elsewhere torch's fused kernel when available; ``fused_adam=False``: torch's foreach
+    Adam (and the model's hooks)."""
     opt_kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    params = model.parameters()
+    params = list(model.parameters())
     if cfg.fused_adam is True or cfg.fused_adam == "auto":
-        if device.type == "cpu":
-            unit = getattr(model, "unit_norm_rows", list)()
-            return RowAdam(params, unit_rows=unit, fused=True, **opt_kw)
+        unit = getattr(model, "unit_norm_rows", list)() if device.type == "cpu" else None
         try:
+            if unit is not None:
+                return RowAdam(params, unit_rows=unit, fused=True, **opt_kw)
             return torch.optim.Adam(params, fused=True, **opt_kw)
         except (RuntimeError, TypeError, ValueError):
             if cfg.fused_adam is True:
                 raise
+            if unit is not None:  # a torch without the fused CPU kernel: foreach for the rest
+                return RowAdam(params, unit_rows=unit, foreach=True, **opt_kw)
     return torch.optim.Adam(params, foreach=True, **opt_kw)
 
 
