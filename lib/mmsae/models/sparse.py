@@ -485,9 +485,10 @@ class Selection:
 
 #: rows of pre-activations computed at once on CPU: a block of ``block_rows x m`` floats is
 #: selected (top-K, AuxK) right after its matmul, mostly from the last-level cache. Fewer, larger
-#: blocks were faster on two threads (batch 4096, m = 8192: 32 MiB blocks ~240 ms per encoder
-#: pass, 128 MiB ~221 ms, one 256 MiB block ~218 ms; one thread: the same for all), as each
-#: block's matmul packs the encoder again and hands over between torch's threads and the scan's
+#: blocks were faster on two threads (a diagnostic on the 2-core VM, batch 4096, m = 8192: 32 MiB
+#: blocks ~240 ms per encoder pass, 128 MiB ~221 ms, one 256 MiB block ~218 ms; on one thread all
+#: about equal): each block's matmul packs the encoder again and hands the cores over between
+#: torch's threads and the scan's
 CPU_BLOCK_BYTES = 128 * 2 ** 20
 
 
