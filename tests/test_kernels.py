@@ -176,6 +176,7 @@ def test_decoder_hooks_match_torch_and_threads(monkeypatch, threads):
         monkeypatch.setattr(tk, "_rows_kernel_ok", (lambda *ts: True) if kernel else (lambda *ts: False))
         model.W_dec.grad = grad.clone()
         model.before_optimizer_step()
+        assert not model.W_dec.grad.requires_grad  # the hook runs without autograd
         projected = model.W_dec.grad.clone()
         with torch.no_grad():
             saved = model.W_dec.detach().clone()

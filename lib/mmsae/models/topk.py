@@ -147,10 +147,10 @@ class TopKSAE(Dictionary):
             self.b_pre[0] = center(x.float())
             self.b_pre[1] = center(y.float())
 
-    @torch.no_grad()
     def unit_norm_rows(self) -> list[nn.Parameter]:
         return [self.W_dec]
 
+    @torch.no_grad()
     def before_optimizer_step(self, skip=()) -> None:
         """Remove the gradient component parallel to each (unit) decoder atom:
         ``g_i -= (g_i . w_i) w_i``, one pass over memory: on CPU (float32) a compiled kernel
