@@ -75,13 +75,8 @@ class RowAdam(torch.optim.Adam):
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        if not (m.is_contiguous() and v.is_contiguous() and m.dtype == v.dtype == torch.float32):
-            state["exp_avg"], state["exp_avg_sq"] = m, v = (m.float().contiguous(), v.float().contiguous())
-        g = p.grad
-        if g.is_sparse:
-            g = g.to_dense()
-        g = g.to(torch.float32).contiguous()
+        m, v = state["exp_avg"], state["exp_avg_sq"]  # float32 and contiguous like p (torch's load keeps them so)
+        g = p.grad.contiguous()
         state["step"] += 1
         t = float(state["step"])
         beta1, beta2 = group["betas"]
