@@ -187,9 +187,9 @@ def _count_bound(cm, q):
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def scan_rows(pre, b, size, kc, k, masked, salt, thresh, per_pair, pairs, out_v, out_i):
-    """Top ``k`` of each row of ``pre + b`` (``pre``: ``(R, m)`` float32; ``b``: ``(m,)``, or
-    empty for no bias), found among the candidates ``>= t[r]``.
+def scan_rows(pre, b, size, kc, k, masked, salt, thresh, per_pair, pairs, out_v, out_i, lo, hi):
+    """Rows ``lo <= r < hi``: the top ``k`` of each row of ``pre + b`` (``pre``: ``(R, m)``
+    float32; ``b``: ``(m,)``, or empty for no bias), found among the candidates ``>= t[r]``.
 
     Each row is cut into chunks of ``size`` entries and their maxima taken in one pass;
     ``t`` is a value with at least ``kc`` chunk maxima at or above it (``kc <= n_chunks``;
@@ -203,7 +203,7 @@ def scan_rows(pre, b, size, kc, k, masked, salt, thresh, per_pair, pairs, out_v,
     than ``k`` kept candidates (the mask dropping too many), or holding NaN or infinity (in
     ``pre`` or ``b``), gets ``out_i[r, 0] = -1``, for the caller. (The chunk maxima and the
     bound are separate functions: numba's own inlining would drop their fast-math flags.)"""
-    R, m = pre.shape
+    m = pre.shape[1]
     nc = (m + size - 1) // size
     hasb = b.shape[0] > 0
     bits = pre.view(np.int32)
@@ -216,7 +216,7 @@ def scan_rows(pre, b, size, kc, k, masked, salt, thresh, per_pair, pairs, out_v,
     salt = np.uint64(salt) & _M32
     hfin = (salt * np.uint64(0x7FEB352D) + np.uint64(0x165667B1)) & _M32
     hsalt = (salt ^ np.uint64(0x27D4EB2F)) & _M32
-    for r in range(R):
+    for r in range(lo, hi):
         if hasb:  # the row plus the bias, once, into a buffer that stays in cache
             bad = _add_not_finite(pre[r], b, biased)
             row = biased
@@ -234,13 +234,13 @@ def scan_rows(pre, b, size, kc, k, masked, salt, thresh, per_pair, pairs, out_v,
             nl += cm[c] >= tr
         n = 0
         for q in range(nl):  # the candidates: a bit mask of each chunk, then its set bits
-            lo = chunks[q] * size
-            span = min(m, lo + size) - lo
+            c0 = chunks[q] * size
+            span = min(m, c0 + size) - c0
             msk = np.uint32(0)
             for j in range(span):
-                msk |= np.uint32(row[lo + j] >= tr) << np.uint32(j)
+                msk |= np.uint32(row[c0 + j] >= tr) << np.uint32(j)
             while msk:
-                j = lo + trailing_zeros(msk)
+                j = c0 + trailing_zeros(msk)
                 buf_v[n] = row[j]
                 buf_i[n] = j
                 n += 1
@@ -447,3 +447,151 @@ def match_slots(i_x, i_y, match_x, y_only):
             match_x[b, s] = hit
             if hit >= 0:
                 y_only[b, hit] = False
+
+
+# ----------------------------------------------------------------------- OpenMP tasks
+# The range kernels above as C callbacks ``void task(void *block)`` for the OpenMP runtime's
+# ``GOMP_parallel`` (:func:`mmsae.models.parallel.run_ranges`): every thread of the team runs
+# the task, takes ranges off a shared counter until none is left and runs the kernel on each.
+# ``block`` is an int64 array: [next range (the counter, from 0), number of ranges, address of
+# the ``n + 1`` cut points, then the kernel's arguments: an array as its address followed by
+# its shape, an integer or bool as itself, a float as the bits of a float64]. The Python side
+# (``parallel._pack``) checks each array's dtype, rank and contiguity against the task's
+# ``TASK_ARGS`` entry before it writes the block.
+
+_TASK = _types.void(_types.voidptr)
+
+
+@_intrinsic
+def _voidptr(typingctx, addr):
+    """The address ``addr`` (int64) as a ``void *`` (for :func:`numba.carray`)."""
+    if addr != _types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], _llvm_ir.IntType(8).as_pointer())
+
+    return _types.voidptr(_types.int64), codegen
+
+
+@_intrinsic
+def _next_range(typingctx, block):
+    """Atomically ``block[0] += 1``, returning the old value: the next range to do."""
+    if block != _types.voidptr:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = _llvm_ir.IntType(64)
+        counter = builder.bitcast(args[0], i64.as_pointer())
+        return builder.atomic_rmw("add", counter, _llvm_ir.Constant(i64, 1), "monotonic")
+
+    return _types.int64(_types.voidptr), codegen
+
+
+@numba.njit(cache=True, inline="always")
+def _f32_1d(a, i):
+    return numba.carray(_voidptr(a[i]), (a[i + 1],), np.float32)
+
+
+@numba.njit(cache=True, inline="always")
+def _f32_2d(a, i):
+    return numba.carray(_voidptr(a[i]), (a[i + 1], a[i + 2]), np.float32)
+
+
+@numba.njit(cache=True, inline="always")
+def _i64_1d(a, i):
+    return numba.carray(_voidptr(a[i]), (a[i + 1],), np.int64)
+
+
+@numba.njit(cache=True, inline="always")
+def _i64_2d(a, i):
+    return numba.carray(_voidptr(a[i]), (a[i + 1], a[i + 2]), np.int64)
+
+
+@numba.njit(cache=True, inline="always")
+def _block(block, n_args):
+    """``(slots as int64, the same as float64, cut points, number of ranges)``."""
+    a = numba.carray(block, (3 + n_args,), np.int64)
+    f = numba.carray(block, (3 + n_args,), np.float64)
+    return a, f, numba.carray(_voidptr(a[2]), (a[1] + 1,), np.int64), a[1]
+
+
+@numba.cfunc(_TASK, cache=True)
+def scan_rows_task(block):
+    a, f, cuts, n = _block(block, 20)
+    pre, b, pairs, out_v, out_i = _f32_2d(a, 3), _f32_1d(a, 6), _i64_1d(a, 15), _f32_2d(a, 17), _i64_2d(a, 20)
+    r = _next_range(block)
+    while r < n:
+        scan_rows(pre, b, a[8], a[9], a[10], a[11] != 0, np.uint64(a[12]), np.uint64(a[13]), a[14] != 0, pairs,
+                  out_v, out_i, cuts[r], cuts[r + 1])
+        r = _next_range(block)
+
+
+@numba.cfunc(_TASK, cache=True)
+def decoder_backward_task(block):
+    a, f, cuts, n = _block(block, 20)
+    G, W, rows, vals = _f32_2d(a, 3), _f32_2d(a, 6), _i64_1d(a, 9), _f32_1d(a, 12)
+    order, ptr, gW, gvals = _i64_1d(a, 14), _i64_1d(a, 16), _f32_2d(a, 18), _f32_1d(a, 21)
+    r = _next_range(block)
+    while r < n:
+        decoder_backward(G, W, rows, a[11], vals, order, ptr, gW, gvals, cuts[r], cuts[r + 1])
+        r = _next_range(block)
+
+
+@numba.cfunc(_TASK, cache=True)
+def encoder_backward_task(block):
+    a, f, cuts, n = _block(block, 20)
+    U, rows, g, rowmod = _f32_2d(a, 3), _i64_1d(a, 6), _f32_1d(a, 9), _i64_1d(a, 11)
+    order, ptr, gW, per = _i64_1d(a, 13), _i64_1d(a, 15), _f32_2d(a, 17), _f32_2d(a, 20)
+    r = _next_range(block)
+    while r < n:
+        encoder_backward(U, rows, a[8], g, rowmod, order, ptr, gW, per, cuts[r], cuts[r + 1])
+        r = _next_range(block)
+
+
+@numba.cfunc(_TASK, cache=True)
+def project_rows_task(block):
+    a, f, cuts, n = _block(block, 6)
+    W, G = _f32_2d(a, 3), _f32_2d(a, 6)
+    r = _next_range(block)
+    while r < n:
+        project_rows(W, G, cuts[r], cuts[r + 1])
+        r = _next_range(block)
+
+
+@numba.cfunc(_TASK, cache=True)
+def renorm_rows_task(block):
+    a, f, cuts, n = _block(block, 3)
+    W = _f32_2d(a, 3)
+    r = _next_range(block)
+    while r < n:
+        renorm_rows(W, cuts[r], cuts[r + 1])
+        r = _next_range(block)
+
+
+@numba.cfunc(_TASK, cache=True)
+def adam_rows_task(block):
+    a, f, cuts, n = _block(block, 18)
+    P, G, M, V = _f32_2d(a, 3), _f32_2d(a, 6), _f32_2d(a, 9), _f32_2d(a, 12)
+    step_size, beta1, beta2 = np.float32(f[15]), np.float32(f[16]), np.float32(f[17])
+    eps, bc2_sqrt = np.float32(f[18]), np.float32(f[19])
+    r = _next_range(block)
+    while r < n:
+        adam_rows(P, G, M, V, step_size, beta1, beta2, eps, bc2_sqrt, a[20] != 0, cuts[r], cuts[r + 1])
+        r = _next_range(block)
+
+
+#: per range kernel: its task and the kernel's arguments before ``lo, hi`` as the task reads
+#: them (``"f4", "i8"`` with the rank: an array of that dtype, C-contiguous; ``"int"``,
+#: ``"bool"``, ``"float"``: a scalar)
+TASK_ARGS = {
+    scan_rows: (scan_rows_task, (("f4", 2), ("f4", 1), "int", "int", "int", "bool", "int", "int", "bool",
+                                 ("i8", 1), ("f4", 2), ("i8", 2))),
+    decoder_backward: (decoder_backward_task, (("f4", 2), ("f4", 2), ("i8", 1), "int", ("f4", 1), ("i8", 1),
+                                               ("i8", 1), ("f4", 2), ("f4", 1))),
+    encoder_backward: (encoder_backward_task, (("f4", 2), ("i8", 1), "int", ("f4", 1), ("i8", 1), ("i8", 1),
+                                               ("i8", 1), ("f4", 2), ("f4", 2))),
+    project_rows: (project_rows_task, (("f4", 2), ("f4", 2))),
+    renorm_rows: (renorm_rows_task, (("f4", 2),)),
+    adam_rows: (adam_rows_task, (("f4", 2),) * 4 + ("float",) * 5 + ("bool",)),
+}

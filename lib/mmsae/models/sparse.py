@@ -47,10 +47,11 @@ from .losses import auxk_loss
 
 from . import kernels
 from .kernels import CHUNK, scan_rows
+from .parallel import run_ranges, split_rows
 
 __all__ = ["HashMask", "draw_hash_mask", "SparseEncoderValues", "sparse_encoder_values", "fast_branch",
            "fast_auxk", "fast_pair_branch", "pair_mod", "centred_pair_rows", "sparse_grad_matmul", "decode_entries", "sparse_decode", "SparseDecode",
-           "topk_rows", "Selection", "split_rows",
+           "topk_rows", "Selection",
            "select_codes", "select_dead", "dead_latents", "select_shared_support"]
 
 _M32 = 0xFFFFFFFF
@@ -139,30 +140,13 @@ def _np(t: torch.Tensor):
     return t.detach().contiguous().numpy()
 
 
-def _run_ranges(kernel, cuts: list[int], *args) -> None:
-    """``kernel(*args, cuts[t], cuts[t + 1])`` for each range, one thread each (the kernels
-    release the GIL; each row or latent is done by one thread, so the split does not change
-    the result)."""
-    if len(cuts) <= 2:
-        kernel(*args, cuts[0], cuts[-1])
-        return
-    list(_scan_pool(len(cuts) - 1).map(lambda t: kernel(*args, cuts[t], cuts[t + 1]), range(len(cuts) - 1)))
-
-
 def _over_latents(kernel, ptr, *args) -> None:
     """Run ``kernel(*args, lo, hi)`` over the latent range, split over torch's intra-op thread
     count into ranges holding about equal numbers of entries (at least 4096 per thread)."""
     m, n = len(ptr) - 1, int(ptr[-1])
     threads = max(1, min(torch.get_num_threads(), n // 4096))
-    _run_ranges(kernel, [0] + [int(np.searchsorted(ptr, n * t // threads)) for t in range(1, threads)] + [m],
-                *args)
-
-
-def split_rows(kernel, n_rows: int, *args) -> None:
-    """Run ``kernel(*args, lo, hi)`` over rows ``[0, n_rows)`` split evenly over torch's intra-op
-    thread count (at least 1024 rows per thread)."""
-    threads = max(1, min(torch.get_num_threads(), n_rows // 1024))
-    _run_ranges(kernel, [n_rows * t // threads for t in range(threads + 1)], *args)
+    run_ranges(kernel, [0] + [int(np.searchsorted(ptr, n * t // threads)) for t in range(1, threads)] + [m],
+               *args)
 
 
 def _entry_rows(rows: torch.Tensor | None):
@@ -331,28 +315,6 @@ def _scan_fits(m: int, kc: int) -> bool:
     return _chunk_size(m, kc) > 0
 
 
-_SCAN_POOL = None
-
-
-def _scan_pool(threads: int):
-    """Threads for the compiled kernels (numba's own thread pool would be a second OpenMP
-    runtime competing with torch's for the cores).
-
-    Only numba kernels run on these threads, never a torch op: a torch op on a thread that
-    torch's OpenMP (libgomp) does not manage makes it throttle its idle threads' spinning for
-    the rest of the process, which slows later torch code on several threads (measured here:
-    the dictionary_learning peer's training step became 8x slower at 2 threads; CPU CLIP
-    inference about 18% slower under the equivalent ``OMP_WAIT_POLICY=PASSIVE``)."""
-    global _SCAN_POOL
-    if _SCAN_POOL is None or _SCAN_POOL._max_workers != threads:
-        from concurrent.futures import ThreadPoolExecutor
-
-        if _SCAN_POOL is not None:
-            _SCAN_POOL.shutdown(wait=False)
-        _SCAN_POOL = ThreadPoolExecutor(threads, thread_name_prefix="mmsae-topk")
-    return _SCAN_POOL
-
-
 def _scan_applies(pre: torch.Tensor, kc: int) -> bool:
     return (pre.device.type == "cpu" and pre.dtype == torch.float32 and pre.dim() == 2 and pre.is_contiguous()
             and pre.shape[0] > 0 and _scan_fits(pre.shape[1], kc))
@@ -377,16 +339,9 @@ def _chunk_scan(pre: torch.Tensor, k: int, kc: int, mask: "HashMask | None" = No
                  (p + mask.row_offset).numpy())
     bn = np.empty(0, np.float32) if bias is None else bias.detach().to(torch.float32).contiguous().numpy()
     a, v, i = pre.numpy(), vals.numpy(), idx.numpy()
-    pa, size = margs[4], _chunk_size(m, kc)
-    threads = min(torch.get_num_threads(), R // 64)
-    if threads > 1:  # the kernel releases the GIL: rows split over torch's thread count
-        b = [R * j // threads for j in range(threads + 1)]
-        list(_scan_pool(threads).map(
-            lambda j: scan_rows(a[b[j]:b[j + 1]], bn, size, kc, k, *margs[:4],
-                                pa[b[j]:b[j + 1]] if mask is not None else pa, v[b[j]:b[j + 1]], i[b[j]:b[j + 1]]),
-            range(threads)))
-    else:
-        scan_rows(a, bn, size, kc, k, *margs, v, i)
+    size = _chunk_size(m, kc)
+    threads = max(1, min(torch.get_num_threads(), R // 64))  # rows split over torch's thread count
+    run_ranges(scan_rows, [R * j // threads for j in range(threads + 1)], a, bn, size, kc, k, *margs, v, i)
     return vals, idx, idx[:, 0] < 0
 
 

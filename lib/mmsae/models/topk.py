@@ -42,7 +42,8 @@ from torch import nn
 from .losses import squared_errors
 from .base import Dictionary, LossOutput, SAEConfig, register, step_stats
 from .kernels import project_rows, renorm_rows
-from .sparse import fast_auxk, fast_pair_branch, split_rows
+from .parallel import split_rows
+from .sparse import fast_auxk, fast_pair_branch
 
 __all__ = ["TopKSAE", "geometric_median"]
 

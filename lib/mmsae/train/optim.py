@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..models.kernels import adam_rows
-from ..models.sparse import split_rows
+from ..models.parallel import split_rows
 
 __all__ = ["RowAdam"]
 
