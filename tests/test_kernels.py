@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import mmsae.models.sparse as sp
 from mmsae.models import SAEConfig, build_model
+from mmsae.models import kernels
 from mmsae.models.kernels import entries_by_latent
 
 
@@ -219,3 +220,27 @@ def test_torch_fallbacks_match_the_kernels(monkeypatch):
     for a, b in zip(grads, torch.autograd.grad(out0.square().sum(), (W, vals, b_pre))):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
+
+
+def test_latent_grouping_is_reused_only_for_the_same_unchanged_tensor():
+    """The decode's and the encoder values' backward share one grouping of ``idx``: reused for
+    the same tensor, recomputed after an in-place change or for another tensor."""
+    from mmsae.models.sparse import _entries_by_latent
+
+    m = 50
+    idx = torch.randint(0, m, (40, 6))
+    order, ptr = _entries_by_latent(idx, m)
+    again = _entries_by_latent(idx, m)
+    assert again[0] is order and again[1] is ptr
+    ref = kernels.entries_by_latent(idx.reshape(-1).numpy(), m)
+    np.testing.assert_array_equal(order, ref[0])
+    np.testing.assert_array_equal(ptr, ref[1])
+    idx[0, 0] = (idx[0, 0] + 1) % m  # in place: the version counter moves
+    changed = _entries_by_latent(idx, m)
+    assert changed[0] is not order
+    ref = kernels.entries_by_latent(idx.reshape(-1).numpy(), m)
+    np.testing.assert_array_equal(changed[0], ref[0])
+    np.testing.assert_array_equal(changed[1], ref[1])
+    other = idx.clone()
+    assert _entries_by_latent(other, m)[0] is not changed[0]
+    assert _entries_by_latent(other, m + 1)[1].shape == (m + 2,)

