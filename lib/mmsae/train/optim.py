@@ -8,8 +8,8 @@ in one pass, a row at a time while it is in cache (:func:`mmsae.models.kernels.a
 and the loop skips the two hooks for the matrices it handled
 (:attr:`RowAdam.fused_unit_rows`). Every other parameter (the encoder, the biases) goes
 through torch's Adam step: for a plain matrix the compiled pass is no faster than torch's
-fused kernel (measured in the step: about equal on one thread, slower on two, where torch's
-OpenMP threads keep the cores busy; see docs/performance.md).
+fused kernel (measured in the step, MGSAE at batch 128: about equal on one thread, about 1%
+slower on two; see docs/performance.md).
 
 The state is torch's (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter), so checkpoints
 load into ``torch.optim.Adam`` and back.
