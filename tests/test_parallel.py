@@ -100,3 +100,20 @@ def test_arguments_the_task_cannot_read_go_to_the_pool(monkeypatch, two_threads)
     strided = np.asfortranarray(W)  # not C-contiguous: the pool's numba call takes it
     parallel.run_ranges(kernels.renorm_rows, [0, 1024, 2048], strided)
     np.testing.assert_allclose(np.linalg.norm(strided, axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_team_of_one_still_runs_every_range(monkeypatch):
+    """With torch on one thread the team is the calling thread alone (never more threads than
+    torch's count), and it takes every range off the counter."""
+    if not _openmp_torch():
+        pytest.skip("torch here is not built with OpenMP")
+    monkeypatch.setenv("MMSAE_KERNEL_THREADS", "openmp")
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        W = np.random.default_rng(3).standard_normal((900, 16)).astype(np.float32) * 3
+        ref = W / np.linalg.norm(W, axis=1, keepdims=True)
+        parallel.run_ranges(kernels.renorm_rows, [0, 100, 100, 450, 900], W)
+        np.testing.assert_allclose(W, ref, rtol=1e-6, atol=1e-7)
+    finally:
+        torch.set_num_threads(prev)

@@ -129,22 +129,25 @@ def _pack(spec, cuts: np.ndarray, args) -> np.ndarray | None:
 
 
 def run_ranges(kernel, cuts, *args) -> None:
-    """``kernel(*args, cuts[t], cuts[t + 1])`` for every range ``t``, the ranges shared over
-    up to one thread each (see the module docstring); one range runs on the calling thread.
+    """``kernel(*args, cuts[t], cuts[t + 1])`` for every range ``t``, shared over up to torch's
+    intra-op thread count (see the module docstring); one range runs on the calling thread.
     The kernels release the GIL."""
     n = len(cuts) - 1
     if n <= 1:
         kernel(*args, cuts[0], cuts[-1])
         return
+    # never more threads than torch's count: more OpenMP threads than cores would make the
+    # runtime throttle its spinning for the rest of the process (see the module docstring)
+    threads = max(1, min(n, torch.get_num_threads()))
     if backend() == "openmp" and kernel in kernels.TASK_ARGS:
         task, spec = kernels.TASK_ARGS[kernel]
         cut_arr = np.asarray(cuts, dtype=np.int64)
         block = _pack(spec, cut_arr, args)
         if block is not None:
             # ``args`` and ``cut_arr`` keep the arrays alive; ctypes releases the GIL for the call
-            _OPENMP.GOMP_parallel(task.address, block.ctypes.data, n, 0)
+            _OPENMP.GOMP_parallel(task.address, block.ctypes.data, threads, 0)
             return
-    list(_pool(n).map(lambda t: kernel(*args, cuts[t], cuts[t + 1]), range(n)))
+    list(_pool(threads).map(lambda t: kernel(*args, cuts[t], cuts[t + 1]), range(n)))
 
 
 def split_rows(kernel, n_rows: int, *args) -> None:
