@@ -14,6 +14,20 @@ SHARED = ROOT.parent / "shared" / "data"
 SHIPPED = ROOT / "data"  # the same MIT-licensed files, shipped with the project (data/README.md)
 
 
+@pytest.fixture
+def threads():
+    """``threads(n)`` sets torch's intra-op thread count for the test, restored afterwards."""
+    prev = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture
+def two_threads(threads):
+    """Two intra-op threads for the test (restored afterwards)."""
+    threads(2)
+
+
 @pytest.fixture(scope="session")
 def coco500_path() -> Path:
     p = SHIPPED / "clip_vitb16_coco500.npy"

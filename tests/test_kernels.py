@@ -13,14 +13,6 @@ from mmsae.models import kernels
 from mmsae.models.kernels import entries_by_latent
 
 
-@pytest.fixture
-def threads():
-    """``threads(n)`` sets torch's intra-op thread count for the test, restored afterwards."""
-    prev = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(prev)
-
-
 def test_entries_by_latent_is_a_stable_grouping():
     idx = torch.randint(0, 50, (1000,), generator=torch.Generator().manual_seed(0))
     order, ptr = entries_by_latent(idx.numpy(), 64)

@@ -14,13 +14,6 @@ from mmsae.train import TrainConfig, train
 from mmsae.train.optim import RowAdam
 
 
-@pytest.fixture
-def threads():
-    prev = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(prev)
-
-
 def _unit(m, d, seed):
     return torch.nn.functional.normalize(torch.randn(m, d, generator=torch.Generator().manual_seed(seed)), dim=1)
 

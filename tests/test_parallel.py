@@ -9,14 +9,6 @@ import torch
 from mmsae.models import kernels, parallel
 
 
-@pytest.fixture
-def two_threads():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(prev)
-
-
 def _openmp_torch() -> bool:
     return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
@@ -102,18 +94,14 @@ def test_arguments_the_task_cannot_read_go_to_the_pool(monkeypatch, two_threads)
     np.testing.assert_allclose(np.linalg.norm(strided, axis=1), 1.0, rtol=1e-5)
 
 
-def test_a_team_of_one_still_runs_every_range(monkeypatch):
+def test_a_team_of_one_still_runs_every_range(monkeypatch, threads):
     """With torch on one thread the team is the calling thread alone (never more threads than
     torch's count), and it takes every range off the counter."""
     if not _openmp_torch():
         pytest.skip("torch here is not built with OpenMP")
     monkeypatch.setenv("MMSAE_KERNEL_THREADS", "openmp")
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        W = np.random.default_rng(3).standard_normal((900, 16)).astype(np.float32) * 3
-        ref = W / np.linalg.norm(W, axis=1, keepdims=True)
-        parallel.run_ranges(kernels.renorm_rows, [0, 100, 100, 450, 900], W)
-        np.testing.assert_allclose(W, ref, rtol=1e-6, atol=1e-7)
-    finally:
-        torch.set_num_threads(prev)
+    threads(1)
+    W = np.random.default_rng(3).standard_normal((900, 16)).astype(np.float32) * 3
+    ref = W / np.linalg.norm(W, axis=1, keepdims=True)
+    parallel.run_ranges(kernels.renorm_rows, [0, 100, 100, 450, 900], W)
+    np.testing.assert_allclose(W, ref, rtol=1e-6, atol=1e-7)

@@ -74,14 +74,6 @@ def test_readme_snippet_is_reproducible_as_written(tmp_path, monkeypatch, small)
     assert not _same(*weights)
 
 
-@pytest.fixture
-def two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("name", ["BatchTopK", "ModalitySpecific"])
 def test_multithreaded_cpu_training_is_bit_identical(small, two_threads, name):
     """With two intra-op threads the backward of ``W_dec[indices]`` (an accumulating

@@ -69,9 +69,10 @@ def _find_openmp():
     if sys.platform != "linux" or "parallel backend: OpenMP" not in torch.__config__.parallel_info():
         return None
     try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split(None, 5)[5] for line in f
-                            if re.search(r"/lib(gomp|iomp5|omp)[-.\w]*\.so", line) and len(line.split(None, 5)) == 6})
+        with open("/proc/self/maps") as f:  # address, perms, offset, dev, inode, path
+            fields = [line.split(None, 5) for line in f]
+        paths = sorted({f[5].strip() for f in fields
+                        if len(f) == 6 and re.search(r"/lib(gomp|iomp5|omp)[-.\w]*\.so", f[5])})
     except OSError:
         return None
     here = os.path.dirname(os.path.realpath(torch.__file__))
@@ -79,7 +80,7 @@ def _find_openmp():
     chosen = mine if mine else paths if len(paths) == 1 else []
     for path in chosen:
         try:
-            lib = ctypes.CDLL(path.strip())  # already loaded: the same library, not a second copy
+            lib = ctypes.CDLL(path)  # already loaded: the same library, not a second copy
             lib.GOMP_parallel.restype = None
         except (OSError, AttributeError):
             continue

@@ -47,7 +47,7 @@ from .losses import auxk_loss
 
 from . import kernels
 from .kernels import CHUNK, scan_rows
-from .parallel import run_ranges, split_rows
+from .parallel import run_ranges
 
 __all__ = ["HashMask", "draw_hash_mask", "SparseEncoderValues", "sparse_encoder_values", "fast_branch",
            "fast_auxk", "fast_pair_branch", "pair_mod", "centred_pair_rows", "sparse_grad_matmul", "decode_entries", "sparse_decode", "SparseDecode",
