@@ -100,3 +100,29 @@ def test_scaling_points_run_in_their_own_processes(bench, tmp_path, monkeypatch)
     assert set(sc.axis) == {"m", "K", "batch"}
     assert (sc.ms_per_step > 0).all() and (sc.floor_ms > 0).all() and (sc.peak_mem_mb >= 0).all()
     assert np.allclose(sc.ratio_to_floor, sc.ms_per_step / sc.floor_ms)
+
+
+def test_profile_breakdown_is_taken_after_a_profiled_warm_up(bench, tmp_path, monkeypatch):
+    """--profile: the kept profiled run is the second under the profiler (the first grows the
+    heap around the profiler's records), its page faults are reported, and the parts of the
+    step land in the CSV and the markdown."""
+    monkeypatch.setattr(bench, "load_avg", lambda: 0.0)
+    runs = []
+    real_profile = bench.torch.profiler.profile
+
+    class Counting(real_profile):
+        def __enter__(self):
+            runs.append(self)
+            return super().__enter__()
+
+    monkeypatch.setattr(bench.torch.profiler, "profile", Counting)
+    md = tmp_path / "perf.md"
+    md.write_text("<!-- benchmark:begin -->\n<!-- benchmark:end -->\n")
+    assert bench.main(_args(tmp_path, "--methods", "topk", "--profile", "--markdown", str(md), "--allow-busy")) == 0
+    pf = pd.read_csv(tmp_path / "benchmark_profile.csv")
+    cases = pf.groupby(["method", "latents"]).ngroups
+    assert cases == 4  # topk and mgsae, all alive and a third dead
+    assert len(runs) == 2 * cases
+    assert (pf.page_faults_per_step >= 0).all()
+    assert {"encoder_gemm", "optimizer", "backward"} <= set(pf.part)
+    assert "page faults a step" in md.read_text()
