@@ -236,3 +236,36 @@ def test_latent_grouping_is_reused_only_for_the_same_unchanged_tensor():
     other = idx.clone()
     assert _entries_by_latent(other, m)[0] is not changed[0]
     assert _entries_by_latent(other, m + 1)[1].shape == (m + 2,)
+
+
+@pytest.mark.parametrize("B", [64, 3000])  # 3000 pairs: split over two threads
+def test_compiled_group_l21_matches_the_torch_form(monkeypatch, B, threads):
+    """float32 as in training: the compiled pass (value and derivatives) against the torch form
+    the GPU uses, with shared latents, zero activations (at a shared and at a y-only latent),
+    a zero group, different K for x and y, and a y value of another dtype."""
+    import mmsae.models.losses as losses
+
+    g = torch.Generator().manual_seed(3)
+    m, Kx, Ky = 500, 8, 6
+    perm = torch.stack([torch.randperm(m, generator=g) for _ in range(B)])
+    ix = perm[:, :Kx]
+    iy = torch.cat([perm[:, 2:5], perm[:, Kx:Kx + Ky - 3]], dim=1)  # three latents shared by every pair
+    vx = torch.rand(B, Kx, generator=g)
+    vy = torch.rand(B, Ky, generator=g, dtype=torch.float64)
+    vx[0, 2], vy[0, 0] = 0.0, 0.0  # a shared latent silent in both: the group is 0
+    vx[1, 3] = 0.0  # zero on one side of a shared latent
+    vy[2, 5] = 0.0  # a y-only slot at 0
+    vx.requires_grad_()
+    vy.requires_grad_()
+    assert losses._compiled_match(ix, iy)
+    value = losses.group_l21(vx, ix, vy, iy)
+    grads = torch.autograd.grad(2.5 * value, (vx, vy))
+    monkeypatch.setattr(losses, "_compiled_match", lambda i_x, i_y: False)
+    ref = losses.group_l21(vx, ix.contiguous(), vy.float(), iy)
+    ref_grads = torch.autograd.grad(2.5 * ref, (vx, vy))
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, ref, rtol=1e-6, atol=0)
+    for a, b in zip(grads, ref_grads):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    assert grads[0][0, 2] == 0 and grads[1][0, 0] == 0 and grads[1][2, 5] == 0

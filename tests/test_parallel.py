@@ -36,6 +36,7 @@ def _cases(rng):
     rowmod = (np.arange(R) >= R // 2).astype(np.int64)
     pre, b = f(R, m), f(m)
     pairs = rng.integers(0, 1000, R).astype(np.int64)
+    idx_y = np.concatenate([idx[:, :K // 2], (idx[:, K // 2:] + 1) % m], axis=1)  # half shared with x
     no_rows = np.empty(0, np.int64)
     f32 = np.float32
     return [
@@ -51,6 +52,9 @@ def _cases(rng):
                                         np.zeros((R, K), np.float32), np.full((R, K), -7, np.int64))),
         (kernels.scan_rows, R, lambda: (pre, np.empty(0, np.float32), 16, K, K, False, np.uint64(0), np.uint64(0),
                                         False, no_rows, np.zeros((R, K), np.float32), np.full((R, K), -7, np.int64))),
+        (kernels.group_l21_rows, R, lambda: (np.abs(vals.reshape(R, K)), idx, np.abs(g.reshape(R, K)), idx_y,
+                                             np.zeros((R, K), np.float32), np.zeros((R, K), np.float32),
+                                             np.zeros(R, np.float64))),
     ]
 
 

@@ -22,9 +22,10 @@ its work over threads.
   ``(m, d)`` gradient); the rows of the upstream gradient are what is gathered; and the
   result does not depend on how the latent range is split over threads (each latent's sum
   runs in entry order).
-* ``match_slots(i_x, i_y, match_x, y_only)``: for the K-sparse codes of the two members of
-  each pair, where each x slot's latent sits among the y slots, and which y slots have no x
-  partner (the matching of :func:`mmsae.models.losses.group_l21`).
+* ``group_l21_rows(v_x, i_x, v_y, i_y, ...)``: the l2,1 penalty of
+  :func:`mmsae.models.losses.group_l21` on the K-sparse codes of the two members of each
+  pair and its derivatives in one pass: each x slot's latent matched among the y slots by
+  direct comparison, the group norms, the y slots with no x partner.
 * ``project_rows(W, G, lo, hi)`` and ``renorm_rows(W, lo, hi)``: the decoder-norm hooks
   (gradient projection, renormalisation), one row at a time while it is in cache.
 * ``adam_rows(P, G, M, V, ...)``: torch's Adam update of a matrix, row by row, with (``unit``)
@@ -51,7 +52,7 @@ except ImportError:  # pragma: no cover - a numba without it: a loop
         return n
 
 __all__ = ["scan_rows", "entries_by_latent", "decoder_backward", "encoder_backward", "project_rows",
-           "renorm_rows", "adam_rows", "match_slots"]
+           "renorm_rows", "adam_rows", "group_l21_rows"]
 
 #: fast-math flags for the dot products and sums (reassociation lets them vectorise); no
 #: ``nnan``/``ninf``, so NaN and infinity propagate as in torch
@@ -459,24 +460,59 @@ def adam_rows(P, G, M, V, step_size, beta1, beta2, eps, bc2_sqrt, unit, lo, hi):
                 p[c] = p[c] / nrm
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
-def match_slots(i_x, i_y, match_x, y_only):
-    """Per pair ``b``: ``match_x[b, s]`` = the y slot holding latent ``i_x[b, s]`` (or -1), and
-    ``y_only[b, t]`` = no x slot holds latent ``i_y[b, t]`` (latents unique within a row)."""
-    B, Kx = i_x.shape
+@numba.njit(cache=True, nogil=True, boundscheck=False, fastmath=_FM, error_model="numpy")
+def group_l21_rows(v_x, i_x, v_y, i_y, d_x, d_y, per_pair, lo, hi):
+    """Pairs ``lo <= b < hi`` of the l2,1 penalty of :func:`mmsae.models.losses.group_l21` on
+    K-sparse codes (values ``v``, latents ``i``, unique within a row):
+
+        per_pair[b] = sum_s sqrt(v_x[b, s]^2 + z^2) + sum of |v_y[b, t]| over the y slots no x slot shares
+
+    (``z`` the y value at the x slot's latent, 0 when y does not hold it; the norms in the
+    values' dtype, the sum in float64), and its derivatives: ``d_x = v_x / norm`` and, at a
+    shared latent, ``d_y = v_y / norm`` (0 where the norm is 0, the subgradient torch's
+    ``vector_norm`` takes); ``d_y = sign(v_y)`` at a y-only slot. Each x slot's partner is found
+    by comparing it with every y slot (``K^2`` comparisons per pair, in registers); the norms
+    and quotients then run over the slots in a second, vectorised loop."""
+    Kx = i_x.shape[1]
     Ky = i_y.shape[1]
-    for b in range(B):
+    hit = np.empty(Kx, np.int64)
+    vym = np.empty(Kx, v_y.dtype)
+    nrm = np.empty(Kx, v_x.dtype)
+    shared = np.empty(Ky, np.bool_)
+    zero = np.zeros(1, v_y.dtype)[0]
+    for b in range(lo, hi):
         for t in range(Ky):
-            y_only[b, t] = True
+            shared[t] = False
         for s in range(Kx):
             j = i_x[b, s]
-            hit = -1
+            h = -1
             for t in range(Ky):
                 if i_y[b, t] == j:
-                    hit = t
-            match_x[b, s] = hit
-            if hit >= 0:
-                y_only[b, hit] = False
+                    h = t
+            hit[s] = h
+            if h >= 0:
+                shared[h] = True
+                vym[s] = v_y[b, h]
+            else:
+                vym[s] = zero
+        acc = 0.0
+        for s in range(Kx):
+            vx = v_x[b, s]
+            vy = vym[s]
+            n = np.sqrt(vx * vx + vy * vy)
+            nrm[s] = n
+            acc += n
+            d_x[b, s] = vx / n if n != 0 else zero
+        for s in range(Kx):
+            if hit[s] >= 0:
+                n = nrm[s]
+                d_y[b, hit[s]] = vym[s] / n if n != 0 else zero
+        for t in range(Ky):
+            if not shared[t]:
+                vy = v_y[b, t]
+                acc += abs(vy)
+                d_y[b, t] = np.sign(vy)
+        per_pair[b] = acc
 
 
 # ----------------------------------------------------------------------- OpenMP tasks
@@ -526,6 +562,11 @@ def _f32_1d(a, i):
 @numba.njit(cache=True, inline="always")
 def _f32_2d(a, i):
     return numba.carray(_voidptr(a[i]), (a[i + 1], a[i + 2]), np.float32)
+
+
+@numba.njit(cache=True, inline="always")
+def _f64_1d(a, i):
+    return numba.carray(_voidptr(a[i]), (a[i + 1],), np.float64)
 
 
 @numba.njit(cache=True, inline="always")
@@ -611,6 +652,17 @@ def adam_rows_task(block):
         r = _next_range(block)
 
 
+@numba.cfunc(_TASK, cache=True)
+def group_l21_rows_task(block):
+    a, f, cuts, n = _block(block, 20)
+    v_x, i_x, v_y, i_y = _f32_2d(a, 3), _i64_2d(a, 6), _f32_2d(a, 9), _i64_2d(a, 12)
+    d_x, d_y, per_pair = _f32_2d(a, 15), _f32_2d(a, 18), _f64_1d(a, 21)
+    r = _next_range(block)
+    while r < n:
+        group_l21_rows(v_x, i_x, v_y, i_y, d_x, d_y, per_pair, cuts[r], cuts[r + 1])
+        r = _next_range(block)
+
+
 #: per range kernel: its task and the kernel's arguments before ``lo, hi`` as the task reads
 #: them (``"f4", "i8"`` with the rank: an array of that dtype, C-contiguous; ``"int"``,
 #: ``"bool"``, ``"float"``: a scalar)
@@ -624,4 +676,6 @@ TASK_ARGS = {
     project_rows: (project_rows_task, (("f4", 2), ("f4", 2))),
     renorm_rows: (renorm_rows_task, (("f4", 2),)),
     adam_rows: (adam_rows_task, (("f4", 2),) * 4 + ("float",) * 5 + ("bool",)),
+    group_l21_rows: (group_l21_rows_task, (("f4", 2), ("i8", 2), ("f4", 2), ("i8", 2), ("f4", 2), ("f4", 2),
+                                           ("f8", 1))),
 }

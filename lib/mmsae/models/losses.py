@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import match_slots
+from .kernels import group_l21_rows
+from .parallel import split_rows
 
 __all__ = [
     "reconstruction_loss",
@@ -55,8 +56,34 @@ def reconstruction_loss(u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
 
 
 def _compiled_match(i_x: torch.Tensor, i_y: torch.Tensor) -> bool:
-    """The slot matching of :func:`group_l21` runs compiled (:func:`kernels.match_slots`): CPU, int64."""
+    """:func:`group_l21` runs compiled (:func:`kernels.group_l21_rows`): CPU, int64 indices."""
     return i_x.device.type == "cpu" and i_x.dtype == i_y.dtype == torch.int64 and i_x.shape[0] > 0
+
+
+class _GroupL21(torch.autograd.Function):
+    """:func:`group_l21` on CPU: value and derivatives in one compiled pass over the pairs
+    (:func:`kernels.group_l21_rows`, pairs split over torch's thread count); the backward
+    scales the saved derivatives."""
+
+    @staticmethod
+    def forward(ctx, v_x, i_x, v_y, i_y):  # noqa: D401
+        vx, vy = v_x.detach().contiguous(), v_y.detach().to(v_x.dtype).contiguous()
+        B = vx.shape[0]
+        d_x, d_y = torch.empty_like(vx), torch.empty_like(vy)
+        per_pair = torch.empty(B, dtype=torch.float64)
+        split_rows(group_l21_rows, B, vx.numpy(), i_x.contiguous().numpy(), vy.numpy(), i_y.contiguous().numpy(),
+                   d_x.numpy(), d_y.numpy(), per_pair.numpy())
+        ctx.save_for_backward(d_x, d_y)
+        ctx.v_y_dtype = v_y.dtype
+        return (per_pair.sum() / B).to(v_x.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        d_x, d_y = ctx.saved_tensors
+        s = g / d_x.shape[0]
+        return (d_x * s if ctx.needs_input_grad[0] else None, None,
+                (d_y * s).to(ctx.v_y_dtype) if ctx.needs_input_grad[2] else None, None)
 
 
 def group_l21(v_x: torch.Tensor, i_x: torch.Tensor, v_y: torch.Tensor, i_y: torch.Tensor) -> torch.Tensor:
@@ -77,25 +104,20 @@ def group_l21(v_x: torch.Tensor, i_x: torch.Tensor, v_y: torch.Tensor, i_y: torc
     if v_x.shape != i_x.shape or v_y.shape != i_y.shape or v_x.shape[0] != v_y.shape[0]:
         raise ValueError(f"group_l21: shapes differ: v_x {tuple(v_x.shape)}, i_x {tuple(i_x.shape)}, "
                          f"v_y {tuple(v_y.shape)}, i_y {tuple(i_y.shape)}")
-    # match each member's slots with the other's: compiled on CPU; elsewhere by binary search in
-    # the sorted indices (O(B K log K); a (B, K, K) comparison tensor costs K^2 memory per pair)
+    # match each member's slots with the other's: on CPU one compiled pass that also gives the
+    # value and the derivatives; elsewhere by binary search in the sorted indices (O(B K log K);
+    # a (B, K, K) comparison tensor costs K^2 memory per pair)
     K_x, K_y = i_x.shape[1], i_y.shape[1]
     if K_x == 0 or K_y == 0:
         return (v_x.abs().sum() + v_y.abs().sum()) / max(v_x.shape[0], 1)
     if _compiled_match(i_x, i_y):
-        # compiled: each x slot's partner among the y slots by direct comparison (K_x K_y per pair)
-        match = torch.empty(i_x.shape, dtype=torch.int64)
-        y_only = torch.empty(i_y.shape, dtype=torch.bool)
-        match_slots(i_x.contiguous().numpy(), i_y.contiguous().numpy(), match.numpy(), y_only.numpy())
-        hit = match >= 0
-        vy_match = torch.where(hit, v_y.gather(1, match.clamp_min(0)), v_y.new_zeros(()))
-    else:
-        s_y, p_y = i_y.sort(dim=1)
-        pos = torch.searchsorted(s_y, i_x).clamp_max_(K_y - 1)
-        hit = s_y.gather(1, pos) == i_x  # x-slot's latent is active in y too
-        vy_match = torch.where(hit, v_y.gather(1, p_y.gather(1, pos)), v_y.new_zeros(()))  # z_y at each x-slot
-        s_x = i_x.sort(dim=1).values
-        y_only = s_x.gather(1, torch.searchsorted(s_x, i_y).clamp_max_(K_x - 1)) != i_y  # y-slots absent from x
+        return _GroupL21.apply(v_x, i_x, v_y, i_y)
+    s_y, p_y = i_y.sort(dim=1)
+    pos = torch.searchsorted(s_y, i_x).clamp_max_(K_y - 1)
+    hit = s_y.gather(1, pos) == i_x  # x-slot's latent is active in y too
+    vy_match = torch.where(hit, v_y.gather(1, p_y.gather(1, pos)), v_y.new_zeros(()))  # z_y at each x-slot
+    s_x = i_x.sort(dim=1).values
+    y_only = s_x.gather(1, torch.searchsorted(s_x, i_y).clamp_max_(K_x - 1)) != i_y  # y-slots absent from x
     # torch.linalg.vector_norm has subgradient 0 at the origin (no NaN); |.| has 0 at 0.
     both = torch.linalg.vector_norm(torch.stack([v_x, vy_match], dim=-1), dim=-1)
     return (both.sum() + (v_y.abs() * y_only).sum()) / v_x.shape[0]
