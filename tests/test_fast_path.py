@@ -788,3 +788,22 @@ def test_flat_topk_with_nan_falls_back_to_torch_topk():
     v, i = _flat_topk(flat, 300)
     want = flat.topk(300)
     assert torch.equal(i.sort().values, want.indices.sort().values)
+
+
+def test_stack_pair_is_a_view_only_of_adjacent_rows():
+    """[x; y] without a copy when y's rows follow x's in one buffer (as the loop gathers a batch),
+    a copy otherwise (separate tensors, the halves swapped, a gradient needed)."""
+    from mmsae.models.sparse import stack_pair
+
+    buf = torch.randn(10, 4)
+    x, y = buf[:5], buf[5:]
+    u = stack_pair(x, y)
+    assert u.data_ptr() == buf.data_ptr() and torch.equal(u, torch.cat([x, y]))
+    swapped = stack_pair(y, x)
+    assert swapped.data_ptr() != buf.data_ptr() and torch.equal(swapped, torch.cat([y, x]))
+    apart = stack_pair(x.clone(), y.clone())
+    assert torch.equal(apart, buf)
+    gx = x.clone().requires_grad_()
+    assert stack_pair(gx, y).requires_grad
+    gap = torch.randn(11, 4)
+    assert torch.equal(stack_pair(gap[:5], gap[6:]), torch.cat([gap[:5], gap[6:]]))

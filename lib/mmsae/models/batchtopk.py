@@ -33,7 +33,7 @@ import torch
 from .losses import squared_errors
 from .base import LossOutput, SAEConfig, register, step_stats
 from .sparse import (batch_topk_entries, dead_latents, decode_entries, fast_auxk, pair_mod,
-                     pooled_pre_activations, select_dead, sparse_encoder_values)
+                     pooled_pre_activations, select_dead, sparse_encoder_values, stack_pair)
 from .topk import TopKSAE
 
 __all__ = ["BatchTopKSAE", "batch_topk"]
@@ -154,7 +154,7 @@ class BatchTopKSAE(TopKSAE):
         pre, u_c, mod, kept, rows, cols = self._batch_codes(x, y)
         vals = self._sparse_values(u_c, mod, kept, rows, cols)
         u_hat = decode_entries(self.W_dec, vals, rows, cols, 2 * b, self.b_pre, mod)
-        se = squared_errors(torch.cat([x, y]), u_hat)  # ||u - u_hat||^2 per row of [x; y]
+        se = squared_errors(stack_pair(x, y), u_hat)  # ||u - u_hat||^2 per row of [x; y]
         rec_x, rec_y = se[:b].mean(), se[b:].mean()
         aux = self._auxk_pooled(pre, u_c, mod, (x, y), u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux

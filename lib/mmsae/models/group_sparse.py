@@ -28,7 +28,7 @@ import torch
 
 from .losses import group_l21, squared_errors
 from .base import LossOutput, SAEConfig, register, step_stats
-from .sparse import HashMask, draw_hash_mask, fast_auxk, fast_pair_branch
+from .sparse import HashMask, draw_hash_mask, fast_auxk, fast_pair_branch, stack_pair
 from .topk import TopKSAE
 
 __all__ = ["GroupSparseSAE", "gsae_config", "mgsae_config"]
@@ -72,7 +72,7 @@ class GroupSparseSAE(TopKSAE):
         if keep is None and self.training and cfg.mask_rate > 0:
             keep = self.draw_mask()
         B = x.shape[0]
-        u = torch.cat([x, y])
+        u = stack_pair(x, y)
         sel, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, keep, self.select_dtype, u=u)
         ix, iy = idx[:B], idx[B:]
         se = squared_errors(u, u_hat)  # ||u - u_hat||^2 per row of [x; y]
@@ -80,5 +80,5 @@ class GroupSparseSAE(TopKSAE):
         group = group_l21(vals[:B], ix, vals[B:], iy)
         aux = fast_auxk(self, sel.aux, u_c, mod, u, u_hat)
         loss = rec_x + rec_y + cfg.group_lambda * group + cfg.auxk_coef * aux
-        self._update_firing((vals[:B], ix), (vals[B:], iy), n_samples=2 * B)  # zero-valued slots do not fire
+        self._update_firing((vals, idx), n_samples=2 * B)  # both members' slots at once; zero-valued slots do not fire
         return LossOutput(loss, step_stats(x, y, rec_x, rec_y, aux=aux, group=group))

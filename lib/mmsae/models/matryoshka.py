@@ -20,7 +20,7 @@ import torch
 
 from .base import LossOutput, SAEConfig, register, step_stats
 from .batchtopk import BatchTopKSAE
-from .sparse import decode_entries
+from .sparse import decode_entries, stack_pair
 
 __all__ = ["MatryoshkaSAE", "default_prefixes"]
 
@@ -80,7 +80,7 @@ class MatryoshkaSAE(BatchTopKSAE):
         pre, u_c, mod, kept, rows, cols = self._batch_codes(x, y)
         vals = self._sparse_values(u_c, mod, kept, rows, cols)
         recs = self._prefix_decodes_entries(vals, rows, cols, b)  # (n_prefixes, 2B, d)
-        u = torch.cat([x, y])
+        u = stack_pair(x, y)
         per = (u[None] - recs).pow(2).sum(-1)  # (n_prefixes, 2B)
         terms = per[:, :b].mean(1) + per[:, b:].mean(1)  # ||x - x_hat_j||^2 + ||y - y_hat_j||^2
         loss = terms.sum()

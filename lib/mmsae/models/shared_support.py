@@ -35,7 +35,7 @@ import torch
 from .losses import squared_errors
 from .base import LossOutput, SAEConfig, register, step_stats
 from .sparse import (centred_pair_rows, fast_auxk, pair_mod, select_shared_support, sparse_decode,
-                     sparse_encoder_values)
+                     sparse_encoder_values, stack_pair)
 from .topk import TopKSAE
 
 __all__ = ["SharedSupportSAE", "global_topk"]
@@ -82,7 +82,7 @@ class SharedSupportSAE(TopKSAE):
         one no-grad encoder pass, only the ``(2B, K)`` supported entries enter autograd)."""
         B = x.shape[0]
         b_pre = self.b_pre
-        u = torch.cat([x, y])
+        u = stack_pair(x, y)
         u_c = centred_pair_rows(self, u)
         sel, on = select_shared_support(self, u_c, self.select_dtype)
         mod = pair_mod(self, B)
@@ -93,5 +93,5 @@ class SharedSupportSAE(TopKSAE):
         rec_x, rec_y = se[:B].mean(), se[B:].mean()
         aux = fast_auxk(self, sel.aux, u_c, mod, u, u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux
-        self._update_firing((vals[:B], sel.idx[:B]), (vals[B:], sel.idx[B:]), n_samples=2 * B)
+        self._update_firing((vals, sel.idx), n_samples=2 * B)  # the rows of x and of y at once
         return LossOutput(loss, step_stats(x, y, rec_x, rec_y, aux=aux))

@@ -50,7 +50,8 @@ from .kernels import CHUNK, scan_rows
 from .parallel import run_ranges
 
 __all__ = ["HashMask", "draw_hash_mask", "SparseEncoderValues", "sparse_encoder_values", "fast_branch",
-           "fast_auxk", "fast_pair_branch", "pair_mod", "centred_pair_rows", "sparse_grad_matmul", "decode_entries", "sparse_decode", "SparseDecode",
+           "fast_auxk", "fast_pair_branch", "pair_mod", "centred_pair_rows", "stack_pair", "sparse_grad_matmul",
+           "decode_entries", "sparse_decode", "SparseDecode",
            "topk_rows", "Selection",
            "select_codes", "select_dead", "dead_latents", "select_shared_support"]
 
@@ -621,20 +622,32 @@ def pair_mod(model, B: int):
     return m0 if m0 == m1 else [(slice(0, B), m0), (slice(B, 2 * B), m1)]
 
 
+def stack_pair(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([x, y])``; a view, without the copy, where ``y``'s rows directly follow ``x``'s
+    in one buffer (the training loop gathers each batch so) and neither needs a gradient."""
+    if (x.dim() == 2 and x.shape == y.shape and x.dtype == y.dtype and x.device == y.device
+            and x.is_contiguous() and y.is_contiguous() and not (x.requires_grad or y.requires_grad)
+            and x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
+            and y.storage_offset() == x.storage_offset() + x.numel()):
+        return torch.as_strided(x, (2 * x.shape[0], x.shape[1]), x.stride(), x.storage_offset())
+    return torch.cat([x, y])
+
+
 @torch.no_grad()
 def centred_pair_rows(model, u: torch.Tensor) -> torch.Tensor:
     """``[x - b_pre[m0]; y - b_pre[m1]]`` of the stacked ``u = [x; y]``, in one pass."""
     m0, m1 = model._mod(0), model._mod(1)
     if m0 == m1:
         return u - model.b_pre[m0]
-    return (u.view(2, u.shape[0] // 2, -1) - model.b_pre[[m0, m1]].unsqueeze(1)).view(u.shape)
+    both = model.b_pre[m0:m0 + 2] if m1 == m0 + 1 else model.b_pre[[m0, m1]]  # a view where it can be
+    return (u.view(2, u.shape[0] // 2, -1) - both.unsqueeze(1)).view(u.shape)
 
 
 def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_dtype=None,
                      u: torch.Tensor | None = None):
     """Both modalities in one pass (one encoder matmul, one sparse backward, one decode over
     the ``2B`` rows ``[x; y]``): ``(sel, u_c, vals, idx, u_hat, mod)``; rows ``:B`` are x.
-    ``u``: ``torch.cat([x, y])`` when the caller has it already (its squared errors need it)."""
+    ``u``: ``[x; y]`` (:func:`stack_pair`) when the caller has it already (its squared errors need it)."""
     B = x.shape[0]
     b_pre = model.b_pre
     mod = pair_mod(model, B)
@@ -645,7 +658,7 @@ def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_
                         None if sx.aux is None else torch.cat([sx.aux_raw, sy.aux_raw]),
                         None if sx.aux is None else torch.cat([sx.aux_idx, sy.aux_idx]))
         return (sel,) + tuple(torch.cat([a, b]) for a, b in zip(bx[1:], by[1:])) + (mod,)
-    u_c = centred_pair_rows(model, torch.cat([x, y]) if u is None else u)
+    u_c = centred_pair_rows(model, stack_pair(x, y) if u is None else u)
     pairs = torch.arange(B, device=x.device).repeat(2) if mask is not None else None
     sel = select_codes(model, u_c, mask, pairs, select_dtype)
     with record_function("mmsae.sparse_decode"):

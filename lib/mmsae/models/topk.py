@@ -43,7 +43,7 @@ from .losses import squared_errors
 from .base import Dictionary, LossOutput, SAEConfig, register, step_stats
 from .kernels import project_rows, renorm_rows
 from .parallel import split_rows
-from .sparse import fast_auxk, fast_pair_branch
+from .sparse import fast_auxk, fast_pair_branch, stack_pair
 
 __all__ = ["TopKSAE", "geometric_median"]
 
@@ -210,11 +210,11 @@ class TopKSAE(Dictionary):
         Evaluated K-sparse (:mod:`mmsae.models.sparse`): the ``2B`` rows ``[x; y]`` go through
         one encoder matmul; only the selected ``(2B, K)`` entries enter the autograd graph."""
         B = x.shape[0]
-        u = torch.cat([x, y])
+        u = stack_pair(x, y)
         sel, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, None, self.select_dtype, u=u)
         se = squared_errors(u, u_hat)  # ||u - u_hat||^2 per row of [x; y]
         rec_x, rec_y = se[:B].mean(), se[B:].mean()
         aux = fast_auxk(self, sel.aux, u_c, mod, u, u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux
-        self._update_firing((vals[:B], idx[:B]), (vals[B:], idx[B:]), n_samples=2 * B)
+        self._update_firing((vals, idx), n_samples=2 * B)  # the rows of x and of y at once
         return LossOutput(loss, step_stats(x, y, rec_x, rec_y, aux=aux))

@@ -539,7 +539,11 @@ def train(
                 xb, yb = prefetch.next()
             else:
                 idx = idx[shard]
-                xb, yb = torch.index_select(x, 0, idx), torch.index_select(y, 0, idx)  # row copies
+                # row copies into one buffer, x's rows then y's: the models' [x; y] is then a view
+                # of it (mmsae.models.sparse.stack_pair), not a third copy
+                batch = x.new_empty((2 * len(idx), x.shape[1]))
+                xb = torch.index_select(x, 0, idx, out=batch[:len(idx)])
+                yb = torch.index_select(y, 0, idx, out=batch[len(idx):])
             before = [b.clone() for b in ddp.firing_buffers(model)] if has_firing else None
             with record_function("mmsae.forward"):
                 out = model.training_loss(xb, yb, step)
