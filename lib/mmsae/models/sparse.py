@@ -457,12 +457,15 @@ class Selection:
 
 
 #: rows of pre-activations computed at once on CPU: a block of ``block_rows x m`` floats is
-#: selected (top-K, AuxK) right after its matmul, mostly from the last-level cache. Fewer, larger
-#: blocks were faster on two threads (a diagnostic on the 2-core VM, batch 4096, m = 8192: 32 MiB
-#: blocks ~240 ms per encoder pass, 128 MiB ~221 ms, one 256 MiB block ~218 ms; on one thread all
-#: about equal): each block's matmul packs the encoder again and hands the cores over between
-#: torch's threads and the scan's
-CPU_BLOCK_BYTES = 128 * 2 ** 20
+#: selected (top-K, AuxK) right after its matmul, mostly from the last-level cache. The size
+#: trades the encoder pass against the rest of the step: alone, the encoder pass was fastest
+#: with large blocks (batch 4096, m = 8192, two threads, an earlier diagnostic on the 2-core VM:
+#: 32 MiB ~240 ms, 128 MiB ~221 ms, one 256 MiB block ~218 ms; each block's matmul packs the
+#: encoder again), but a large buffer also pushes the optimiser's state and the gradients out of
+#: the cache. Over whole MGSAE training steps (same shape, the kernels on torch's threads, blocks
+#: of each size interleaved in one process) 32, 48 and 64 MiB were within 1% of each other and
+#: 2-4% faster than 128 MiB, on one thread and on two
+CPU_BLOCK_BYTES = 64 * 2 ** 20
 
 
 def _block_rows(R: int, m: int, device: torch.device) -> int:
