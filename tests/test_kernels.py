@@ -56,6 +56,44 @@ def test_masked_scan_is_the_dense_masked_topk(per_pair, offset, threads):
     assert torch.equal(i2.sort(1).values, i.sort(1).values)  # (torch.topk's fallback rows: any order)
 
 
+def test_rows_the_mask_starves_are_scanned_again_with_more_candidates(monkeypatch):
+    """A row whose largest entries the mask mostly drops (fewer than k kept among the first
+    candidates): the compiled scan runs again on that row with 4x the candidates and still gives
+    the exact masked top-k, without the dense fallback."""
+    g = torch.Generator().manual_seed(5)
+    R, m, k = 64, 4096, 16
+    pre = torch.randn(R, m, generator=g)
+    pairs = torch.arange(R)
+    mask = sp.HashMask(2024, 0.2, True)
+    keep = mask.dense(R, m)
+    dropped = torch.arange(m)[~keep[7]]
+    pre[7, dropped[:200]] = 10.0 + torch.rand(200, generator=g)  # the row's top 200: all dropped
+    kc = sp._candidates(k, m, mask.rate)
+    first = sp._chunk_scan(pre, k, kc, mask, pairs)
+    assert first[2][7] and first[2].sum() == 1  # the first scan cannot answer row 7
+    monkeypatch.setattr(sp.HashMask, "keep", lambda *a, **kw: pytest.fail("dense fallback used"))
+    v, i = sp._select(pre, k, mask, pairs)
+    rv = pre.masked_fill(~keep, float("-inf")).topk(k, dim=-1).values
+    assert torch.equal(v.sort(1).values, rv.sort(1).values)
+    assert keep.gather(1, i).all()
+
+
+def test_dense_fallback_keeps_dropped_latents_at_zero():
+    """Fewer than k kept positive entries (the dense definition pads with zeros): a padding slot
+    may point at a dropped latent, and its value is 0 even where that latent's raw value is
+    positive, so it does not fire."""
+    R, m, k = 4, 64, 8
+    mask = sp.HashMask(11, 0.5, True)
+    keep = mask.dense(R, m)
+    pre = torch.full((R, m), -1.0)
+    pre[~keep] = 5.0  # every dropped latent strongly positive
+    pre[0, torch.arange(m)[keep[0]][:3]] = 2.0  # row 0: three kept positive entries
+    v, i = sp._select(pre, k, mask, torch.arange(R))
+    dense = torch.relu(pre).masked_fill(~keep, 0.0).topk(k, dim=-1).values
+    assert torch.equal(torch.relu(v).sort(1).values, dense.sort(1).values)
+    assert (torch.relu(v)[~keep.gather(1, i)] == 0).all()
+
+
 @pytest.mark.parametrize("m,k,masked", [(1000, 16, False), (1000, 16, True), (8192, 32, True), (200, 40, False)])
 def test_scan_adds_the_bias_and_handles_tails_and_infinities(m, k, masked, threads):
     """The scan of ``pre + b``: the same entries as the dense (masked) top-k of the sum, with

@@ -414,6 +414,17 @@ def _select(pre: torch.Tensor, k: int, mask: HashMask | torch.Tensor | None, pai
     res = _chunk_scan(pre, k, kc, mask, rows[:, 0], bias) if isinstance(mask, HashMask) else None
     if res is not None:  # CPU: the mask applied inside the compiled scan
         v, idx, short = res
+        while bool(short.any()) and 4 * kc <= m // 2:
+            # rows where the mask dropped too many candidates: those rows again, with 4x the
+            # candidates (exact as before: the masked top-k whenever k of them are kept)
+            kc *= 4
+            r = short.nonzero().squeeze(1)
+            again = _chunk_scan(pre[r], k, kc, mask, rows[r, 0], bias)
+            if again is None:
+                break
+            v[r], idx[r] = again[0], again[1]
+            short = short.clone()
+            short[r] = again[2]
     else:
         cv, ci = topk_rows(pre, kc, bias)
         if isinstance(mask, HashMask):
@@ -435,7 +446,9 @@ def _select(pre: torch.Tensor, k: int, mask: HashMask | torch.Tensor | None, pai
             kr = (mask if mask.shape[0] == 1 else mask[rows[r, 0]]).expand(len(r), m)
         pr_ = _biased(pre, bias, r)
         vr, ir = torch.relu(pr_).masked_fill(~kr, 0.0).topk(k, dim=-1, sorted=False)
-        v[r] = pr_.gather(1, ir)
+        # fewer than k kept positive entries: slots at value 0, possibly on dropped latents,
+        # which must stay at 0 (their raw value may be positive)
+        v[r] = pr_.gather(1, ir).masked_fill(~kr.gather(1, ir), 0.0)
         idx[r] = ir
     return v, idx
 
