@@ -307,3 +307,32 @@ def test_compiled_group_l21_matches_the_torch_form(monkeypatch, B, threads):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
     assert grads[0][0, 2] == 0 and grads[1][0, 0] == 0 and grads[1][2, 5] == 0
+
+
+@pytest.mark.parametrize("R", [1100, 2600])  # above the row count where the compiled decode takes over
+def test_blocked_decode_matches_embedding_bag(R, threads):
+    """Large batches decode with kernels.decode_rows (blocks of rows, latent by latent): the
+    same reconstruction and gradients as embedding_bag, with repeated latents and zero values,
+    on one and on two threads (bit-identical)."""
+    assert R >= sp._DECODE_ROWS
+    g = torch.Generator().manual_seed(8)
+    m, d, K = 300, 24, 6
+    W = torch.randn(m, d, generator=g, requires_grad=True)
+    vals = torch.rand(R, K, generator=g)
+    vals[::7, 0] = 0.0
+    vals.requires_grad_()
+    b_pre = torch.randn(2, d, generator=g, requires_grad=True)
+    idx = torch.stack([torch.randperm(m, generator=g)[:K] for _ in range(R)])
+    idx[:, 1] = idx[0, 1]  # one atom in every row
+    mod = [(slice(0, R // 2), 0), (slice(R // 2, R), 1)]
+    threads(1)
+    out = sp.sparse_decode(W, vals, idx, b_pre=b_pre, mod=mod)
+    G = torch.randn(R, d, generator=g)
+    grads = torch.autograd.grad((out * G).sum(), (W, vals, b_pre))
+    ref = F.embedding_bag(idx, W, per_sample_weights=vals, mode="sum") + torch.cat(
+        [b_pre[0].expand(R // 2, d), b_pre[1].expand(R - R // 2, d)])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, torch.autograd.grad((ref * G).sum(), (W, vals, b_pre))):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    threads(2)
+    assert torch.equal(sp.sparse_decode(W, vals, idx, b_pre=b_pre, mod=mod), out)

@@ -52,6 +52,7 @@ def _cases(rng):
                                         np.zeros((R, K), np.float32), np.full((R, K), -7, np.int64))),
         (kernels.scan_rows, R, lambda: (pre, np.empty(0, np.float32), 16, K, K, False, np.uint64(0), np.uint64(0),
                                         False, no_rows, np.zeros((R, K), np.float32), np.full((R, K), -7, np.int64))),
+        (kernels.decode_rows, R, lambda: (W, vals.reshape(R, K), idx, np.full((R, d), np.nan, np.float32))),
         (kernels.group_l21_rows, R, lambda: (np.abs(vals.reshape(R, K)), idx, np.abs(g.reshape(R, K)), idx_y,
                                              np.zeros((R, K), np.float32), np.zeros((R, K), np.float32),
                                              np.zeros(R, np.float64))),

@@ -15,6 +15,8 @@ its work over threads.
 * ``entries_by_latent(idx, m)``: the entries (flat positions in ``idx``) grouped by latent,
   CSR style: ``order[ptr[j]:ptr[j + 1]]`` are the entries of latent ``j``, in entry order (a
   stable counting sort, ``O(N + m)``).
+* ``decode_rows(W, vals, idx, out, ...)``: the K-sparse decode of large batches, a block of
+  rows at a time, latent by latent, so an atom used by several rows of a block is read once.
 * ``decoder_backward(...)`` and ``encoder_backward(...)``: the backward of a K-sparse decode
   (``u_hat[r] = sum_e vals[e] W[idx[e]]`` over row ``r``'s entries) and of the K selected
   encoder values, latent by latent over that grouping. Each weight-gradient row is summed
@@ -51,7 +53,7 @@ except ImportError:  # pragma: no cover - a numba without it: a loop
             n += 1
         return n
 
-__all__ = ["scan_rows", "entries_by_latent", "decoder_backward", "encoder_backward", "project_rows",
+__all__ = ["scan_rows", "entries_by_latent", "decode_rows", "decoder_backward", "encoder_backward", "project_rows",
            "renorm_rows", "adam_rows", "group_l21_rows"]
 
 #: fast-math flags for the dot products and sums (reassociation lets them vectorise); no
@@ -323,6 +325,55 @@ def entries_by_latent(idx, m):
         order[fill[j]] = e
         fill[j] += 1
     return order, ptr
+
+
+#: rows per block of :func:`decode_rows`: their outputs (``512 x d`` floats, 1 MiB at d = 512)
+#: stay in the L2 cache while the block's atoms are added in
+DECODE_BLOCK = 512
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False)
+def decode_rows(W, vals, idx, out, lo, hi):
+    """Rows ``lo <= r < hi`` of the K-sparse decode ``out[r] = sum_k vals[r, k] W[idx[r, k]]``
+    (``idx``, ``vals``: ``(R, K)``), a block of :data:`DECODE_BLOCK` rows at a time, latent by
+    latent: the block's entries are grouped by latent (a counting sort), and each atom used in
+    the block is read once and added into all of its rows, whose outputs stay in cache. A
+    row-by-row gather (``embedding_bag``) reads an atom once per entry; here an atom used by
+    several rows of a block is read once. Each row's sum runs in latent order."""
+    K = idx.shape[1]
+    m, d = W.shape
+    cnt = np.empty(m + 1, np.int64)
+    ent = np.empty(DECODE_BLOCK * K, np.int64)
+    for r0 in range(lo, hi, DECODE_BLOCK):
+        r1 = min(hi, r0 + DECODE_BLOCK)
+        for j in range(m + 1):
+            cnt[j] = 0
+        for r in range(r0, r1):
+            for k in range(K):
+                cnt[idx[r, k] + 1] += 1
+        for j in range(m):
+            cnt[j + 1] += cnt[j]
+        for r in range(r0, r1):  # entries by latent: latent j's are ent[cnt[j] : end of j]
+            for k in range(K):
+                j = idx[r, k]
+                ent[cnt[j]] = (r - r0) * K + k
+                cnt[j] += 1
+        for r in range(r0, r1):
+            o = out[r]
+            for c in range(d):
+                o[c] = 0.0
+        start = 0
+        for j in range(m):  # cnt[j] is now the end of latent j's entries
+            end = cnt[j]
+            if end > start:
+                w = W[j]
+                for e in range(start, end):
+                    r = r0 + ent[e] // K
+                    v = vals[r, ent[e] % K]
+                    o = out[r]
+                    for c in range(d):
+                        o[c] += v * w[c]
+            start = end
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False)
@@ -653,6 +704,16 @@ def adam_rows_task(block):
 
 
 @numba.cfunc(_TASK, cache=True)
+def decode_rows_task(block):
+    a, f, cuts, n = _block(block, 12)
+    W, vals, idx, out = _f32_2d(a, 3), _f32_2d(a, 6), _i64_2d(a, 9), _f32_2d(a, 12)
+    r = _next_range(block)
+    while r < n:
+        decode_rows(W, vals, idx, out, cuts[r], cuts[r + 1])
+        r = _next_range(block)
+
+
+@numba.cfunc(_TASK, cache=True)
 def group_l21_rows_task(block):
     a, f, cuts, n = _block(block, 20)
     v_x, i_x, v_y, i_y = _f32_2d(a, 3), _i64_2d(a, 6), _f32_2d(a, 9), _i64_2d(a, 12)
@@ -676,6 +737,7 @@ TASK_ARGS = {
     project_rows: (project_rows_task, (("f4", 2), ("f4", 2))),
     renorm_rows: (renorm_rows_task, (("f4", 2),)),
     adam_rows: (adam_rows_task, (("f4", 2),) * 4 + ("float",) * 5 + ("bool",)),
+    decode_rows: (decode_rows_task, (("f4", 2), ("f4", 2), ("i8", 2), ("f4", 2))),
     group_l21_rows: (group_l21_rows_task, (("f4", 2), ("i8", 2), ("f4", 2), ("i8", 2), ("f4", 2), ("f4", 2),
                                            ("f8", 1))),
 }
