@@ -151,8 +151,8 @@ def run_ranges(kernel, cuts, *args) -> None:
     list(_pool(threads).map(lambda t: kernel(*args, cuts[t], cuts[t + 1]), range(n)))
 
 
-def split_rows(kernel, n_rows: int, *args) -> None:
+def split_rows(kernel, n_rows: int, *args, min_rows: int = 1024) -> None:
     """Run ``kernel(*args, lo, hi)`` over rows ``[0, n_rows)`` split evenly over torch's intra-op
-    thread count (at least 1024 rows per thread)."""
-    threads = max(1, min(torch.get_num_threads(), n_rows // 1024))
+    thread count (at least ``min_rows`` rows per thread)."""
+    threads = max(1, min(torch.get_num_threads(), n_rows // min_rows))
     run_ranges(kernel, [n_rows * t // threads for t in range(threads + 1)], *args)

@@ -48,7 +48,7 @@ from .losses import auxk_loss
 
 from . import kernels
 from .kernels import CHUNK, scan_rows
-from .parallel import run_ranges
+from .parallel import run_ranges, split_rows
 
 __all__ = ["HashMask", "draw_hash_mask", "SparseEncoderValues", "sparse_encoder_values", "fast_branch",
            "fast_auxk", "fast_pair_branch", "pair_mod", "centred_pair_rows", "stack_pair", "sparse_grad_matmul",
@@ -264,10 +264,8 @@ class SparseDecode(torch.autograd.Function):
             # large batches: compiled, a block of rows at a time (kernels.decode_rows; about a
             # fifth faster than embedding_bag at 8192 rows, slower below ~1000)
             out = torch.empty(idx.shape[0], W.shape[1], dtype=W.dtype)
-            R = idx.shape[0]
-            threads = max(1, min(torch.get_num_threads(), R // kernels.DECODE_BLOCK))
-            run_ranges(kernels.decode_rows, [R * t // threads for t in range(threads + 1)], W.detach().numpy(),
-                       _np(vals), _np(idx), out.numpy())
+            split_rows(kernels.decode_rows, idx.shape[0], W.detach().numpy(), _np(vals), _np(idx), out.numpy(),
+                       min_rows=kernels.DECODE_BLOCK)
         else:
             out = F.embedding_bag(idx, W, offsets, per_sample_weights=vals, mode="sum")
         if b_pre is not None:
@@ -373,9 +371,7 @@ def _chunk_scan(pre: torch.Tensor, k: int, kc: int, mask: "HashMask | None" = No
                  (p + mask.row_offset).numpy())
     bn = np.empty(0, np.float32) if bias is None else bias.detach().to(torch.float32).contiguous().numpy()
     a, v, i = pre.numpy(), vals.numpy(), idx.numpy()
-    size = _chunk_size(m, kc)
-    threads = max(1, min(torch.get_num_threads(), R // 64))  # rows split over torch's thread count
-    run_ranges(scan_rows, [R * j // threads for j in range(threads + 1)], a, bn, size, kc, k, *margs, v, i)
+    split_rows(scan_rows, R, a, bn, _chunk_size(m, kc), kc, k, *margs, v, i, min_rows=64)
     return vals, idx, idx[:, 0] < 0
 
 
@@ -439,7 +435,6 @@ def _select(pre: torch.Tensor, k: int, mask: HashMask | torch.Tensor | None, pai
             if again is None:
                 break
             v[r], idx[r] = again[0], again[1]
-            short = short.clone()
             short[r] = again[2]
     else:
         cv, ci = topk_rows(pre, kc, bias)
