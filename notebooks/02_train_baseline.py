@@ -33,26 +33,29 @@ steps = None  # training steps (profile default)
 m = None  # number of latents (profile default; paper 8192)
 k = None  # active latents per sample (profile default; paper 32)
 device = "auto"
+tensorboard = None  # TensorBoard event files per method and seed (profile default: smoke off, paper on)
 
 # %%
 from pathlib import Path
 
 from mmsae.study import plots
-from mmsae.study.experiments import train_method
+from mmsae.study.experiments import tensorboard_dir, train_method
 from mmsae.study.profiles import get_profile
 from mmsae.study.runs import RunPaths, load_run_data
 
-P = get_profile(profile, seeds=seeds, steps=steps, m=m, k=k)
+P = get_profile(profile, seeds=seeds, steps=steps, m=m, k=k, tensorboard=tensorboard)
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
 train, val, truth, zero_shot = load_run_data(paths)
 plots.set_style()
 print(f"{len(train)} training pairs, d = {train.dim}; m = {P['m']}, K = {P['k']}, {P['steps']} steps x "
       f"{P['batch_size']} pairs, seeds {P['seeds']}")
+tb_dir = tensorboard_dir(paths.root, P["tensorboard"])  # None: no TensorBoard logging
 
 # %%
 models = {}
 for s in P["seeds"]:
-    models[s] = train_method("SAE", train, P, seed=s, out_dir=paths.root / "models", device=device)
+    models[s] = train_method("SAE", train, P, seed=s, out_dir=paths.root / "models", device=device,
+                             tensorboard_dir=tb_dir)
 
 # %% [markdown]
 # ## Training curves

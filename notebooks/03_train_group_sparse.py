@@ -26,6 +26,12 @@
 #
 # Model: `mmsae.models.GroupSparseSAE` (`gsae_config`, `mgsae_config`); penalty:
 # `mmsae.models.losses.group_l21`.
+#
+# **Training curves live:** with `tensorboard = True` (the paper profile's default; from the
+# command line `./run_all.sh --param tensorboard=true`) every method and seed writes its loss,
+# explained variance per modality, l2,1 term, dead latents, learning rate and throughput as
+# TensorBoard events; run `tensorboard --logdir runs/<profile>-<slug>/tensorboard` (the setup
+# cell below prints the exact command) and open the address it shows while the models train.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -44,28 +50,30 @@ sweep_seeds = None  # seeds of the ablations and the alpha sweep (profile defaul
 ablation_steps = None  # training steps of each ablation model (profile default)
 run_ablations = True  # lambda, mask rate, mask per pair/batch, width x K
 run_alpha_sweep = None  # the synthetic alpha sweep (None: only when data == "synthetic")
+tensorboard = None  # TensorBoard event files per method and seed (profile default: smoke off, paper on)
 
 # %%
 from pathlib import Path
 
 from mmsae.study import plots
-from mmsae.study.experiments import train_method
+from mmsae.study.experiments import tensorboard_dir, train_method
 from mmsae.study.plots import plot_training_logs
 from mmsae.study.profiles import get_profile
 from mmsae.study.runs import RunPaths, load_run_data
 
 P = get_profile(profile, seeds=seeds, steps=steps, m=m, k=k, group_lambda=group_lambda, mask_rate=mask_rate,
                 mask_mode=mask_mode, comparison_seeds=comparison_seeds, sweep_seeds=sweep_seeds,
-                ablation_steps=ablation_steps)
+                ablation_steps=ablation_steps, tensorboard=tensorboard)
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
 train, val, truth, zero_shot = load_run_data(paths)
 plots.set_style()
 print(f"lambda = {P['group_lambda']}, mask rate = {P['mask_rate']} ({P['mask_mode']}), seeds {P['seeds']}")
+tb_dir = tensorboard_dir(paths.root, P["tensorboard"])  # None: no TensorBoard logging
 
 # %%
 for name in ("GSAE", "MGSAE"):
     for s in P["seeds"]:
-        train_method(name, train, P, seed=s, out_dir=paths.root / "models", device=device)
+        train_method(name, train, P, seed=s, out_dir=paths.root / "models", device=device, tensorboard_dir=tb_dir)
 
 # %%
 fig = plot_training_logs(paths.root / "models", ["GSAE", "MGSAE"], P["seeds"])
@@ -100,7 +108,8 @@ from mmsae.study.runs import write_json
 
 timings = {}
 t0 = time.perf_counter()
-trained = train_methods(P["methods"], P["comparison_seeds"], train, P, paths.root / "models", device=device)
+trained = train_methods(P["methods"], P["comparison_seeds"], train, P, paths.root / "models", device=device,
+                        tensorboard_dir=tb_dir)
 timings["comparison"] = time.perf_counter() - t0
 print(f"{len(trained)} models ({len(P['methods'])} methods x seeds {P['comparison_seeds']}) in "
       f"{timings['comparison']:.0f} s")

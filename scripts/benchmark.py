@@ -341,7 +341,7 @@ def scale_point(d: int, m: int, k: int, B: int, threads: int, dev, max_foreign: 
     """One point of the scaling grid, measured in a fresh process (see :func:`scaling`): the
     MGSAE step time, its floor and the memory the training added at its peak (the resident
     set's high-water mark minus the resident set once the data were in memory)."""
-    from mmsae.models.sparse import topk_rows
+    from mmsae.engine.sparse import topk_rows
 
     torch.set_num_threads(threads)
     data = make_data(max(16384, 2 * B), d)

@@ -1,7 +1,7 @@
 """The models' K-sparse objectives against a dense evaluation of the same objectives.
 
 ``TopKSAE.training_loss`` and ``GroupSparseSAE.training_loss`` are the one definition of
-their objective and are evaluated with :mod:`mmsae.models.sparse`. The dense forms below
+their objective and are evaluated with :mod:`mmsae.engine.sparse`. The dense forms below
 (:func:`dense_topk_loss`, :func:`dense_group_sparse_loss`, :func:`dense_group_l21`) exist
 only here, to check them: every ``(B, m)`` matrix is built and autograd goes through it.
 The same holds for BatchTopK, Matryoshka, the modality-specific SAEs and the shared-support
@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmsae.models.sparse import HashMask
+from mmsae.engine.sparse import HashMask
 from mmsae.models.losses import auxk_loss, group_l21, reconstruction_loss
 from mmsae.models import GroupSparseSAE, SAEConfig, TopKSAE, build_model, gsae_config, mgsae_config
 from mmsae.models.base import step_stats
@@ -193,7 +193,7 @@ def test_mask_is_shared_across_pair_in_sparse_selection():
     x, _ = _data()
     model = _model(GroupSparseSAE, mgsae_config(d=32, m=256, k=8), x, x)
     mask = HashMask(salt=99, rate=0.5)
-    from mmsae.models.sparse import fast_branch
+    from mmsae.engine.sparse import fast_branch
 
     ix = fast_branch(model, x, 0, mask)[3]
     iy = fast_branch(model, x + 0.1, 1, mask)[3]
@@ -637,7 +637,7 @@ def test_batchtopk_gradient_wrt_data_matches_dense():
 
 
 def test_batch_topk_entries_are_the_flat_top_sorted_by_row():
-    from mmsae.models.sparse import batch_topk_entries
+    from mmsae.engine.sparse import batch_topk_entries
 
     g = torch.Generator().manual_seed(0)
     pre = torch.relu(torch.randn(12, 40, generator=g))
@@ -682,7 +682,7 @@ def _same_topk(pre, k, got):
 
 @pytest.mark.parametrize("m,k", [(256, 8), (512, 54), (8192, 32), (1024, 128), (96, 5), (64, 40)])
 def test_topk_rows_matches_torch_topk(m, k):
-    from mmsae.models.sparse import _chunk_size, topk_rows
+    from mmsae.engine.sparse import _chunk_size, topk_rows
 
     g = torch.Generator().manual_seed(m + k)
     pre = torch.randn(37, m, generator=g)
@@ -693,7 +693,7 @@ def test_topk_rows_matches_torch_topk(m, k):
 
 
 def test_topk_rows_ties_nan_and_threads():
-    from mmsae.models.sparse import topk_rows
+    from mmsae.engine.sparse import topk_rows
 
     g = torch.Generator().manual_seed(0)
     pre = torch.relu(torch.randn(300, 512, generator=g) - 2.5)  # mostly zeros: ties at the k-th value
@@ -719,7 +719,7 @@ def test_topk_rows_ties_nan_and_threads():
 @pytest.mark.parametrize("masked", [False, True])
 def test_select_codes_blocks_match_one_block(masked, monkeypatch):
     """Blocks of rows (and AuxK's dead latents) give the selection of one whole-matrix pass."""
-    import mmsae.models.sparse as sp
+    import mmsae.engine.sparse as sp
 
     x, y = _data(n=100, d=32)
     model = _model(GroupSparseSAE, mgsae_config(d=32, m=256, k=8, k_aux=12), x, y)
@@ -739,7 +739,7 @@ def test_select_codes_blocks_match_one_block(masked, monkeypatch):
 def test_select_codes_bias_in_scan_matches_addmm(masked, monkeypatch):
     """On CPU the compiled scan adds b_enc to a plain matmul's output; the selection is the
     torch path's (addmm, torch top-k): the same latents, values equal to rounding."""
-    import mmsae.models.sparse as sp
+    import mmsae.engine.sparse as sp
 
     x, y = _data(n=100, d=32)
     model = _model(GroupSparseSAE, mgsae_config(d=32, m=256, k=8, k_aux=12), x, y)
@@ -770,7 +770,7 @@ def test_training_loop_restores_determinism_settings():
 
 
 def test_flat_topk_bound_matches_torch_topk():
-    from mmsae.models.sparse import _flat_topk
+    from mmsae.engine.sparse import _flat_topk
 
     g = torch.Generator().manual_seed(1)
     for flat in (torch.randn(64 * 512, generator=g), torch.relu(torch.randn(64 * 512, generator=g) - 1.0)):
@@ -781,7 +781,7 @@ def test_flat_topk_bound_matches_torch_topk():
 
 
 def test_flat_topk_with_nan_falls_back_to_torch_topk():
-    from mmsae.models.sparse import _flat_topk
+    from mmsae.engine.sparse import _flat_topk
 
     flat = torch.randn(64 * 512, generator=torch.Generator().manual_seed(2))
     flat[1000] = float("nan")
@@ -793,7 +793,7 @@ def test_flat_topk_with_nan_falls_back_to_torch_topk():
 def test_stack_pair_is_a_view_only_of_adjacent_rows():
     """[x; y] without a copy when y's rows follow x's in one buffer (as the loop gathers a batch),
     a copy otherwise (separate tensors, the halves swapped, a gradient needed)."""
-    from mmsae.models.sparse import stack_pair
+    from mmsae.engine.sparse import stack_pair
 
     buf = torch.randn(10, 4)
     x, y = buf[:5], buf[5:]

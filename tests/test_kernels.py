@@ -1,4 +1,4 @@
-"""The compiled CPU kernels (mmsae.models.kernels) against plain torch definitions: the masked
+"""The compiled CPU kernels (mmsae.engine.kernels) against plain torch definitions: the masked
 top-k scan, the latent-by-latent sparse backward, the decoder-norm hooks; and that splitting
 each over two threads gives bit-identical results."""
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mmsae.models.sparse as sp
+import mmsae.engine.sparse as sp
 from mmsae.models import SAEConfig, build_model
-from mmsae.models import kernels
-from mmsae.models.kernels import entries_by_latent
+from mmsae.engine import kernels
+from mmsae.engine.kernels import entries_by_latent
 
 
 def test_entries_by_latent_is_a_stable_grouping():
@@ -255,7 +255,7 @@ def test_torch_fallbacks_match_the_kernels(monkeypatch):
 def test_latent_grouping_is_reused_only_for_the_same_unchanged_tensor():
     """The decode's and the encoder values' backward share one grouping of ``idx``: reused for
     the same tensor, recomputed after an in-place change or for another tensor."""
-    from mmsae.models.sparse import _entries_by_latent
+    from mmsae.engine.sparse import _entries_by_latent
 
     m = 50
     idx = torch.randint(0, m, (40, 6))

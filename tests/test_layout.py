@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "lib" / "mmsae"
-STAGES = ("data", "embed", "models", "train", "eval", "study")
+STAGES = ("data", "embed", "engine", "models", "train", "eval", "study")
 
 
 def module_name(path: Path, lib: Path = LIB) -> str:
@@ -105,10 +105,10 @@ def test_mmsae_import_graph_is_acyclic():
 
 
 def test_stages_only_import_earlier_stages():
-    """extract (embed) -> store (data) -> models -> train -> eval -> study: a module imports
-    its own stage and earlier ones, never a later one (embed is optional: only study's
+    """extract (embed) -> store (data) -> engine -> models -> train -> eval -> study: a module
+    imports its own stage and earlier ones, never a later one (embed is optional: only study's
     runs may reach it, and nothing in the default pipeline does)."""
-    order = {"data": 0, "embed": 1, "models": 2, "train": 3, "eval": 4, "study": 5}
+    order = {name: i for i, name in enumerate(STAGES)}
     bad = []
     for mod, deps in import_graph().items():
         parts = mod.split(".")
@@ -122,6 +122,19 @@ def test_stages_only_import_earlier_stages():
     core = [m for m, deps in import_graph().items() if not m.startswith("mmsae.embed")
             for d in deps if d.startswith("mmsae.embed")]
     assert not core, f"the core imports the optional extraction stage: {core}"
+
+
+def test_engine_imports_no_other_stage():
+    """The engine (K-sparse helpers, compiled kernels, threads) knows no method and no data: its
+    modules import torch, numpy and numba, and of mmsae only the engine itself; models use it."""
+    graph = import_graph()
+    engine = [m for m in graph if m.startswith("mmsae.engine.")]
+    assert {"mmsae.engine.sparse", "mmsae.engine.kernels", "mmsae.engine.parallel"} <= set(engine)
+    bad = [f"{m} -> {d}" for m in engine for d in graph[m] if not d.startswith("mmsae.engine")]
+    assert not bad, bad
+    assert "mmsae.engine.sparse" in graph["mmsae.models.topk"]  # the methods are evaluated with it
+    left = [f for f in ("sparse.py", "kernels.py", "parallel.py") if (LIB / "models" / f).exists()]
+    assert not left, f"the engine's modules live in engine/, not models/: {left}"
 
 
 def test_tree_matches_the_stages_and_the_map():

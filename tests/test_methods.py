@@ -342,7 +342,7 @@ AUXK_CONFIGS = {
 def test_every_method_weights_auxk_per_modality(arch, monkeypatch):
     """Every method hands AuxK each modality's own embeddings (Gao et al.'s weight TV(u) / TV(e)
     per modality, mmsae.models.losses.auxk_loss) and adds auxk_coef times the result to its loss."""
-    import mmsae.models.sparse
+    import mmsae.models.losses
     from mmsae.models.losses import auxk_loss
 
     calls = []
@@ -352,7 +352,7 @@ def test_every_method_weights_auxk_per_modality(arch, monkeypatch):
         calls.append((inputs.detach().clone(), n_blocks, out.detach()))
         return out
 
-    monkeypatch.setattr(mmsae.models.sparse, "auxk_loss", spy)  # every method's AuxK goes through sparse.py
+    monkeypatch.setattr(mmsae.models.losses, "auxk_loss", spy)  # every method's AuxK goes through losses.fast_auxk
     torch.manual_seed(0)
     coef = AUXK_CONFIGS[arch].auxk_coef
     model = build_model(copy.deepcopy(AUXK_CONFIGS[arch])).train()  # a copy: the test edits its config

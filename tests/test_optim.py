@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmsae.models import SAEConfig, build_model, mgsae_config
-from mmsae.models.kernels import adam_rows
+from mmsae.engine.kernels import adam_rows
 from mmsae.train import TrainConfig, train
 from mmsae.train.optim import RowAdam
 

@@ -1,4 +1,4 @@
-"""The compiled kernels over threads (mmsae.models.parallel): on torch's OpenMP threads
+"""The compiled kernels over threads (mmsae.engine.parallel): on torch's OpenMP threads
 through the kernels' tasks, and on the fallback thread pool, every range kernel gives what
 one call over the whole range gives, bit for bit."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmsae.models import kernels, parallel
+from mmsae.engine import kernels, parallel
 
 
 def _openmp_torch() -> bool:

@@ -19,10 +19,10 @@ pre-bias, nothing couples a pair), but the sparsity constraint is taken over the
 kept entry of value 0 (when fewer than ``2B * K`` pre-activations are positive) is not a
 firing for the dead-latent counter.
 
-``training_loss`` is evaluated K-sparse (:mod:`mmsae.models.sparse`): the ``(2B, m)``
+``training_loss`` is evaluated K-sparse (:mod:`mmsae.engine.sparse`): the ``(2B, m)``
 pre-activations are computed without autograd and the top ``2B * K`` taken as flat
-entries (:func:`~mmsae.models.sparse.batch_topk_entries`); only those enter the graph
-(:func:`~mmsae.models.sparse.sparse_encoder_values`) and are decoded by one
+entries (:func:`~mmsae.engine.sparse.batch_topk_entries`); only those enter the graph
+(:func:`~mmsae.engine.sparse.sparse_encoder_values`) and are decoded by one
 ``embedding_bag``. The dead set for AuxK is taken after this step's firing update.
 """
 
@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import torch
 
-from .losses import squared_errors
+from ..engine.sparse import (batch_topk_entries, dead_latents, decode_entries, pair_mod, pooled_pre_activations,
+                             select_dead, sparse_encoder_values, stack_pair)
+from .losses import fast_auxk, squared_errors
 from .base import LossOutput, SAEConfig, register, step_stats
-from .sparse import (batch_topk_entries, dead_latents, decode_entries, fast_auxk, pair_mod,
-                     pooled_pre_activations, select_dead, sparse_encoder_values, stack_pair)
 from .topk import TopKSAE
 
 __all__ = ["BatchTopKSAE", "batch_topk"]
@@ -97,8 +97,8 @@ class BatchTopKSAE(TopKSAE):
         ``(2B, m)`` (no autograd; a buffer reused by the next encoder pass), ``u_c`` the
         centred rows ``[x - b_pre; y - b_pre]`` (carrying the gradient wrt the data when
         ``x`` or ``y`` requires it), ``mod`` their pre-bias row(s) (as for
-        :func:`~mmsae.models.sparse.sparse_encoder_values`), and the ``2B * K`` kept entries
-        (values ``kept``, sorted by row; :func:`~mmsae.models.sparse.batch_topk_entries`).
+        :func:`~mmsae.engine.sparse.sparse_encoder_values`), and the ``2B * K`` kept entries
+        (values ``kept``, sorted by row; :func:`~mmsae.engine.sparse.batch_topk_entries`).
         In training mode also updates the threshold and the firing statistics (a kept entry
         of value 0, when fewer than ``2B * K`` pre-activations are positive, is not a firing)."""
         b = x.shape[0]
@@ -147,7 +147,7 @@ class BatchTopKSAE(TopKSAE):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
         """Pooled reconstruction ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK) with BatchTopK.
 
-        Evaluated K-sparse (:mod:`mmsae.models.sparse`): the ``(2B, m)`` pre-activations are
+        Evaluated K-sparse (:mod:`mmsae.engine.sparse`): the ``(2B, m)`` pre-activations are
         computed without autograd; only the ``2B * K`` kept entries enter the graph and are
         decoded with one ``embedding_bag``."""
         b = x.shape[0]

@@ -9,14 +9,14 @@ image/audio, ``b_1`` for text), trained on pairs ``(x, y)``:
 (plus AuxK, as for the baseline). The l2,1 term (:func:`mmsae.models.losses.group_l21`) groups
 each latent's two activations on a pair and so rewards latents shared by an image and
 its caption. The objective is written once, :meth:`GroupSparseSAE.training_loss`, and
-evaluated K-sparse (:mod:`mmsae.models.sparse`).
+evaluated K-sparse (:mod:`mmsae.engine.sparse`).
 
 MGSAE adds *cross-modal random masking* during training: one random binary mask over
 the ``m`` latents, drop probability ``mask_rate`` (paper: 0.2), is applied to the
 pre-TopK activations of BOTH members of a pair, so both pick their top K from the
 same surviving latents. ``mask_mode="pair"`` (default; the paper does not say) draws
 one mask per pair, ``"batch"`` one per batch. The mask is in index form
-(:class:`mmsae.models.sparse.HashMask`, :meth:`GroupSparseSAE.draw_mask`). No mask at inference.
+(:class:`mmsae.engine.sparse.HashMask`, :meth:`GroupSparseSAE.draw_mask`). No mask at inference.
 
 GSAE = ``SAEConfig(arch="group_sparse", n_modalities=2, group_lambda=0.05)``;
 MGSAE = the same with ``mask_rate=0.2`` (see :func:`gsae_config`, :func:`mgsae_config`).
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import torch
 
-from .losses import group_l21, squared_errors
+from ..engine.sparse import HashMask, draw_hash_mask, fast_pair_branch, stack_pair
+from .losses import fast_auxk, group_l21, squared_errors
 from .base import LossOutput, SAEConfig, register, step_stats
-from .sparse import HashMask, draw_hash_mask, fast_auxk, fast_pair_branch, stack_pair
 from .topk import TopKSAE
 
 __all__ = ["GroupSparseSAE", "gsae_config", "mgsae_config"]
@@ -65,7 +65,7 @@ class GroupSparseSAE(TopKSAE):
         """``||x - x_hat||^2 + ||y - y_hat||^2 + group_lambda * l2,1`` (+ AuxK).
 
         ``keep``: optional mask to use instead of a freshly drawn one (:meth:`draw_mask`, in
-        training mode when ``mask_rate > 0``): a :class:`~mmsae.models.sparse.HashMask` or a
+        training mode when ``mask_rate > 0``): a :class:`~mmsae.engine.sparse.HashMask` or a
         bool tensor ``(B, m)`` / ``(1, m)``. Evaluated K-sparse: one encoder matmul over
         ``[x; y]``, the l2,1 term on the two members' active sets (never densified)."""
         cfg = self.config

@@ -3,20 +3,27 @@
 All losses average over the batch and *sum* over embedding dimensions / latents, so
 ``reconstruction_loss(x, x_hat) = mean_b ||x_b - x_hat_b||^2`` exactly as written in the
 paper (``||x - x_hat||^2``).
+
+The terms are defined here and computed with the engine (:mod:`mmsae.engine`): the l2,1
+penalty's compiled pass, and :func:`fast_auxk`, the AuxK term of a step from the dead
+latents the engine's encoder pass selected.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.profiler import record_function
 
-from .kernels import group_l21_rows
-from .parallel import split_rows
+from ..engine.kernels import group_l21_rows
+from ..engine.parallel import split_rows
+from ..engine.sparse import sparse_decode, sparse_encoder_values
 
 __all__ = [
     "reconstruction_loss",
     "squared_errors",
     "group_l21",
     "auxk_loss",
+    "fast_auxk",
     "total_variance",
     "normalized_mse",
     "explained_variance",
@@ -56,13 +63,13 @@ def reconstruction_loss(u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
 
 
 def _compiled_match(i_x: torch.Tensor, i_y: torch.Tensor) -> bool:
-    """:func:`group_l21` runs compiled (:func:`kernels.group_l21_rows`): CPU, int64 indices."""
+    """:func:`group_l21` runs compiled (:func:`mmsae.engine.kernels.group_l21_rows`): CPU, int64 indices."""
     return i_x.device.type == "cpu" and i_x.dtype == i_y.dtype == torch.int64 and i_x.shape[0] > 0
 
 
 class _GroupL21(torch.autograd.Function):
     """:func:`group_l21` on CPU: value and derivatives in one compiled pass over the pairs
-    (:func:`kernels.group_l21_rows`, pairs split over torch's thread count); the backward
+    (:func:`mmsae.engine.kernels.group_l21_rows`, pairs split over torch's thread count); the backward
     scales the saved derivatives."""
 
     @staticmethod
@@ -186,3 +193,26 @@ def auxk_loss(residual: torch.Tensor, aux_recon: torch.Tensor, inputs: torch.Ten
         err = (e_b - eh_b).pow(2).sum(dim=-1).mean()
         total = total + total_variance(u_b) * err / total_variance(e_b).clamp_min(eps)
     return total
+
+
+def fast_auxk(model, aux, u_c: torch.Tensor, mod, inputs, u_hat: torch.Tensor, n_blocks: int = 2) -> torch.Tensor:
+    """The AuxK term of a step, evaluated K-sparse: :func:`auxk_loss` of the residual
+    ``inputs - u_hat`` and the decoding of the dead latents chosen in the encoder pass,
+    ``aux = (raw, idx)`` (:attr:`mmsae.engine.sparse.Selection.aux` or
+    :func:`mmsae.engine.sparse.select_dead`; None: no latent dead, the term is 0). Their values
+    enter the graph through :func:`~mmsae.engine.sparse.sparse_encoder_values` (``u_c`` the
+    centred rows, ``mod`` their pre-bias rows) and are decoded by
+    :func:`~mmsae.engine.sparse.sparse_decode`, so only the dead latents' columns are touched.
+    ``inputs``: the rows' embeddings (a tensor, or a tuple of row blocks such as ``(x, y)``,
+    concatenated only when AuxK applies), ``u_hat`` their reconstruction, ``n_blocks`` the
+    modalities stacked in the rows (default 2, ``[x; y]``)."""
+    if aux is None or model.config.auxk_coef <= 0:
+        return u_hat.new_zeros(())
+    with record_function("mmsae.auxk"):
+        if isinstance(inputs, (tuple, list)):
+            inputs = torch.cat(list(inputs))
+        residual = inputs - u_hat
+        raw, idx = aux
+        vals = sparse_encoder_values(raw, u_c, idx, model.W_enc, model.b_enc, model.b_pre, mod)
+        recon = sparse_decode(model.W_dec, vals, idx)
+        return auxk_loss(residual.detach(), recon, inputs, n_blocks=n_blocks)

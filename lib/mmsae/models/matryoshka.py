@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
+from ..engine.sparse import decode_entries, stack_pair
 from .base import LossOutput, SAEConfig, register, step_stats
 from .batchtopk import BatchTopKSAE
-from .sparse import decode_entries, stack_pair
 
 __all__ = ["MatryoshkaSAE", "default_prefixes"]
 

@@ -43,9 +43,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .losses import reconstruction_loss
+from ..engine.sparse import fast_branch
+from .losses import fast_auxk, reconstruction_loss
 from .base import Dictionary, LossOutput, SAEConfig, register, step_stats
-from .sparse import fast_auxk, fast_branch
 from .topk import TopKSAE
 
 __all__ = ["ModalitySpecificSAE", "pearson_cross_correlation", "hungarian_match", "latents_per_side"]
@@ -207,7 +207,7 @@ class ModalitySpecificSAE(Dictionary):
         self.sae_x.select_dtype = self.sae_y.select_dtype = value
 
     def _own_loss(self, sae: TopKSAE, u: torch.Tensor):
-        """One SAE's objective on its modality, evaluated K-sparse (:func:`mmsae.models.sparse.fast_branch`)."""
+        """One SAE's objective on its modality, evaluated K-sparse (:func:`mmsae.engine.sparse.fast_branch`)."""
         sel, u_c, vals, idx, u_hat = fast_branch(sae, u, 0, None, sae.select_dtype)
         rec = reconstruction_loss(u, u_hat)
         aux = fast_auxk(sae, sel.aux, u_c, sae._mod(0), u, u_hat, n_blocks=1)  # one modality

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import torch
 
-from .losses import squared_errors
+from ..engine.sparse import (centred_pair_rows, pair_mod, select_shared_support, sparse_decode, sparse_encoder_values,
+                             stack_pair)
+from .losses import fast_auxk, squared_errors
 from .base import LossOutput, SAEConfig, register, step_stats
-from .sparse import (centred_pair_rows, fast_auxk, pair_mod, select_shared_support, sparse_decode,
-                     sparse_encoder_values, stack_pair)
 from .topk import TopKSAE
 
 __all__ = ["SharedSupportSAE", "global_topk"]
@@ -78,7 +78,7 @@ class SharedSupportSAE(TopKSAE):
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
         """``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK on each member's own pre-activations)
-        with the global TopK support; evaluated K-sparse (:func:`mmsae.models.sparse.select_shared_support`:
+        with the global TopK support; evaluated K-sparse (:func:`mmsae.engine.sparse.select_shared_support`:
         one no-grad encoder pass, only the ``(2B, K)`` supported entries enter autograd)."""
         B = x.shape[0]
         b_pre = self.b_pre

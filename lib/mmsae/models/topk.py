@@ -39,11 +39,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .losses import squared_errors
+from ..engine.kernels import project_rows, renorm_rows
+from ..engine.parallel import split_rows
+from ..engine.sparse import fast_pair_branch, stack_pair
+from .losses import fast_auxk, squared_errors
 from .base import Dictionary, LossOutput, SAEConfig, register, step_stats
-from .kernels import project_rows, renorm_rows
-from .parallel import split_rows
-from .sparse import fast_auxk, fast_pair_branch, stack_pair
 
 __all__ = ["TopKSAE", "geometric_median"]
 
@@ -155,7 +155,7 @@ class TopKSAE(Dictionary):
     def before_optimizer_step(self, skip=()) -> None:
         """Remove the gradient component parallel to each (unit) decoder atom:
         ``g_i -= (g_i . w_i) w_i``, one pass over memory: on CPU (float32) a compiled kernel
-        row by row (:func:`mmsae.models.kernels.project_rows`), elsewhere in blocks of rows
+        row by row (:func:`mmsae.engine.kernels.project_rows`), elsewhere in blocks of rows
         that stay in cache between the dot products and the update. Nothing when
         ``id(W_dec)`` is in ``skip`` (the optimiser projects it: :class:`mmsae.train.optim.RowAdam`)."""
         g = self.W_dec.grad
@@ -207,7 +207,7 @@ class TopKSAE(Dictionary):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
         """Pooled objective: ``||x - x_hat||^2 + ||y - y_hat||^2`` (+ AuxK), no pair coupling.
 
-        Evaluated K-sparse (:mod:`mmsae.models.sparse`): the ``2B`` rows ``[x; y]`` go through
+        Evaluated K-sparse (:mod:`mmsae.engine.sparse`): the ``2B`` rows ``[x; y]`` go through
         one encoder matmul; only the selected ``(2B, K)`` entries enter the autograd graph."""
         B = x.shape[0]
         u = stack_pair(x, y)

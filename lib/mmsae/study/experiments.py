@@ -18,7 +18,10 @@ SharedSupport       ``shared_support``      one TopK over the summed pre-activat
   modality-specific SAEs afterwards) and saves it as ``<out_dir>/<name>/seed<k>/``
   with ``train_log.csv`` and ``train_summary.json`` beside the weights. A saved model
   whose configuration, training settings and data fingerprint match is loaded instead
-  of retrained, so notebook 04 (and a re-run of 03) reuses what 03 trained.
+  of retrained, so notebook 04 (and a re-run of 03) reuses what 03 trained. With
+  ``tensorboard_dir`` (see :func:`tensorboard_dir`) the training statistics also go to
+  TensorBoard event files in ``<tensorboard_dir>/<name>/seed<k>/`` (a reused model is not
+  retrained, so it adds none).
 * :func:`evaluate_model` is one flat dict of every metric of the comparison table
   (:func:`mmsae.eval.analysis.analyze` plus the training-side dead count and, for the
   modality-specific SAEs, the alignment quality).
@@ -41,6 +44,7 @@ import functools
 import hashlib
 import json
 import multiprocessing as mp
+import shlex
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import fields
@@ -60,6 +64,7 @@ from ..models.base import CheckpointError, Dictionary, SAEConfig, build_model, l
 from ..models.group_sparse import gsae_config, mgsae_config
 from ..models.matryoshka import default_prefixes
 from ..train.loop import TRAIN_SUMMARY, TrainConfig, TrainSummary, seed_everything, train
+from ..train.tb import INSTALL_HINT, tensorboard_missing
 from .plots import PALETTE, model_color
 from . import methods as M
 from .methods import METHOD_ORDER
@@ -68,6 +73,7 @@ __all__ = [
     "METHODS", "METHOD_ORDER", "SWEEPS", "method_config", "train_method", "evaluate_model", "aggregate_seeds",
     "run_sweep", "sweep_alpha", "comparison_table", "COMPARISON_COLUMNS", "synthetic_split",
     "train_methods", "run_jobs", "add_derived", "plot_sweep", "markdown_table", "SWEEP_METRICS", "ALPHA_METRICS",
+    "tensorboard_dir",
 ]
 
 _SAE_FIELDS = {f.name for f in fields(SAEConfig)}
@@ -273,8 +279,30 @@ def _fit(name: str, cfg: SAEConfig, data, tc: TrainConfig, path: Path | None, re
     return model
 
 
+def tensorboard_dir(run_root: str | Path, enabled: bool) -> Path | None:
+    """Where the notebooks' models write TensorBoard event files: ``<run_root>/tensorboard``
+    when ``enabled`` (the profile's ``tensorboard`` key) and the tensorboard package can be
+    imported, else None. Prints the command that shows the curves, or one line saying why
+    logging is skipped (a missing package does not stop a run)."""
+    if not enabled:
+        return None
+    why = tensorboard_missing()
+    if why is not None:
+        print(f"TensorBoard logging skipped: the tensorboard package cannot be imported ({why}); "
+              f"install it with {INSTALL_HINT}")
+        return None
+    root = Path(run_root) / "tensorboard"
+    print(f"TensorBoard logging on; watch the training curves live with: tensorboard --logdir {shlex.quote(str(root))}")
+    return root
+
+
+def _log_dir(tensorboard_dir: str | Path | None, name: str, seed: int) -> str | None:
+    return str(Path(tensorboard_dir) / name / f"seed{seed}") if tensorboard_dir is not None else None
+
+
 def train_method(name: str, train_pairs, profile: Mapping[str, Any], seed: int = 0,
-                 out_dir: str | Path | None = None, reuse: bool = True, **overrides: Any) -> Dictionary:
+                 out_dir: str | Path | None = None, reuse: bool = True, tensorboard_dir: str | Path | None = None,
+                 **overrides: Any) -> Dictionary:
     """Train method ``name`` (a key of :data:`METHODS`) on ``train_pairs`` with ``profile``'s sizes.
 
     ``overrides``: :class:`SAEConfig` fields (``m``, ``k``, ``group_lambda``, ``mask_rate``,
@@ -283,8 +311,12 @@ def train_method(name: str, train_pairs, profile: Mapping[str, Any], seed: int =
     ``train_pairs`` after training. With ``out_dir`` the model goes to
     ``out_dir/name/seed{seed}`` (with ``train_log.csv``, ``train_summary.json``) and, when
     ``reuse`` and an identical run is there, is loaded instead of retrained. The model's
-    ``train_info`` attribute holds the summary (wall time, throughput, alignment)."""
+    ``train_info`` attribute holds the summary (wall time, throughput, alignment). With
+    ``tensorboard_dir`` the training writes TensorBoard event files to
+    ``tensorboard_dir/name/seed{seed}`` (``TrainConfig.log_dir``)."""
     sae_ov, tr_ov = _split_overrides(overrides)
+    if tensorboard_dir is not None:
+        tr_ov.setdefault("log_dir", _log_dir(tensorboard_dir, name, seed))
     x = train_pairs.x if isinstance(train_pairs, PairedEmbeddings) else train_pairs[0]
     sae_ov["d"] = int(np.asarray(x[:1]).shape[1])
     cfg = method_config(name, profile, **sae_ov)
@@ -542,9 +574,10 @@ def _bundle(train_pairs, val_pairs=None, truth=None, zero_shot_sets=None, ref_x=
 
 def train_methods(names: Sequence[str], seeds: Sequence[int], train_pairs, profile: Mapping[str, Any],
                   out_dir: str | Path, n_jobs: int | None = None, threads: int | None = 1, progress: bool = True,
-                  **overrides: Any) -> pd.DataFrame:
+                  tensorboard_dir: str | Path | None = None, **overrides: Any) -> pd.DataFrame:
     """:func:`train_method` for every ``name x seed`` (saved under ``out_dir/name/seed<k>``,
-    reused when already there), ``n_jobs`` at a time (default ``profile["sweep_jobs"]``).
+    reused when already there), ``n_jobs`` at a time (default ``profile["sweep_jobs"]``);
+    with ``tensorboard_dir``, TensorBoard event files in ``tensorboard_dir/name/seed<k>``.
     Returns one row per model: ``model``, ``seed``, ``wall_time_s`` (of the training that
     produced the saved model)."""
     sae_ov, tr_ov = _split_overrides(overrides)
@@ -553,7 +586,7 @@ def train_methods(names: Sequence[str], seeds: Sequence[int], train_pairs, profi
     for name in names:
         cfg = method_config(name, profile, d=d, **sae_ov)
         for s in seeds:
-            tc = _train_config(profile, s, {"progress": False, **tr_ov})
+            tc = _train_config(profile, s, {"progress": False, "log_dir": _log_dir(tensorboard_dir, name, s), **tr_ov})
             jobs.append(_job(name, cfg, tc, Path(out_dir) / name / f"seed{s}", "main",
                              {"model": name, "seed": s}, False))
     rows = run_jobs(jobs, {"main": _bundle(train_pairs)}, n_jobs or int(profile.get("sweep_jobs", 1)), threads,

@@ -56,6 +56,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "batch_size": 128,
         "lr": 1e-3,
         "seeds": [0],
+        # TensorBoard event files of each (method, seed) model under runs/<profile>-<slug>/tensorboard/
+        # (notebooks 02/03; skipped with a note when the optional tensorboard package is missing)
+        "tensorboard": False,
         # analysis
         "umap_max_atoms": 256,
         "steer_alphas": [0.0, 1.0, 2.0, 4.0, 8.0],
@@ -115,6 +118,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "batch_size": 128,
         "lr": 4e-4,
         "seeds": [0],
+        "tensorboard": True,
         "umap_max_atoms": 8192,
         "steer_alphas": [0.0, 1.0, 2.0, 4.0, 8.0, 16.0],
         "steer_samples": 2048,

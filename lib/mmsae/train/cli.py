@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default=None)
     p.add_argument("--out", default=None, help="checkpoint folder (rank 0 writes)")
+    p.add_argument("--log-dir", default=None,
+                   help="TensorBoard event files of the training statistics (rank 0 writes; needs tensorboard)")
     args = p.parse_args(argv)
 
     ddp.init_from_env(args.backend)
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if dev == "cuda" and ddp.is_distributed():
         dev = f"cuda:{torch.cuda.current_device()}"
     res = train(model, data, TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                         seed=args.seed, device=dev, checkpoint_dir=args.out,
+                                         seed=args.seed, device=dev, checkpoint_dir=args.out, log_dir=args.log_dir,
                                          progress=ddp.rank() == 0))
     if ddp.rank() == 0:
         print(f"done: {res.steps_done} steps, {res.pairs_per_s:.0f} pairs/s over {ddp.world_size()} process(es)")

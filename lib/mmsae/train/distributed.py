@@ -7,7 +7,7 @@ gradients are averaged with one all-reduce of a flat buffer before the model's
 ``before_optimizer_step`` hook, so every rank applies the same update as a single
 process on the global batch. The dead-latent bookkeeping (``since_fired``) is merged
 across ranks after each step (a latent fired if it fired on any shard), the MGSAE mask
-uses global pair indices (:class:`mmsae.models.sparse.HashMask` ``row_offset``) and the same salt
+uses global pair indices (:class:`mmsae.engine.sparse.HashMask` ``row_offset``) and the same salt
 on every rank, so masks are those of the single-process run. Rank 0 logs and writes
 checkpoints.
 

@@ -4,7 +4,7 @@ Each step draws ``batch_size`` *pairs* (shuffled without replacement, epoch by e
 from a seeded generator), calls ``model.training_loss(x, y, step)``, back-propagates,
 applies the model's decoder-norm hooks around a fused Adam step, and every
 ``log_every`` steps records loss, explained variance per modality, the dead-latent
-count and throughput (shown live in a tqdm bar).
+count, the learning rate and throughput (shown live in a tqdm bar).
 
 Determinism: on CPU, the same model initialisation (``build_model(config, seed=...)``),
 data, settings and torch thread count give bit-identical weights and logs, in the main
@@ -27,6 +27,11 @@ then uses the newest complete checkpoint left in ``.last.*``. A checkpoint whose
 configuration, result-relevant training settings (:data:`RUN_KEYS`) or data shape differ
 from the requested run is refused with :class:`~mmsae.models.base.CheckpointMismatchError`
 naming both values. ``train_log.csv`` beside it holds the history.
+
+TensorBoard: with ``log_dir`` set (needs the optional ``tensorboard`` package), the main
+process also writes every history record as TensorBoard scalars ``train/<key>`` at its
+step (:mod:`mmsae.train.tb`), flushed at each checkpoint; a resumed run replaces the steps
+logged after its checkpoint.
 
 Batch size: a ``batch_size`` larger than the number of training pairs is clamped to it,
 with a printed note (fewer than 2 pairs is an error).
@@ -53,6 +58,7 @@ from ..data.store import PairedEmbeddings, atomic_write, make_temp_dir, replace_
 from ..models.base import CheckpointError, CheckpointMismatchError, Dictionary, load_model
 from . import distributed as ddp
 from .optim import RowAdam
+from .tb import require_tensorboard, tensorboard_log
 
 __all__ = ["TrainConfig", "TrainResult", "TrainSummary", "TRAIN_SUMMARY", "train", "seed_everything",
            "resolve_device", "RUN_KEYS"]
@@ -84,6 +90,7 @@ class TrainConfig:
     resume: bool = True
     progress: bool = True
     desc: str | None = None
+    log_dir: str | None = None  # TensorBoard event files of the history (optional tensorboard package)
     # --- performance (see docs/performance.md) ---
     bf16_select: bool | str = "auto"  # CUDA: bf16 encoder matmul for top-K *selection* (values stay fp32)
     fused_adam: bool | str = "auto"  # CPU: RowAdam (decoder-norm hooks fused in); CUDA: torch's fused Adam; False: foreach
@@ -91,6 +98,10 @@ class TrainConfig:
     stream_threshold_gb: float = 4.0
     prefetch: int = 8  # batches read ahead by the streaming thread
     init_samples: int = 262_144  # pairs used by init_from_data when streaming
+
+    def __post_init__(self) -> None:
+        if self.log_dir is not None:  # a Path too; kept as str so the config stays JSON
+            self.log_dir = str(self.log_dir)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -455,6 +466,9 @@ def train(
         cfg = TrainConfig(**{**cfg.to_dict(), **overrides})
     world, rank = ddp.world_size(), ddp.rank()
     is_main = rank == 0
+    tb_dir = cfg.log_dir if cfg.log_dir and is_main else None  # TensorBoard: the main process writes
+    if tb_dir is not None:
+        require_tensorboard(tb_dir)  # fail before any work when the package is missing
     device = resolve_device(cfg.device)
     model.to(device)
     if device.type == "cpu":
@@ -530,7 +544,7 @@ def train(
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (cfg.progress and is_main),
                desc=cfg.desc or model.arch, dynamic_ncols=True, mininterval=0.5)
-    with _deterministic_cpu(device):
+    with _deterministic_cpu(device), tensorboard_log(tb_dir, start) as tb:
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * _lr_factor(step, cfg)
@@ -540,7 +554,7 @@ def train(
             else:
                 idx = idx[shard]
                 # row copies into one buffer, x's rows then y's: the models' [x; y] is then a view
-                # of it (mmsae.models.sparse.stack_pair), not a third copy
+                # of it (mmsae.engine.sparse.stack_pair), not a third copy
                 batch = x.new_empty((2 * len(idx), x.shape[1]))
                 xb = torch.index_select(x, 0, idx, out=batch[:len(idx)])
                 yb = torch.index_select(y, 0, idx, out=batch[len(idx):])
@@ -571,10 +585,13 @@ def train(
                     rec = {"step": done, **{k: v for k, v in ddp.allreduce_stats(rec).items() if k != "step"}}
                 dead = model.dead_mask()
                 rec["dead"] = int(dead.sum()) if dead is not None else -1
+                rec["lr"] = float(opt.param_groups[0]["lr"])
                 rec["pairs_per_s"] = (done - step_log) * cfg.batch_size / max(now - t_log, 1e-9)
                 rec["wall_s"] = now - t0
                 t_log, step_log = now, done
                 history.append(rec)
+                if tb is not None:
+                    tb.write(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", ev_x=f"{rec.get('ev_x', float('nan')):.3f}",
                                 ev_y=f"{rec.get('ev_y', float('nan')):.3f}", dead=rec["dead"], refresh=False)
                 if callback is not None:
@@ -583,6 +600,8 @@ def train(
                     raise FloatingPointError(f"loss became {rec['loss']} at step {done}; lower the learning rate")
             if ckpt_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 _save_checkpoint(ckpt_dir, model, opt, sampler, done, history, cfg, data_shape)
+                if tb is not None:
+                    tb.flush()
     bar.close()
     if prefetch is not None:
         prefetch.close()

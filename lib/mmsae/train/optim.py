@@ -4,7 +4,7 @@ the update of the decoder.
 A TopK SAE step ends with three passes over the ``(m, d)`` decoder: the gradient projection
 (``model.before_optimizer_step``), the Adam update, and the renormalisation of every atom
 (``model.after_optimizer_step``). Each pass is memory-bound. :class:`RowAdam` does all three
-in one pass, a row at a time while it is in cache (:func:`mmsae.models.kernels.adam_rows`),
+in one pass, a row at a time while it is in cache (:func:`mmsae.engine.kernels.adam_rows`),
 and the loop skips the two hooks for the matrices it handled
 (:attr:`RowAdam.fused_unit_rows`). Every other parameter (the encoder, the biases) goes
 through torch's Adam step: for a plain matrix the compiled pass is no faster than torch's
@@ -23,8 +23,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from ..models.kernels import adam_rows
-from ..models.parallel import split_rows
+from ..engine.kernels import adam_rows
+from ..engine.parallel import split_rows
 
 __all__ = ["RowAdam"]
 

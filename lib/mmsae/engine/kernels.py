@@ -1,4 +1,4 @@
-"""The compiled (numba, CPU) kernels behind :mod:`mmsae.models.sparse`,
+"""The compiled (numba, CPU) kernels behind :mod:`mmsae.engine.sparse`,
 :func:`mmsae.models.losses.group_l21` and the decoder hooks of
 :class:`~mmsae.models.topk.TopKSAE`.
 
@@ -8,7 +8,7 @@ of compiling it again. Every kernel releases the GIL (``nogil``), so the caller 
 its work over threads.
 
 * ``scan_rows(pre, b, kc, k, masked, ...)``: the row top-k of
-  :func:`~mmsae.models.sparse.topk_rows` (of ``pre + b``, the encoder bias added on the
+  :func:`~mmsae.engine.sparse.topk_rows` (of ``pre + b``, the encoder bias added on the
   way), from the maxima of short chunks (a value reached by ``kc`` of them bounds the
   candidates), scanning only the chunks that can hold a candidate, with the MGSAE mask
   applied to the candidates when ``masked``.
@@ -66,7 +66,7 @@ _M32 = np.uint64(0xFFFFFFFF)
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _mix32(h):
-    """murmur3's 32-bit finaliser (as :func:`mmsae.models.sparse._mix32`), on uint64."""
+    """murmur3's 32-bit finaliser (as :func:`mmsae.engine.sparse._mix32`), on uint64."""
     h = h ^ (h >> np.uint64(16))
     h = (h * np.uint64(0x85EBCA6B)) & _M32
     h = h ^ (h >> np.uint64(13))
@@ -228,7 +228,7 @@ def scan_rows(pre, b, size, kc, k, masked, salt, thresh, per_pair, pairs, out_v,
     ``t`` is a value with at least ``kc`` chunk maxima at or above it (``kc <= n_chunks``;
     ``kc = k`` unmasked), so at least ``kc`` distinct entries are candidates, and only the
     chunks whose maximum reaches ``t`` are scanned. With ``masked``, candidates are kept only
-    where the index-form mask keeps them (``keep`` of :class:`mmsae.models.sparse.HashMask`
+    where the index-form mask keeps them (``keep`` of :class:`mmsae.engine.sparse.HashMask`
     with ``salt``, ``thresh = rate * 2^32``, ``per_pair`` and pair ``pairs[r]``), and the top
     ``k`` are taken among the kept ones. Every kept entry outside the candidates is below
     ``t``, so this is the exact (masked) top-k whenever at least ``k`` candidates are kept.
@@ -568,7 +568,7 @@ def group_l21_rows(v_x, i_x, v_y, i_y, d_x, d_y, per_pair, lo, hi):
 
 # ----------------------------------------------------------------------- OpenMP tasks
 # The range kernels above as C callbacks ``void task(void *block)`` for the OpenMP runtime's
-# ``GOMP_parallel`` (:func:`mmsae.models.parallel.run_ranges`): every thread of the team runs
+# ``GOMP_parallel`` (:func:`mmsae.engine.parallel.run_ranges`): every thread of the team runs
 # the task, takes ranges off a shared counter until none is left and runs the kernel on each.
 # ``block`` is an int64 array: [next range (the counter, from 0), number of ranges, address of
 # the ``n + 1`` cut points, then the kernel's arguments: an array as its address followed by

@@ -1,11 +1,11 @@
 """The sparse computations the TopK-family objectives are evaluated with (K-sparse work).
 
-:meth:`mmsae.models.topk.TopKSAE.training_loss` and
-:meth:`mmsae.models.group_sparse.GroupSparseSAE.training_loss` write their objective once
-and evaluate it with these helpers. A dense evaluation would build autograd through the
-full ``(B, m)`` pre-activation matrix (a second and third ``B x d x m`` matmul in the
-backward, a decoder gather back-propagating through a slow ``index_put``, ``(B, m)``
-group-penalty and mask tensors). Here:
+The methods of :mod:`mmsae.models` (e.g. :meth:`mmsae.models.topk.TopKSAE.training_loss`,
+:meth:`mmsae.models.group_sparse.GroupSparseSAE.training_loss`) write their objective once
+and evaluate it with these helpers; nothing here imports a method. A dense evaluation
+would build autograd through the full ``(B, m)`` pre-activation matrix (a second and third
+``B x d x m`` matmul in the backward, a decoder gather back-propagating through a slow
+``index_put``, ``(B, m)`` group-penalty and mask tensors). Here:
 
 * the encoder matmul runs once, without autograd; the top-K (pre-ReLU; ReLU is monotone
   so the selected values are the same) is taken on it and only the ``(B, K)`` selected
@@ -14,9 +14,9 @@ group-penalty and mask tensors). Here:
   ``B*m*d``), the ``b_enc`` gradient by ``index_add`` and the pre-bias gradient as one
   ``m x d`` mat-vec;
 * the decoder is :func:`torch.nn.functional.embedding_bag` over the K active atoms;
-* AuxK (:func:`fast_auxk`) works on the dead latents' columns only; its value is
-  :func:`mmsae.models.losses.auxk_loss` (Gao et al.'s weight, ``TV(u) ||e - e_hat||^2 / TV(e)``
-  per modality);
+* AuxK works on the dead latents' columns only: :func:`select_dead` picks them in the
+  encoder pass (:attr:`Selection.aux`), and :func:`mmsae.models.losses.fast_auxk` decodes
+  them with :func:`sparse_encoder_values` and :func:`sparse_decode`;
 * the l2,1 group penalty (:func:`mmsae.models.losses.group_l21`) takes the K-sparse codes,
   never densified;
 * the MGSAE cross-modal mask is in index form (:class:`HashMask`): keep/drop of latent
@@ -44,14 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from .losses import auxk_loss
-
 from . import kernels
 from .kernels import CHUNK, scan_rows
 from .parallel import run_ranges, split_rows
 
 __all__ = ["HashMask", "draw_hash_mask", "SparseEncoderValues", "sparse_encoder_values", "fast_branch",
-           "fast_auxk", "fast_pair_branch", "pair_mod", "centred_pair_rows", "stack_pair", "sparse_grad_matmul",
+           "fast_pair_branch", "pair_mod", "centred_pair_rows", "stack_pair", "sparse_grad_matmul",
            "decode_entries", "sparse_decode", "SparseDecode",
            "topk_rows", "Selection",
            "select_codes", "select_dead", "dead_latents", "select_shared_support"]
@@ -630,7 +628,7 @@ def select_shared_support(model, u_c: torch.Tensor, select_dtype: torch.dtype | 
 
 def fast_branch(model, u: torch.Tensor, modality: int, mask=None, select_dtype: torch.dtype | None = None):
     """One modality through the sparse encoder: ``(sel, u_c, vals, idx, u_hat)`` with ``sel``
-    the :class:`Selection` (its ``aux`` for :func:`fast_auxk`)."""
+    the :class:`Selection` (its ``aux`` for :func:`mmsae.models.losses.fast_auxk`)."""
     mod = model._mod(modality)
     b_pre = model.b_pre
     with torch.no_grad():
@@ -692,29 +690,6 @@ def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_
         vals = sparse_encoder_values(sel.raw, u_c, sel.idx, model.W_enc, model.b_enc, b_pre, mod)
         u_hat = sparse_decode(model.W_dec, vals, sel.idx, b_pre=b_pre, mod=mod)
     return sel, u_c, vals, sel.idx, u_hat, mod
-
-
-def fast_auxk(model, aux, u_c: torch.Tensor, mod, inputs, u_hat: torch.Tensor, n_blocks: int = 2) -> torch.Tensor:
-    """AuxK from the dead latents chosen in the encoder pass: ``aux = (raw, idx)``
-    (:attr:`Selection.aux` or :func:`select_dead`; None: no latent dead, the term is 0).
-    The value is :func:`mmsae.models.losses.auxk_loss` of the residual ``inputs - u_hat``:
-    ``inputs`` the rows' embeddings (a tensor, or a tuple of row blocks such as ``(x, y)``,
-    concatenated only when AuxK applies), ``u_hat`` their reconstruction, ``n_blocks`` the
-    modalities stacked in the rows (default 2, ``[x; y]``)."""
-    if aux is None or model.config.auxk_coef <= 0:
-        return u_hat.new_zeros(())
-    with record_function("mmsae.auxk"):
-        return _auxk_value(model, aux, u_c, mod, inputs, u_hat, n_blocks)
-
-
-def _auxk_value(model, aux, u_c, mod, inputs, u_hat, n_blocks):
-    if isinstance(inputs, (tuple, list)):
-        inputs = torch.cat(list(inputs))
-    residual = inputs - u_hat
-    raw, idx = aux
-    vals = sparse_encoder_values(raw, u_c, idx, model.W_enc, model.b_enc, model.b_pre, mod)
-    recon = sparse_decode(model.W_dec, vals, idx)
-    return auxk_loss(residual.detach(), recon, inputs, n_blocks=n_blocks)
 
 
 # ----------------------------------------------------------------------- batch top-N (BatchTopK, Matryoshka)

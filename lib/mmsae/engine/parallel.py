@@ -1,6 +1,6 @@
 """Running the compiled kernels over several threads.
 
-The kernels of :mod:`mmsae.models.kernels` that split their work take a range ``lo, hi`` of
+The kernels of :mod:`mmsae.engine.kernels` that split their work take a range ``lo, hi`` of
 rows or latents as their last two arguments; each row or latent is done by one thread, so
 the result does not depend on how the work is split. :func:`run_ranges` runs a list of
 such ranges, two ways:
@@ -104,7 +104,7 @@ _INT = (int, bool, np.integer, np.bool_)
 
 
 def _pack(spec, cuts: np.ndarray, args) -> np.ndarray | None:
-    """The task's block (layout in :mod:`mmsae.models.kernels`), or None where an argument is
+    """The task's block (layout in :mod:`mmsae.engine.kernels`), or None where an argument is
     not what the task reads (the caller then takes the pool path)."""
     if len(spec) != len(args):
         return None
