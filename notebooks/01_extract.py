@@ -40,12 +40,16 @@ alpha = None  # synthetic: cosine between a concept's image and text direction (
 n_pairs = None  # synthetic: number of pairs (profile default)
 val_fraction = None  # held-out fraction when the source has no validation split
 extract_options = {}  # clip/clap: train_source, val_source, zeroshot_cifar10, clip_model, ... (docs/real_data.md)
+caption_classes_min_train = 8  # real data with captions: a class needs this many single-label training pairs
+caption_prompts = "train"  # "train": mean text embedding of a class's training pairs; "templates": "a photo of a
+# {class}." through the data's CLIP text encoder (extract_options clip_model / clip_pretrained; weights on disk)
 
 # %%
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from mmsae.eval import metrics
 from mmsae.study import plots
@@ -106,6 +110,43 @@ if len(train) + len(val) < MIN_PAIRS or len(val) < 10:
                          f"least {MIN_PAIRS} pairs in all and 10 held-out pairs (pass more pairs, or a larger "
                          f"val_fraction)")
 print(f"train: {len(train)} pairs, val: {len(val)} pairs, d = {train.dim}")
+print("captions:", "none (names, the caption zero-shot set and named steering are skipped)" if val.captions is None
+      else f"{sum(map(len, val.caption_lists()))} for the {len(val)} held-out pairs ({val.meta.get('captions_file')})")
+
+# %% [markdown]
+# ## Zero-shot classes from captions (real data)
+#
+# Real pairs carry captions, not labels. `mmsae.data.caption_labels` derives them: an item
+# is labelled with a class when at least 3 of its captions (COCO: 5 per image) name that
+# class (COCO's 80 object classes with plurals and synonyms, plus a few scene words) and no
+# other class reaches 3; the classes are those with at least `caption_classes_min_train`
+# such *training* pairs. Each class's prompt is the normalised mean text embedding of its
+# training pairs (no held-out caption builds a class; no text encoder is needed offline),
+# or, with `caption_prompts="templates"`, the paper's "a photo of a {class}." through the
+# CLIP text encoder. The test items are the labelled held-out images. Notebook 04 measures
+# zero-shot accuracy through every SAE on this set (`zs_caption_classes_*`).
+
+# %%
+from mmsae.data.caption_labels import CAPTION_ZERO_SHOT, caption_zero_shot_set, template_class_embeddings
+
+cap_zs_file = paths.embeddings / f"zeroshot_{CAPTION_ZERO_SHOT}.safetensors"
+cap_zs_file.unlink(missing_ok=True)  # a set left by an earlier run with other captions must not be read as this one's
+if data != "synthetic":
+    emb_fn = None
+    if caption_prompts == "templates":
+        from mmsae.embed.extract import make_encoder
+
+        enc = make_encoder("clip", **{k: v for k, v in dict(extract_options).items() if k.startswith("clip_")})
+        emb_fn = lambda names: template_class_embeddings(names, enc.encode_texts)  # noqa: E731
+    elif caption_prompts != "train":
+        raise ValueError(f"caption_prompts={caption_prompts!r}: use 'train' or 'templates'")
+    cap_zs = caption_zero_shot_set(train, val, min_train=caption_classes_min_train, class_emb_fn=emb_fn)
+    if cap_zs is not None:
+        cap_zs.save(cap_zs_file)
+        print(f"{cap_zs.name}: {len(cap_zs.class_names)} classes, {len(cap_zs.labels)} labelled held-out images "
+              f"({cap_zs.meta['prompts']})")
+        print(pd.DataFrame({"train pairs": cap_zs.meta["n_train_per_class"],
+                            "held-out images": cap_zs.meta["n_val_per_class"]}).T.to_string())
 
 # %% [markdown]
 # ## What the space looks like
@@ -124,8 +165,6 @@ print(f"train: {len(train)} pairs, val: {len(val)} pairs, d = {train.dim}")
 # absolute below 0.3) of real CLIP.
 
 # %%
-import pandas as pd
-
 from mmsae.eval.geometry import COUNT_KEYS, GEOMETRY_LABELS, REAL_CLIP_REFERENCE, compare_geometry, embedding_geometry, \
     real_clip_geometry
 from mmsae.study.runs import write_table
@@ -162,6 +201,19 @@ else:
     geo_table = pd.DataFrame({"statistic": [GEOMETRY_LABELS[k] for k in keys], "this data": [ours_cmp[k] for k in keys]})
     caption = f"Embedding geometry of the first {n_cmp} held-out pairs."
 write_table(geo_table, "geometry", paths.results, caption=caption)
+
+# what zero-shot accuracy rests on: how much of each modality's variance the classes explain, and how well a
+# class's image and caption directions agree (mmsae.eval.geometry.class_structure), per zero-shot set
+from mmsae.data import ZeroShotSet
+from mmsae.eval.geometry import class_structure
+
+summary["zero_shot_structure"] = {}
+for f in sorted(paths.embeddings.glob("zeroshot_*.safetensors")):
+    zs = ZeroShotSet.load(f)
+    rows = zs.meta.get("val_rows", list(range(len(val))) if len(zs.emb) == len(val) else None)
+    if rows is not None:
+        summary["zero_shot_structure"][zs.name] = class_structure(zs.emb, yv[np.asarray(rows, int)], zs.labels)
+        print(zs.name, {k: round(v, 3) for k, v in summary["zero_shot_structure"][zs.name].items()})
 write_json(summary, paths.results / "data_summary.json")
 print(geo_table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 summary

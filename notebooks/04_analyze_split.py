@@ -333,12 +333,152 @@ elif vocabulary_path:
 else:
     print("concept naming skipped: no ground truth and no vocabulary_path")
 
+# %% [markdown]
+# ## 5c · Zero-shot through the SAE, beside the paper's Table 1
+#
+# For every zero-shot set of the run (synthetic: the class concepts; real data with
+# captions: the classes derived from captions by notebook 01, `caption_classes`), the
+# accuracy of the dense embeddings, through each SAE's codes and through its
+# reconstructions: mean and std over seeds, and the binomial standard error of an accuracy
+# on `n_test` items (`mmsae.study.zero_shot`). The paper's CIFAR-10 / CIFAR-100 / ImageNet
+# accuracies through its SAEs stand beside ours: another data set at another scale, so
+# compare the order of the methods, not the values.
+
+# %%
+from mmsae.study.zero_shot import zero_shot_table
+
+zs_vs_paper = zero_shot_table(per_seed, zero_shot, names)
+for ext in ("csv", "tex"):  # a table of an earlier run whose data had a zero-shot set must not stay behind
+    (paths.results / f"zero_shot_vs_paper.{ext}").unlink(missing_ok=True)
+for set_name in zs_vs_paper["set"].unique() if len(zs_vs_paper) else []:
+    t = zs_vs_paper[zs_vs_paper["set"] == set_name]
+    fig = plots.plot_zero_shot_vs_paper(t, title=f"{profile}, {paths.slug}")
+    plots.save_figure(fig, f"zero_shot_vs_paper_{set_name}", paths.figures)
+if len(zs_vs_paper):
+    write_table(zs_vs_paper, "zero_shot_vs_paper", paths.results, label="tab:zero_shot_vs_paper",
+                caption=(f"Zero-shot accuracy through the SAE ({profile} profile, {data}): mean $\\pm$ std over seeds "
+                         "and the binomial standard error on n\\_test items; the paper's accuracies through its SAEs "
+                         "(CLIP ViT-B/16) beside them."))
+    print(zs_vs_paper[["set", "model", "n_test", "code", "code_std", "code_binomial_se", "recon",
+                       "paper_cifar10"]].round(3).to_string(index=False))
+
+# %% [markdown]
+# ## 5d · Latents in words, and a browser of every latent
+#
+# Each latent is named from the captions of what it fires on, per modality
+# (`mmsae.eval.names`): on the image side the captions of the images it fires on, on the
+# text side the captions it fires on; words are ranked by a log-odds contrast with an
+# informative Dirichlet prior against the rest of the held-out items. On synthetic data the
+# "captions" are the names of the true concepts present in each sample. For latents that
+# fire on both modalities, **agreement** is the share of the top image-side words that are
+# also top text-side words: does a shared latent mean one concept in both modalities? Its
+# chance level pairs the image-side words of one latent with the text-side words of
+# another.
+#
+# The **latent browser** (`results/.../browser/<model>.html`, one self-contained file per
+# model, first seed) lists every latent with its category, modality score, firing counts,
+# names, strongest images (shown by their captions: the images are not shipped) and
+# captions; sortable, filterable by category and searchable by word.
+
+# %%
+from IPython.display import HTML, display
+
+from mmsae.eval import names as latent_names
+from mmsae.eval.metrics import modality_score
+from mmsae.study.browser import write_latent_browser
+
+caps = val.caption_lists()
+if caps is not None:
+    docs_x, docs_y = latent_names.caption_documents(caps)
+    image_texts, caption_texts, doc_source = caps, [c[0] if c else "" for c in caps], "captions"
+elif truth is not None:
+    docs_x, docs_y = latent_names.truth_documents(truth["codes_x"], truth["codes_y"])
+    image_texts = [[f"true concepts: {d}"] for d in docs_x]
+    caption_texts, doc_source = [f"true concepts: {d}" for d in docs_y], "ground-truth concepts"
+else:
+    docs_x = docs_y = image_texts = caption_texts = None
+    doc_source = "none"
+    print("no captions and no ground truth: latents are listed by index, counts and category only")
+
+agree_rows, latent_tables, records = [], [], {}
+for n in names:
+    for s in SEEDS:
+        a = analyses[(n, s)]
+        nm = (latent_names.name_latents(a.z_x, a.z_y, docs_x, docs_y, threshold=threshold)
+              if docs_x is not None else None)
+        if nm is not None:
+            agree_rows.append({"model": n, "seed": s, **latent_names.agreement_summary(nm, a.categories, seed=s)})
+        if s == SEEDS[0]:
+            records[n] = latent_names.latent_records(a.categories, a.modality_score, a.z_x, a.z_y, nm, image_texts,
+                                                     caption_texts, threshold=threshold)
+            latent_tables.append(pd.DataFrame([{
+                "model": n, "latent": r["id"], "category": r["category"], "fires_img": r["fires_img"],
+                "fires_txt": r["fires_txt"], "modality_score": r["modality_score"], "name": r.get("name", ""),
+                "names_img": " ".join(r.get("names_img", [])), "names_txt": " ".join(r.get("names_txt", [])),
+                "agreement": r.get("agreement")} for r in records[n]]))
+write_table(pd.concat(latent_tables, ignore_index=True), "latent_names", paths.results, latex=False)
+agreement = None
+if agree_rows:
+    agreement = ex.aggregate_seeds(pd.DataFrame(agree_rows), "model")
+    write_table(agreement, "name_agreement", paths.results, label="tab:name_agreement",
+                caption=(f"Do a shared latent's two sides name the same concept? Latents firing on both modalities "
+                         f"with names on both sides (from {doc_source}): mean share of the top-5 image-side words "
+                         "among the top-5 text-side words, the share with at least one common word, and the chance "
+                         "level of the mean (sides of different latents paired)."))
+    print(agreement.round(3).to_string(index=False))
+
+# the method comparison one click away in every browser file
+cmp_cols = [("model", "model"), ("both", "both"), ("image_only", "image-only"), ("text_only", "text-only"),
+            ("dead", "dead"), ("unimodal_share", "unimodal share"), ("code_x2y_R@1", "R@1 img→txt (codes)")]
+summary_rows = []
+for n in names:
+    g = per_seed[per_seed.model == n]
+    row = {"model": n, **{k: round(float(g[k].mean()), 3) for k, _ in cmp_cols[1:]}}
+    for zs_name in sorted(zero_shot):
+        row[f"zs_{zs_name}_code"] = round(float(g[f"zs_{zs_name}_code"].mean()), 3)
+    if agreement is not None:
+        row["agreement_mean"] = round(float(agreement.set_index("model").loc[n, "agreement_mean"]), 3)
+    summary_rows.append(row)
+cmp_cols += [(f"zs_{z}_code", f"zero-shot {z} (codes)") for z in sorted(zero_shot)]
+if agreement is not None:
+    cmp_cols.append(("agreement_mean", "name agreement"))
+browser_dir = paths.results / "browser"
+for n in names:
+    write_latent_browser(
+        browser_dir / f"{n}.html", title=f"{n} latents: {profile} profile, {paths.slug} (seed {SEEDS[0]})", model=n,
+        latents=records[n], comparison=summary_rows, comparison_columns=cmp_cols,
+        siblings={o: f"{o}.html" for o in names},
+        notes=(f"{len(val)} held-out pairs; names from {doc_source}; category rule: {RULE}."
+               + (" Images are shown by their captions: the images themselves are not included." if caps else "")))
+print("latent browsers:", ", ".join(str((browser_dir / f"{n}.html").relative_to(paths.out_dir)) for n in names))
+show = "MGSAE" if "MGSAE" in names else names[0]
+both_named = [r for r in records[show] if r["category"] == "both" and r.get("name")]
+pd.DataFrame(sorted(both_named, key=lambda r: -(r["fires_img"] + r["fires_txt"]))[:12])[
+    ["id", "name", "fires_img", "fires_txt", "names_img", "names_txt", "agreement"]] if both_named else None
+
+# %% [markdown]
+# The browser of one model, inline (open the file itself for the full page; in JupyterLab
+# the inline copy runs when the notebook is trusted):
+
+# %%
+import html as _html
+
+display(HTML(f'<iframe srcdoc="{_html.escape((browser_dir / f"{show}.html").read_text(encoding="utf-8"))}" '
+             'style="width:100%;height:520px;border:1px solid #ccc"></iframe>'))
+
 # %%
 from mmsae.eval.analysis import headline_summary
 
 headline = headline_summary(per_seed, names)
 write_json({"profile": profile, "data": data, "seeds": SEEDS, "mms_reference": ref_kind, "n_val": len(val),
-            "category_rule": RULE, "models": headline}, paths.results / "headline.json")
+            "category_rule": RULE, "models": headline,
+            "zero_shot": {z: {"n_test": int(len(zero_shot[z].labels)), "n_classes": len(zero_shot[z].class_names),
+                              "classes": list(zero_shot[z].class_names),
+                              "rule": zero_shot[z].meta.get("rule"), "prompts": zero_shot[z].meta.get("prompts")}
+                          for z in sorted(zero_shot)},
+            "name_agreement": ({} if agreement is None else
+                               agreement.set_index("model").drop(columns="n_seeds").to_dict(orient="index")),
+            "names_from": doc_source}, paths.results / "headline.json")
 pd.DataFrame(headline).T.round(3)
 
 # %% [markdown]

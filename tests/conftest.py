@@ -43,3 +43,13 @@ def coco500_random_path() -> Path:
     if not p.exists():
         pytest.skip(f"{p} not found (shared negative-control data)")
     return p
+
+
+@pytest.fixture
+def browser():
+    """A headless Chromium Selenium webdriver (tests/browser_helpers.py), quit after the test.
+    Skips when chromium, chromedriver or selenium is missing; fails instead under MMSAE_REQUIRE_BROWSER=1."""
+    from browser_helpers import headless_chromium
+
+    with headless_chromium() as driver:
+        yield driver

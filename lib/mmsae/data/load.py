@@ -12,6 +12,7 @@ import numpy as np
 from safetensors import safe_open
 
 from .cache import load_cache
+from .captions import attach_captions, find_captions
 from .store import EmbeddingError, PairedEmbeddings
 
 __all__ = ["load_paired", "check_validation_pairs"]
@@ -59,12 +60,17 @@ def load_paired(
     expect_normalized: bool | None = None,
     expected_dim: int | None = None,
     mmap: bool = False,
+    captions: str | os.PathLike | None = "auto",
 ) -> PairedEmbeddings:
     """Load and validate paired embeddings from a file or an embedding-cache folder.
 
     ``expect_normalized``: ``True`` requires unit-norm rows, ``False`` skips the check,
     ``None`` follows the file's metadata. Raises :class:`EmbeddingError` (naming the
     file) on a missing file, a bad layout, unpaired rows, NaN/inf or a wrong dimension.
+    ``captions``: a captions file for the pairs (:mod:`mmsae.data.captions`); ``"auto"``
+    (default) takes ``<stem>_captions.json``/``.txt`` beside the file when the file itself
+    carries no captions; ``None`` attaches none. A captions file that does not match the
+    pairs is an error naming it.
     """
     path = Path(path)
     if not path.exists():
@@ -88,6 +94,10 @@ def load_paired(
         raise EmbeddingError(f"{path}: could not be read ({type(e).__name__}: {e})") from e
     data.source = str(path)
     data.validate(expect_normalized=expect_normalized, expected_dim=expected_dim)
+    cap_file = find_captions(path) if captions == "auto" and data.captions is None else (
+        None if captions in (None, "auto") else captions)
+    if cap_file is not None:
+        data = attach_captions(data, cap_file)
     if data.meta.get("normalized") is None:
         if expect_normalized is not None:
             data.meta["normalized"] = bool(expect_normalized)

@@ -6,9 +6,10 @@ A :class:`PairedEmbeddings` holds two arrays of equal shape ``(N, d)``:
 * ``y``: text embeddings, modality 1;
 
 row ``i`` of ``x`` and row ``i`` of ``y`` are one pair (an image and its caption).
-Optional ``labels`` (``N`` ints, for zero-shot evaluation), ``captions`` (``N``
-strings) and a JSON-able ``meta`` dict (encoder, dataset, normalisation, count, ...)
-travel with them.
+Optional ``labels`` (``N`` ints, for zero-shot evaluation), ``captions`` (per pair a
+string, or a list of strings whose first is the embedded caption and the rest other
+captions of the same item; :mod:`mmsae.data.captions`) and a JSON-able ``meta`` dict
+(encoder, dataset, normalisation, count, ...) travel with them.
 
 Files
 -----
@@ -181,7 +182,7 @@ class PairedEmbeddings:
     x: np.ndarray
     y: np.ndarray
     labels: np.ndarray | None = None
-    captions: list[str] | None = None
+    captions: list[str] | list[list[str]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     source: str = "<memory>"
 
@@ -196,6 +197,13 @@ class PairedEmbeddings:
     @property
     def dim(self) -> int:
         return int(self.x.shape[1])
+
+    def caption_lists(self) -> list[list[str]] | None:
+        """Every pair's captions as a list (first: the embedded caption; ``[]`` for a pair
+        without text), or ``None`` when the store has no captions."""
+        if self.captions is None:
+            return None
+        return [[c] if isinstance(c, str) else list(c or []) for c in self.captions]
 
     @property
     def modalities(self) -> tuple[str, str]:
@@ -293,6 +301,9 @@ class PairedEmbeddings:
             np.asarray(self.x[idx]), np.asarray(self.y[idx]), labels, caps, dict(self.meta), self.source
         )
         out.meta["count"] = len(out)
+        if isinstance(out.meta.get("item_ids"), list):
+            ids = out.meta["item_ids"]
+            out.meta["item_ids"] = ids[idx] if isinstance(idx, slice) else [ids[int(i)] for i in idx]
         return out
 
     def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple["PairedEmbeddings", "PairedEmbeddings"]:

@@ -20,6 +20,8 @@ running      ``batch_size``, ``workers`` (decode threads), ``shard_size``, ``lim
              ``overwrite``, ``progress``, ``dataset_name``, ``coco_captions`` (first | all),
              ``modality`` (auto | image | audio)
 data         ``train_source``, ``val_source`` (see :func:`mmsae.embed.sources.open_source`),
+             ``captions``, ``val_captions`` (``embeddings:PATH``: a captions file for the pairs,
+             :mod:`mmsae.data.captions`; default: ``<stem>_captions.json`` beside the file),
              ``zeroshot_cifar10``, ``zeroshot_cifar100``, ``zeroshot_imagenet``,
              ``zeroshot_gtzan``, ``zeroshot_nsynth`` (paths), ``zeroshot_max_per_class``
 """
@@ -377,8 +379,9 @@ def extract_from_params(data: str, params: dict[str, Any], out_dir: str | os.Pat
     params = _coerce_params(params)
     if data.startswith("embeddings:"):
         path = data.split(":", 1)[1]
-        train = load_paired(path)
-        val = load_paired(params["val_source"]) if params.get("val_source") else None
+        train = load_paired(path, captions=params.get("captions") or "auto")
+        val = (load_paired(params["val_source"], captions=params.get("val_captions") or "auto")
+               if params.get("val_source") else None)
         return {"train": train, "val": val, "zeroshot": {}}
     if data not in ("clip", "clap"):
         raise ValueError(f"data={data!r}: expected 'clip', 'clap' or 'embeddings:PATH' here")
@@ -435,6 +438,9 @@ Data (train_source / val_source):
   /data/cc3m/{00000..00331}.tar        WebDataset shards (img2dataset output; audio sets: .flac + .json)
   wds:/data/cc3m                       every .tar in a folder
   pairs.csv / pairs.tsv                rows 'path,caption' (header optional; paths relative to the file)
+Captions of precomputed embeddings (data=embeddings:PATH):
+  captions=FILE / val_captions=FILE    .json (one entry per pair, or {"rows": [...]}) or .txt (a line per pair);
+                                       default: <stem>_captions.json beside the embeddings file
 Zero-shot sets (zeroshot_<name> = PATH):
   zeroshot_cifar10 / zeroshot_cifar100 folder with cifar-10-batches-py / cifar-100-python (torchvision layout)
   zeroshot_imagenet                    ImageNet val in 1000 WordNet-id folders (label = sorted folder order)

@@ -48,7 +48,8 @@ import pandas as pd
 
 from . import metrics
 
-__all__ = ["REAL_CLIP_REFERENCE", "COUNT_KEYS", "GEOMETRY_LABELS", "embedding_geometry", "real_clip_geometry", "compare_geometry",
+__all__ = ["REAL_CLIP_REFERENCE", "COUNT_KEYS", "GEOMETRY_LABELS", "embedding_geometry", "class_structure",
+           "real_clip_geometry", "compare_geometry",
            "load_real_clip"]
 
 #: Real CLIP ViT-B/16 embeddings of 500 MS-COCO pairs, ``(2, 500, 512)`` ``[img, txt]``.
@@ -141,6 +142,29 @@ def embedding_geometry(x, y, top: int = 20, retrieval_pool: int | None = None) -
         "i2t_R@1": float(ret["x2y_R@1"]),
         "t2i_R@1": float(ret["y2x_R@1"]),
     }
+
+
+def class_structure(x, y, labels) -> dict:
+    """How strongly labelled classes shape a paired space (what zero-shot accuracy rests on).
+
+    ``between_class_share_x`` / ``_y``: the share of the (centred) variance of each modality
+    explained by the class means (1 = every item sits on its class mean); ``class_mean_cosine``:
+    mean over classes of the cosine between the class's centred mean image and centred mean
+    caption embedding (the cross-modal alignment of a class direction; ``alpha`` of the
+    synthetic generator); ``n_items``, ``n_classes``."""
+    x, y, labels = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(labels)
+    classes = np.unique(labels)
+    out = {"n_items": int(len(labels)), "n_classes": int(len(classes))}
+    means = {}
+    for name, e in (("x", x), ("y", y)):
+        c = e - e.mean(0)
+        means[name] = np.stack([c[labels == k].mean(0) for k in classes])
+        between = sum(int((labels == k).sum()) * float(m @ m) for k, m in zip(classes, means[name]))
+        out[f"between_class_share_{name}"] = between / float((c * c).sum())
+    mx, my = means["x"], means["y"]
+    cos = (mx * my).sum(1) / np.maximum(np.linalg.norm(mx, axis=1) * np.linalg.norm(my, axis=1), 1e-12)
+    out["class_mean_cosine"] = float(cos.mean())
+    return out
 
 
 def load_real_clip(path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -31,12 +31,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..data.caption_labels import CLASS_WORDS, caption_labels, class_mentions
 from ..data.store import l2_normalize
 from ..models.base import Dictionary
 from .metrics import best_latent_by_activation
 
 __all__ = ["latent_std", "steer", "steering_curve", "concept_target", "pick_latent_by_codes",
-           "pick_latent_by_direction", "SteeringConcept", "text_clusters", "choose_concept", "steering_samples"]
+           "pick_latent_by_direction", "SteeringConcept", "text_clusters", "caption_concept", "choose_concept",
+           "steering_samples"]
 
 
 def latent_std(z: np.ndarray, latent: int) -> float:
@@ -110,6 +112,7 @@ class SteeringConcept:
     """What notebook 05 steers toward, whatever the data.
 
     ``name``: a label for tables; ``source``: ``"ground_truth"`` (synthetic concept),
+    ``"captions"`` (a class named in the held-out captions, :func:`caption_concept`),
     ``"zero_shot"`` (a class of a zero-shot set) or ``"text_cluster"`` (label-free: a
     k-means cluster of the held-out caption embeddings); ``targets``: per modality id the
     unit target direction (mean embedding of the samples that carry the concept, in that
@@ -117,7 +120,8 @@ class SteeringConcept:
     ``c_x`` / ``c_y``: per held-out pair, the concept's strength in each modality (true
     coefficients, or 0/1 membership), used to pick the concept's latent by activation
     correlation; ``None`` when the latent is picked by direction instead
-    (``pick_direction``: the zero-shot class prompt).
+    (``pick_direction``: the zero-shot class prompt); ``free``: the held-out pairs known to be
+    free of the concept, the ones to steer (default: those that do not carry it).
     """
 
     name: str
@@ -127,6 +131,7 @@ class SteeringConcept:
     c_x: np.ndarray | None = None
     c_y: np.ndarray | None = None
     pick_direction: np.ndarray | None = None
+    free: np.ndarray | None = None
 
     @property
     def carries(self) -> np.ndarray | None:
@@ -158,17 +163,57 @@ def text_clusters(y: np.ndarray, n_clusters: int = 8, seed: int = 0) -> np.ndarr
     return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(yc).astype(np.int64)
 
 
-def choose_concept(x: np.ndarray, y: np.ndarray, truth=None, zero_shot=None, concept: int = 0,
-                   n_clusters: int = 8, seed: int = 0) -> SteeringConcept:
+def caption_concept(x: np.ndarray, y: np.ndarray, captions, class_names, concept: int | str | None = None,
+                    min_captions: int = 3) -> SteeringConcept:
+    """A named concept from the held-out captions: the items labelled with class ``concept``
+    (an index into ``class_names`` or a name; ``None``: the class with the most labelled
+    held-out items) by :func:`mmsae.data.caption_labels.caption_labels` carry it; the pairs
+    to steer are those none of whose captions name it; its targets are the centred mean
+    image and caption embeddings of the carriers."""
+    words = {c: CLASS_WORDS.get(c, (c,)) for c in class_names}
+    labels, names = caption_labels(captions, words, min_captions)
+    counts = np.bincount(labels[labels >= 0], minlength=len(names))
+    if concept is None:
+        c = int(np.argmax(counts))
+    elif isinstance(concept, str):
+        if concept not in names:
+            raise ValueError(f"concept {concept!r} is not one of the caption classes {names}")
+        c = names.index(concept)
+    else:
+        if not 0 <= int(concept) < len(names):
+            raise ValueError(f"concept {concept} is not a caption class index (0..{len(names) - 1}: {names})")
+        c = int(concept)
+    member = (labels == c).astype(np.float32)
+    if not member.any():
+        raise ValueError(f"no held-out pair is labelled {names[c]!r} by its captions")
+    free = class_mentions(captions, {names[c]: words[names[c]]})[:, 0] == 0
+    cap = concept_target(y, member > 0)
+    return SteeringConcept(f"{names[c]} (captions: {int(member.sum())} held-out pairs)", "captions",
+                           {0: concept_target(x, member > 0), 1: cap}, cap, member, member, free=free)
+
+
+def choose_concept(x: np.ndarray, y: np.ndarray, truth=None, zero_shot=None, concept: int | str | None = 0,
+                   n_clusters: int = 8, seed: int = 0, captions=None) -> SteeringConcept:
     """The concept to steer toward, from the best information the run has.
 
-    1. ``truth`` (synthetic ground truth of the held-out pairs): true concept ``concept``;
-    2. else ``zero_shot`` (a dict of :class:`~mmsae.data.ZeroShotSet`): class ``concept`` of
+    1. ``truth`` (synthetic ground truth of the held-out pairs): true concept ``concept``
+       (``None``: 0);
+    2. else held-out ``captions`` and a zero-shot set built from captions (``meta["rule"]``,
+       notebook 01): the named class ``concept`` of that set (``None``: the best-populated
+       one), :func:`caption_concept`;
+    3. else ``zero_shot`` (a dict of :class:`~mmsae.data.ZeroShotSet`): class ``concept`` of
        the first set (its prompt is the caption target);
-    3. else label-free: cluster ``concept`` of :func:`text_clusters` on the held-out
+    4. else label-free: cluster ``concept`` of :func:`text_clusters` on the held-out
        captions; a pair carries it when its caption is in the cluster.
     """
     x, y = np.asarray(x), np.asarray(y)
+    named = [z for z in (zero_shot or {}).values() if "rule" in z.meta]
+    if truth is None and captions is not None and named:
+        return caption_concept(x, y, captions, named[0].class_names, concept,
+                               int(named[0].meta.get("min_captions", 3)))
+    concept = 0 if concept is None else concept
+    if isinstance(concept, str):
+        raise ValueError(f"concept={concept!r}: a class name needs held-out captions and a caption zero-shot set")
     if truth is not None:
         c_x, c_y = np.asarray(truth["codes_x"])[:, concept], np.asarray(truth["codes_y"])[:, concept]
         cap = concept_target(y, c_y > 0)

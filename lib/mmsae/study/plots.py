@@ -29,6 +29,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import methods as M
+from . import paper
 
 __all__ = [
     "PALETTE",
@@ -46,6 +47,7 @@ __all__ = [
     "plot_steering",
     "plot_metric_vs_param",
     "plot_split_vs_sample_size",
+    "plot_zero_shot_vs_paper",
 ]
 
 # Okabe & Ito (2008) colour-blind-safe palette, plus two neutral greys.
@@ -420,5 +422,47 @@ def plot_split_vs_sample_size(df: pd.DataFrame):
                 title="unimodal share (score <= 0.1 or >= 0.9)")
     axes[0].legend(frameon=False, fontsize=6)
     axes[1].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_zero_shot_vs_paper(tab: pd.DataFrame, title: str = "this work"):
+    """Zero-shot accuracy through each SAE's codes beside the paper's CIFAR-10 column.
+
+    ``tab``: :func:`mmsae.study.zero_shot.zero_shot_table` (one zero-shot set). Left: our
+    accuracy per model, error bars ``sqrt(std_seeds^2 + se_binomial^2)``, the dense
+    embeddings as a dashed line and chance as a dotted one; right: the paper's CIFAR-10
+    accuracy through the SAE for the models it reports, dense CLIP dashed.
+    """
+    models = [m for m in tab["model"] if m != "dense"]
+    ours = tab.set_index("model")
+    fig, axes = plt.subplots(1, 2, figsize=(1.0 * len(models) + 4.8, 3.4), sharey=True,
+                             gridspec_kw={"width_ratios": [max(len(models), 2), 5]})
+    ax = axes[0]
+    x = np.arange(len(models))
+    err = np.sqrt(np.nan_to_num(ours.loc[models, "code_std"].to_numpy(float)) ** 2
+                  + ours.loc[models, "code_binomial_se"].to_numpy(float) ** 2)
+    ax.bar(x, ours.loc[models, "code"], yerr=err, capsize=2, color=[model_color(m) for m in models],
+           edgecolor="white", linewidth=0.5)
+    ax.axhline(float(ours.loc["dense", "code"]), ls="--", color="0.3", lw=1, label="dense embeddings")
+    ax.axhline(float(tab["chance"].iloc[0]), ls=":", color="0.5", lw=1, label="chance")
+    ax.set_xticks(x)
+    ax.set_xticklabels(models, rotation=30 if len(models) > 4 else 0, ha="right" if len(models) > 4 else "center")
+    ax.set_ylabel("zero-shot accuracy (codes)")
+    ax.set_title(f"{title}: {tab['set'].iloc[0]} (n = {int(tab['n_test'].iloc[0])})")
+    ax.grid(axis="x", visible=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, 0.94), fontsize="small")
+    p = paper.zero_shot_clip()
+    pm = [m for m in p["model"] if m != "dense CLIP"]
+    ax = axes[1]
+    ax.bar(np.arange(len(pm)), p.set_index("model").loc[pm, "cifar10"], color=[model_color(m) for m in pm],
+           edgecolor="white", linewidth=0.5)
+    ax.axhline(float(p.set_index("model").loc["dense CLIP", "cifar10"]), ls="--", color="0.3", lw=1)
+    ax.axhline(0.1, ls=":", color="0.5", lw=1)
+    ax.set_xticks(np.arange(len(pm)))
+    ax.set_xticklabels(pm, rotation=30, ha="right")
+    ax.set_title("paper: CIFAR-10, CLIP ViT-B/16")
+    ax.grid(axis="x", visible=False)
+    ax.set_ylim(0, 1.02)
     fig.tight_layout()
     return fig
