@@ -1,12 +1,13 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version,-jupytext.text_representation.format_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -46,6 +47,7 @@ mask_rate = None  # paper: 0.2
 mask_mode = None  # "pair" (default) or "batch"
 device = "auto"
 comparison_seeds = None  # seeds of every method in the comparison table (profile default; smoke: 0, 1, 2)
+models = None  # methods of the comparison (default: every method of the profile); 04 and 05 read the same name
 sweep_seeds = None  # seeds of the ablations and the alpha sweep (profile default)
 ablation_steps = None  # training steps of each ablation model (profile default)
 run_ablations = True  # lambda, mask rate, mask per pair/batch, width x K
@@ -63,7 +65,7 @@ from mmsae.study.runs import RunPaths, load_run_data
 
 P = get_profile(profile, seeds=seeds, steps=steps, m=m, k=k, group_lambda=group_lambda, mask_rate=mask_rate,
                 mask_mode=mask_mode, comparison_seeds=comparison_seeds, sweep_seeds=sweep_seeds,
-                ablation_steps=ablation_steps, tensorboard=tensorboard)
+                ablation_steps=ablation_steps, tensorboard=tensorboard, methods=models)
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
 train, val, truth, zero_shot = load_run_data(paths)
 plots.set_style()

@@ -71,6 +71,9 @@ def test_only_the_synthetic_default_writes_top_level_results(tmp_path):
     assert real.results == tmp_path / "results" / "clip_vitb16_coco500"
     assert real.figures == tmp_path / "figures" / "clip_vitb16_coco500"
     assert RunPaths(tmp_path, "paper", "clip").results == tmp_path / "results" / "clip"
+    # the paper-scale synthetic run has its own folder: it never overwrites the default's tables
+    assert RunPaths(tmp_path, "paper", "synthetic").results == tmp_path / "results" / "paper-synthetic"
+    assert RunPaths(tmp_path, "paper", "synthetic").figures == tmp_path / "figures" / "paper-synthetic"
     assert real.notebooks == real.root / "notebooks" and real.run_log == real.root / "run_all.json"
 
 

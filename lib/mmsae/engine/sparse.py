@@ -30,6 +30,12 @@ On CUDA the encoder matmul used for *selection* may run in bf16 (``select_dtype`
 selected values are then recomputed exactly in float32, so losses and gradients keep
 float32 precision (only near-ties in the selection can differ).
 
+Every branch between the compiled CPU path and the device (torch) path consults
+:func:`mmsae.engine.device_paths.uses_device_paths`; ``MMSAE_ENGINE=torch`` or
+:func:`mmsae.engine.force_device_paths` makes the CPU take the device paths (torch forms,
+whole-batch encoder pass, bf16 selection with float32 re-scoring), so that they are tested
+on CPU (``tests/test_device_paths.py``).
+
 ``tests/test_fast_path.py`` checks losses and gradients against a dense evaluation of the
 same objectives written in the test.
 """
@@ -45,6 +51,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from . import kernels
+from .device_paths import selection_dtype, uses_device_paths
 from .kernels import CHUNK, scan_rows
 from .parallel import run_ranges, split_rows
 
@@ -132,8 +139,9 @@ def _mod_parts(mod, rows: torch.Tensor | None):
 
 
 def _kernel_ok(*ts: torch.Tensor) -> bool:
-    """The compiled latent-by-latent backward applies: CPU float32 tensors."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ts)
+    """The compiled latent-by-latent backward applies: CPU float32 tensors, the device paths
+    not forced (:mod:`mmsae.engine.device_paths`)."""
+    return not uses_device_paths(*ts) and all(t.dtype == torch.float32 for t in ts)
 
 
 def _np(t: torch.Tensor):
@@ -302,7 +310,8 @@ def sparse_decode(W: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, rows: 
     (``rows`` their sorted rows, ``offsets`` each row's first entry); with ``b_pre``, plus the
     pre-bias row of each row (``mod``: one row index for all rows, or a list of (row slice,
     row index) as :class:`SparseEncoderValues` takes). CPU float32 goes through
-    :class:`SparseDecode`; elsewhere :func:`torch.nn.functional.embedding_bag` and an add."""
+    :class:`SparseDecode`; elsewhere (and on the forced device paths)
+    :func:`torch.nn.functional.embedding_bag` and an add."""
     if _kernel_ok(W, vals) and torch.is_grad_enabled() and (W.requires_grad or vals.requires_grad):
         return SparseDecode.apply(vals, idx, W, rows, offsets, b_pre, mod)
     out = F.embedding_bag(idx, W, offsets, per_sample_weights=vals, mode="sum")
@@ -346,7 +355,7 @@ def _scan_fits(m: int, kc: int) -> bool:
 
 
 def _scan_applies(pre: torch.Tensor, kc: int) -> bool:
-    return (pre.device.type == "cpu" and pre.dtype == torch.float32 and pre.dim() == 2 and pre.is_contiguous()
+    return (not uses_device_paths(pre) and pre.dtype == torch.float32 and pre.dim() == 2 and pre.is_contiguous()
             and pre.shape[0] > 0 and _scan_fits(pre.shape[1], kc))
 
 
@@ -392,8 +401,8 @@ def topk_rows(pre: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> tu
     :func:`kernels.scan_rows`) collects the entries of those chunks and selects the k largest.
     Same values as ``torch.topk`` (ties at the k-th value go to the lowest index;
     ``torch.topk`` leaves tie order unspecified); a row holding NaN or infinity falls back to
-    ``torch.topk``. Elsewhere (CUDA, other dtypes, rows of fewer than ``2k`` entries)
-    ``torch.topk``."""
+    ``torch.topk``. Elsewhere (CUDA or the device paths forced, other dtypes, rows of fewer
+    than ``2k`` entries) ``torch.topk``."""
     res = _chunk_scan(pre, k, k, bias=bias)
     if res is None:
         return _biased(pre, bias).topk(k, dim=-1, sorted=False)
@@ -491,7 +500,8 @@ CPU_BLOCK_BYTES = 64 * 2 ** 20
 
 
 def _block_rows(R: int, m: int, device: torch.device) -> int:
-    if device.type != "cpu":
+    """Rows per block of the encoder pass: all ``R`` on the device paths (CUDA, or forced)."""
+    if uses_device_paths(device):
         return R
     return max(16, min(R, CPU_BLOCK_BYTES // (4 * m)))
 
@@ -539,11 +549,14 @@ def select_codes(model, u_c: torch.Tensor, mask=None, pairs: torch.Tensor | None
 
     On CPU the rows go through in blocks (:data:`CPU_BLOCK_BYTES`) into a buffer kept on the
     model, so the ``(R, m)`` matrix is never written whole and each block is selected while it
-    is in cache. ``pairs[r]``: the pair of row ``r`` for the mask (default ``r``)."""
+    is in cache (on the device paths, CUDA or forced, in one block). ``pairs[r]``: the pair of
+    row ``r`` for the mask (default ``r``). ``select_dtype`` None: the parameters' dtype, or
+    with the device paths forced the switch's (:func:`mmsae.engine.device_paths.selection_dtype`)."""
     W_enc, b_enc = model.W_enc, model.b_enc
     k = model.config.k
     R, m = u_c.shape[0], W_enc.shape[0]
     dead_idx, k_aux = dead_latents(model) if aux else (None, 0)
+    select_dtype = selection_dtype(select_dtype)
     low = select_dtype is not None and select_dtype != W_enc.dtype
     dt = select_dtype if low else W_enc.dtype
     Wt, bb, uu = W_enc.to(dt).t(), b_enc.to(dt), u_c.to(dt)
@@ -553,7 +566,7 @@ def select_codes(model, u_c: torch.Tensor, mask=None, pairs: torch.Tensor | None
     kc = k if mask is None else _candidates(k, m, mask.rate) if isinstance(mask, HashMask) else 0
     # the compiled scan adds b_enc itself (one more load per entry it reads already): a plain
     # matmul into the buffer, where addmm would first copy the bias into every row of it
-    in_scan = u_c.device.type == "cpu" and dt == torch.float32 and _scan_fits(m, kc)
+    in_scan = not uses_device_paths(u_c) and dt == torch.float32 and _scan_fits(m, kc)
     raw = torch.empty(R, k, dtype=dt, device=u_c.device)
     idx = torch.empty(R, k, dtype=torch.int64, device=u_c.device)
     aux_raw = torch.empty(R, k_aux, dtype=dt, device=u_c.device) if k_aux else None
@@ -593,6 +606,7 @@ def select_shared_support(model, u_c: torch.Tensor, select_dtype: torch.dtype | 
     R, m = u_c.shape[0], W_enc.shape[0]
     B = R // 2
     dead_idx, k_aux = dead_latents(model) if aux else (None, 0)
+    select_dtype = selection_dtype(select_dtype)
     low = select_dtype is not None and select_dtype != W_enc.dtype
     dt = select_dtype if low else W_enc.dtype
     Wt, bb, uu = W_enc.to(dt).t(), b_enc.to(dt), u_c.to(dt)
@@ -733,7 +747,7 @@ def _flat_topk(flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     size = 1
     while size * 2 * 2 * n <= N:  # chunks of a power-of-two size, at least 2n of them
         size *= 2
-    if flat.device.type != "cpu" or size < 4 or N % size:
+    if uses_device_paths(flat) or size < 4 or N % size:
         return flat.topk(n, sorted=False)
     t = flat.view(-1, size).amax(1).topk(n, sorted=False).values.amin()
     cand = (flat >= t).nonzero().squeeze(1)

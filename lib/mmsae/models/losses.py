@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch.profiler import record_function
 
+from ..engine.device_paths import uses_device_paths
 from ..engine.kernels import group_l21_rows
 from ..engine.parallel import split_rows
 from ..engine.sparse import sparse_decode, sparse_encoder_values
@@ -63,8 +64,9 @@ def reconstruction_loss(u: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
 
 
 def _compiled_match(i_x: torch.Tensor, i_y: torch.Tensor) -> bool:
-    """:func:`group_l21` runs compiled (:func:`mmsae.engine.kernels.group_l21_rows`): CPU, int64 indices."""
-    return i_x.device.type == "cpu" and i_x.dtype == i_y.dtype == torch.int64 and i_x.shape[0] > 0
+    """:func:`group_l21` runs compiled (:func:`mmsae.engine.kernels.group_l21_rows`): CPU, int64 indices,
+    the device paths not forced (:mod:`mmsae.engine.device_paths`)."""
+    return not uses_device_paths(i_x) and i_x.dtype == i_y.dtype == torch.int64 and i_x.shape[0] > 0
 
 
 class _GroupL21(torch.autograd.Function):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..engine.device_paths import uses_device_paths
 from ..engine.kernels import project_rows, renorm_rows
 from ..engine.parallel import split_rows
 from ..engine.sparse import fast_pair_branch, stack_pair
@@ -52,7 +53,8 @@ _ROW_BLOCK = 512
 
 
 def _rows_kernel_ok(*ts: torch.Tensor) -> bool:
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in ts)
+    """The compiled decoder-norm hooks apply: CPU float32 contiguous, the device paths not forced."""
+    return not uses_device_paths(*ts) and all(t.dtype == torch.float32 and t.is_contiguous() for t in ts)
 
 
 def geometric_median(u: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:

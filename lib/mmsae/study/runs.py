@@ -8,8 +8,9 @@ Layout under ``out_dir`` (the project root by default):
                                         parameters (<name>.yaml), logs/, executed/
     runs/<profile>-<slug>/run_all.json  wall time of each notebook of the last run_all.sh run
     runs/<profile>-<slug>/run.lock      held while run_all.sh uses this folder
-    results/                            tables of the synthetic default (stable names)
+    results/                            tables of the synthetic default (smoke profile; stable names)
     results/<slug>/                     tables of any other data source
+    results/<profile>-synthetic/        synthetic data at another profile (e.g. paper-synthetic)
     figures/, figures/<slug>/           PDF + PNG figures, split the same way
 
 ``<slug>`` is :func:`data_slug` of the data source. ``runs/`` holds everything that varies
@@ -106,16 +107,25 @@ class RunPaths:
         return self.embeddings / "truth.npz"
 
     @property
+    def report_name(self) -> str | None:
+        """The sub-folder of ``results/`` and ``figures/``: none for the synthetic default of the
+        smoke profile, ``<profile>-synthetic`` for synthetic data at another profile (the paper-scale
+        run must not overwrite the default's tables), ``<slug>`` for any other data."""
+        if self.data == DEFAULT_DATA:
+            return None if self.profile == "smoke" else f"{self.profile}-{self.slug}"
+        return self.slug
+
+    @property
     def results(self) -> Path:
-        """``results/`` for the synthetic default, ``results/<slug>/`` for any other data."""
+        """``results/`` for the synthetic default, ``results/<report_name>/`` otherwise."""
         base = self.out_dir / "results"
-        return base if self.data == DEFAULT_DATA else base / self.slug
+        return base if self.report_name is None else base / self.report_name
 
     @property
     def figures(self) -> Path:
-        """``figures/`` for the synthetic default, ``figures/<slug>/`` for any other data."""
+        """``figures/`` for the synthetic default, ``figures/<report_name>/`` otherwise."""
         base = self.out_dir / "figures"
-        return base if self.data == DEFAULT_DATA else base / self.slug
+        return base if self.report_name is None else base / self.report_name
 
     @property
     def notebooks(self) -> Path:

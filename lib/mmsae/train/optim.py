@@ -23,6 +23,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from ..engine.device_paths import uses_device_paths
 from ..engine.kernels import adam_rows
 from ..engine.parallel import split_rows
 
@@ -44,9 +45,11 @@ class RowAdam(torch.optim.Adam):
     row's component along its atom, applies Adam's update and renormalises the atom: the
     decoder-norm hooks and the update in one pass (``p.grad`` is left unprojected).
 
-    A ``unit_rows`` matrix the pass cannot take (not CPU float32 contiguous, or its group has
-    weight decay, amsgrad or maximize) and every other parameter go through torch's Adam, and
-    then the model's hooks do the projection and renormalisation as usual."""
+    A ``unit_rows`` matrix the pass cannot take (not CPU float32 contiguous, its group has
+    weight decay, amsgrad or maximize, or the engine's device paths are forced,
+    ``MMSAE_ENGINE=torch``) and every other parameter go through torch's Adam, and then the
+    model's hooks do the projection and renormalisation as usual (on the device paths: all of
+    them, as on CUDA, where the loop uses torch's Adam)."""
 
     def __init__(self, params, unit_rows: Iterable[torch.Tensor] = (), **kwargs):
         super().__init__(params, **kwargs)
@@ -56,8 +59,9 @@ class RowAdam(torch.optim.Adam):
 
     @staticmethod
     def _takes(p: torch.Tensor, group: dict) -> bool:
-        """Whether the compiled pass can update ``p`` (fixed for the optimiser's life)."""
-        return (p.device.type == "cpu" and p.dtype == torch.float32 and p.dim() == 2 and p.is_contiguous()
+        """Whether the compiled pass can update ``p`` (fixed for the optimiser's life; never on the
+        device paths, CUDA or forced on CPU: :mod:`mmsae.engine.device_paths`)."""
+        return (not uses_device_paths(p) and p.dtype == torch.float32 and p.dim() == 2 and p.is_contiguous()
                 and not group["amsgrad"] and not group["maximize"] and group["weight_decay"] == 0
                 and not group.get("differentiable", False) and not group.get("capturable", False)
                 and not torch.is_tensor(group["lr"]))
