@@ -18,7 +18,7 @@
 #   --only LIST               comma-separated notebook numbers to run (e.g. 4,5 or 04,05)
 #   --real / --no-real        also run the notebooks on data/clip_vitb16_coco500.npy (real CLIP, no
 #                             ablations); default: on when neither --data nor --only is given
-#   --no-readme               do not refresh the measured numbers in README.md
+#   --no-readme               do not refresh the measured numbers in README.md nor notebooks/executed/
 #
 # Tables and figures of the synthetic default go to results/ and figures/; those of any other
 # data source to results/<slug>/ and figures/<slug>/ (slug: clip, clap, or the file's stem).
@@ -28,6 +28,12 @@
 # the same folder. Each notebook's wall time is printed; the first failing notebook stops the
 # run and is named; results written by earlier notebooks stay as they are. The notebooks run
 # in this folder: relative paths in --param / --extract values are relative to it.
+#
+# The default run (smoke profile, synthetic data, this folder as --out, no --only, --param or
+# --no-readme) also refreshes README.md's numbers and notebooks/executed/<slug>/NN_name.ipynb: the
+# executed notebooks of both chains without timings or absolute paths (mmsae.study.notebooks),
+# tracked so that the repository page shows them. Every run writes the paired notebooks/NN_name.ipynb
+# that JupyterLab opens where it is missing (git-ignored; the .py twins are the sources).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 caller="$(pwd)"
@@ -59,7 +65,7 @@ while [[ $# -gt 0 ]]; do
     --real) real=on; shift ;;
     --no-real) real=off; shift ;;
     --no-readme) readme=0; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -135,8 +141,15 @@ for kv in "${params[@]+"${params[@]}"}"; do prep+=(--param "$kv"); done
 for kv in "${extract[@]+"${extract[@]}"}"; do prep+=(--extract "$kv"); done
 "$py" -m mmsae.study.runs "${prep[@]}" > "$tmp/plan.tsv" || exit 2
 mapfile -t chains < "$tmp/plan.tsv"
+# the .ipynb twins JupyterLab opens with a double-click (only where missing: a user's outputs stay)
+"$py" -m mmsae.study.notebooks pair "$root/notebooks"
 
 mkdir -p "$out"; out="$(cd "$out" && pwd -P)"
+# the default run refreshes what the repository shows: README numbers and the executed notebooks
+publish=0
+if [[ $readme -eq 1 && "$out" == "$root" && "$profile" == smoke && "$data" == synthetic && -z "$only" && ${#params[@]} -eq 0 ]]; then
+  publish=1
+fi
 for line in "${chains[@]}"; do
   IFS=$'\t' read -r _ run_dir _ _ <<< "$line"
   lock_run "$run_dir"
@@ -155,6 +168,9 @@ for line in "${chains[@]}"; do
     name="$(basename "$yaml" .yaml)"
     start=$(date +%s)
     echo "=== $name"
+    # the kernel draws figures inline (MPLBACKEND=Agg above is for the other steps), so the executed
+    # notebooks show them; the saved files do not depend on the backend
+    MPLBACKEND=module://matplotlib_inline.backend_inline \
     "$py" -m papermill --cwd "$root" --kernel python3 --no-progress-bar --log-output \
         "$nbdir/$name.ipynb" "$nbdir/executed/$name.ipynb" -f "$yaml" > "$nbdir/logs/$name.log" 2>&1 &
     child=$!
@@ -175,8 +191,13 @@ for line in "${chains[@]}"; do
   "$py" -c 'import json,sys; p,d,o,w,f,*t=sys.argv[1:]; nb={k:int(v) for k,v in (x.split("=") for x in t)}
 json.dump({"profile":p,"data":d,"only":o,"wall_time_s":int(w),"notebooks":nb},open(f,"w"),indent=2)' \
     "$profile" "$chain_data" "$only" "$elapsed" "$run_dir/run_all.json" "${times[@]}"
+  if [[ $publish -eq 1 ]]; then  # scrubbed of timings and absolute paths, so a rerun leaves git clean
+    slug="$(basename "$run_dir")"; slug="${slug#"$profile"-}"
+    "$py" -m mmsae.study.notebooks publish --executed "$nbdir/executed" --dest "$root/notebooks/executed/$slug" --root "$root"
+    echo "executed notebooks: notebooks/executed/$slug/"
+  fi
 done
 
-if [[ $readme -eq 1 && "$out" == "$root" && "$profile" == smoke && "$data" == synthetic && -z "$only" && ${#params[@]} -eq 0 ]]; then
+if [[ $publish -eq 1 ]]; then
   "$py" scripts/update_readme.py  # the measured numbers; the runtime line only with --runtime
 fi

@@ -1,12 +1,13 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version,-jupytext.text_representation.format_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -462,9 +463,13 @@ pd.DataFrame(sorted(both_named, key=lambda r: -(r["fires_img"] + r["fires_txt"])
 
 # %%
 import html as _html
+import warnings
 
-display(HTML(f'<iframe srcdoc="{_html.escape((browser_dir / f"{show}.html").read_text(encoding="utf-8"))}" '
-             'style="width:100%;height:520px;border:1px solid #ccc"></iframe>'))
+with warnings.catch_warnings():  # IPython suggests IFrame, which needs a served URL; srcdoc works from the file
+    warnings.simplefilter("ignore", UserWarning)
+    inline = HTML(f'<iframe srcdoc="{_html.escape((browser_dir / f"{show}.html").read_text(encoding="utf-8"))}" '
+                  'style="width:100%;height:520px;border:1px solid #ccc"></iframe>')
+display(inline)
 
 # %%
 from mmsae.eval.analysis import headline_summary
