@@ -703,6 +703,10 @@ def main(argv=None) -> int:
     peer_line = ", ".join(f"{k} {v}" for k, v in versions.items() if v) or "none installed"
     meta = dict(device=device_desc, load0=load0, load1=load1, m=args.m, k=args.k)
     cmd = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    pk = df[df.method == "sgemm-peak"] if "method" in df else df.iloc[:0]
+    peaks = ", ".join(f"{float(r.gflops):.0f} GFLOP/s on {int(r.threads)} thread(s)" for r in pk.itertuples()
+                      if "gflops" in pk and "threads" in pk)
+    device_desc = device_desc + (f" (sgemm peak {peaks}: every ratio below depends on the machine)" if peaks else "")
     header = (f"Measured by `{cmd}` on: {device_desc}; torch {torch.__version__}; shape d={args.d}, m={args.m}, "
               f"K={args.k}; peers: {peer_line}; OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}. "
               f"1-minute load average {load0:.2f} before the run and {load1:.2f} "

@@ -323,6 +323,50 @@ def comparison_section() -> str:
     return head + ".\n\n" + _md(out)
 
 
+def paperscale_section() -> str:
+    """The paper-scale run (scripts/paper_scale.py): its tables beside the paper's Fig. 3 counts and the
+    smoke run's, and its measured wall times and peak memory (docs/paper_scale.json)."""
+    big_res = RunPaths(ROOT, "paper", DEFAULT_DATA).results
+    big, syn = _headline(big_res), _headline(RES)
+    if big is None:
+        raise FileNotFoundError(2, "missing", str(big_res / "headline.json"))
+    pp = paper.neuron_categories().set_index("model")
+    gt = pd.read_csv(big_res / "ground_truth.csv").set_index("model") if (big_res / "ground_truth.csv").exists() else None
+    rows = []
+    for name in big["models"]:
+        m = big["models"][name]["m"]
+        row = {"model": name,
+               "both / img-only / txt-only / dead: paper": ("{:.2f} / {:.2f} / {:.2f} / {:.2f}".format(
+                   *(pp.loc[name, c] / 8192 for c in ("both", "image_only", "text_only", "dead")))
+                   if name in pp.index else "–"),
+               "both / img-only / txt-only / dead: paper scale (ours)": " / ".join(
+                   _cell(big, name, c, frac_of_m=True) for c in ("both", "image_only", "text_only", "dead")),
+               "both, any firing: paper scale": _cell(big, name, "both_min1", frac_of_m=True),
+               "both / dead: smoke": (_cell(syn, name, "both", frac_of_m=True) + " / "
+                                      + _cell(syn, name, "dead", frac_of_m=True)) if syn else "–",
+               "unimodal share: paper scale / smoke": (_cell(big, name, "unimodal_share") + " / "
+                                                       + _cell(syn, name, "unimodal_share")),
+               "MMS img-txt": _cell(big, name, "mms_img_txt_mean_alive", 3),
+               "R@1 img→txt (codes)": _cell(big, name, "code_x2y_R@1", 3)}
+        for k in [c for c in big["models"][name] if c.startswith("zs_") and c.endswith("_code")]:
+            row[f"zero-shot {k[3:-5]} (codes)"] = _cell(big, name, k, 3)
+        if gt is not None and name in gt.index:
+            row["atom recovery"] = _fmt(float(gt.loc[name, "gt_recovery_mean"]))
+        rows.append(row)
+    text = (f"{_rule_note(big, '**Paper scale (ours)**')}; {int(round(m))} latents, K = 32, 25,000 steps x 128 pairs, "
+            "lambda 0.05, mask rate 0.2, one seed; fractions of the dictionary (the paper's counts / 8192). "
+            "From `results/paper-synthetic/`.\n\n" + _md(pd.DataFrame(rows)))
+    f = ROOT / "docs" / "paper_scale.json"
+    if f.exists():
+        rec = json.loads(f.read_text())
+        nbs = rec["notebooks"]
+        text += ("\n\nMeasured end to end on " + rec["machine"] + " (`scripts/paper_scale.py`, each notebook its own "
+                 "process): " + ", ".join(f"{r['notebook']} {r['wall_s'] / 60:.1f} min (peak {r['peak_rss_gib']:.1f} GiB, "
+                                          f"load {r['load_before']:.2f})" for r in nbs)
+                 + f"; {sum(r['wall_s'] for r in nbs) / 60:.0f} min in all.")
+    return text
+
+
 def steering_section() -> str:
     parts = []
     for label, res in (("Synthetic", RES), ("Real CLIP", _real_results())):
@@ -371,7 +415,7 @@ def runtime_section() -> str:
 
 
 SECTIONS = {"categories": categories_section, "headline": headline_section, "zeroshot": zeroshot_section,
-            "names": names_section, "concepts": concepts_section, "comparison": comparison_section,
+            "names": names_section, "paperscale": paperscale_section, "concepts": concepts_section, "comparison": comparison_section,
             "steering": steering_section, "runtime": runtime_section}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 __all__ = [
@@ -74,6 +75,86 @@ def _check_2d(name: str, a: torch.Tensor) -> None:
         raise ValueError(f"{name} must be 2-D, got shape {tuple(a.shape)}")
 
 
+#: Entries of one row block in the dense scans over codes (:func:`_code_stats`): 4 Mi
+#: entries (16 MiB of float32, a 4 MiB boolean mask), so a block stays in cache-sized
+#: pieces and no ``(N, m)`` temporary (mask or float64 copy) is ever made.
+_SCAN_ENTRIES = 1 << 22
+
+
+def _as_numpy_2d(name: str, a) -> np.ndarray:
+    """``a`` as a 2-D float32 or float64 numpy array without a copy where possible (numpy
+    float arrays, CPU tensors); other dtypes become float64."""
+    if isinstance(a, torch.Tensor):
+        a = a.detach().to("cpu")
+        if a.dtype not in (torch.float32, torch.float64):
+            a = a.to(torch.float64)
+        a = a.numpy()
+    a = np.asarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {tuple(a.shape)}")
+    return a
+
+
+def _code_stats(name: str, z, threshold: float, sums: bool = False):
+    """One blocked pass over ``z`` ``(N, m)``: firing counts per row (int64 ``(N,)``) and per
+    column (int64 ``(m,)``), and, if ``sums``, float64 column sums (``(m,)``, else ``None``).
+    A firing is an entry ``> threshold`` after rounding to float32 (what :func:`to_tensor`
+    does); the sums use the values as given, in float64. With ``threshold >= 0`` only the
+    non-zero entries of each block are visited after one scan for them (K-sparse codes:
+    K per row), then counted and summed with ``bincount``. Memory: one row block
+    (:data:`_SCAN_ENTRIES` entries) at a time, never an ``(N, m)`` mask or float64 copy."""
+    a = _as_numpy_2d(name, z)
+    n, m = a.shape
+    rows_fire = np.zeros(n, np.int64)
+    cols_fire = np.zeros(m, np.int64)
+    col_sum = np.zeros(m) if sums else None
+    step = max(1, _SCAN_ENTRIES // max(m, 1))
+    for s in range(0, n, step):
+        b = a[s:s + step]
+        if threshold >= 0:  # only non-zero entries can fire: count from the (sparse) non-zeros
+            idx = np.flatnonzero(b != 0)  # a boolean scan: much faster than np.nonzero of the floats
+            r, c = np.divmod(idx, m)
+            v = b.ravel()[idx]
+            f = v.astype(np.float32, copy=False) > threshold
+            rows_fire[s:s + step] = np.bincount(r[f], minlength=len(b))
+            cols_fire += np.bincount(c[f], minlength=m)
+            if sums:
+                col_sum += np.bincount(c, weights=v, minlength=m)
+        else:  # zeros fire too
+            f = b.astype(np.float32, copy=False) > threshold
+            rows_fire[s:s + step] = np.count_nonzero(f, axis=1)
+            cols_fire += np.count_nonzero(f, axis=0)
+            if sums:
+                col_sum += b.sum(0, dtype=np.float64)
+    return rows_fire, cols_fire, col_sum
+
+
+def _scaled_min_count(rows_x: np.ndarray, rows_y: np.ndarray, m: int, min_count, min_frac: float) -> int:
+    """:func:`category_min_count` from per-row firing counts of each modality."""
+    if isinstance(min_count, (int, np.integer)) and not isinstance(min_count, bool):
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        return int(min_count)
+    if min_count != "scaled":
+        raise ValueError(f"min_count must be a positive int or 'scaled', got {min_count!r}")
+    if not 0.0 < min_frac <= 1.0:
+        raise ValueError(f"min_frac must be in (0, 1], got {min_frac}")
+    n = len(rows_x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        k_eff = 0.5 * (float(np.mean(rows_x)) + float(np.mean(rows_y)))
+    expected = n * k_eff / max(m, 1)
+    return max(1, int(round(min_frac * expected)))
+
+
+def _modality_score_from_sums(sx: np.ndarray, sy: np.ndarray, nx: int, ny: int) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ex, ey = sx / nx, sy / ny
+        tot = ex + ey
+        return np.where(tot > 0, ex / np.where(tot > 0, tot, 1.0), np.nan)
+
+
 # --------------------------------------------------------------------------- neurons
 def category_min_count(z_x, z_y, min_count: int | str = "scaled", min_frac: float = 0.2,
                        threshold: float = 0.0) -> int:
@@ -89,18 +170,11 @@ def category_min_count(z_x, z_y, min_count: int | str = "scaled", min_frac: floa
     whatever ``N``, so the categories do not drift with the number of held-out pairs.
     """
     if isinstance(min_count, (int, np.integer)) and not isinstance(min_count, bool):
-        if min_count < 1:
-            raise ValueError(f"min_count must be >= 1, got {min_count}")
-        return int(min_count)
-    if min_count != "scaled":
-        raise ValueError(f"min_count must be a positive int or 'scaled', got {min_count!r}")
-    if not 0.0 < min_frac <= 1.0:
-        raise ValueError(f"min_frac must be in (0, 1], got {min_frac}")
-    zx, zy = to_tensor(z_x), to_tensor(z_y)
-    n, m = zx.shape
-    k_eff = 0.5 * ((zx > threshold).sum(1).double().mean() + (zy > threshold).sum(1).double().mean()).item()
-    expected = n * k_eff / max(m, 1)
-    return max(1, int(round(min_frac * expected)))
+        return _scaled_min_count(np.zeros(0), np.zeros(0), 1, min_count, min_frac)
+    _scaled_min_count(np.zeros(1), np.zeros(1), 1, min_count, min_frac)  # argument checks first
+    rx, cx, _ = _code_stats("z_x", z_x, threshold)
+    ry, _, _ = _code_stats("z_y", z_y, threshold)
+    return _scaled_min_count(rx, ry, len(cx), min_count, min_frac)
 
 
 def category_rule(min_count: int | str = "scaled", min_frac: float = 0.2, threshold: float = 0.0) -> str:
@@ -129,16 +203,14 @@ def neuron_categories(z_x, z_y, threshold: float = 0.0, min_count: int | str = 1
     :data:`CATEGORY_NAMES`, ``count_x`` / ``count_y``: per-latent numbers of firing samples
     (int64 arrays), and ``min_count``: the count that was applied.
     """
-    zx, zy = to_tensor(z_x), to_tensor(z_y)
-    _check_2d("z_x", zx)
-    _check_2d("z_y", zy)
-    if zx.shape[1] != zy.shape[1]:
+    _scaled_min_count(np.zeros(1), np.zeros(1), 1, min_count, min_frac)  # argument checks first
+    rx, cx, _ = _code_stats("z_x", z_x, threshold)
+    ry, cy, _ = _code_stats("z_y", z_y, threshold)
+    if len(cx) != len(cy):
         raise ValueError("z_x and z_y must have the same number of latents")
-    mc = category_min_count(zx, zy, min_count, min_frac, threshold)
-    cx = (zx > threshold).sum(0).numpy().astype(np.int64)
-    cy = (zy > threshold).sum(0).numpy().astype(np.int64)
+    mc = _scaled_min_count(rx, ry, len(cx), min_count, min_frac)
     fx, fy = cx >= mc, cy >= mc
-    cats = np.full(zx.shape[1], "dead", dtype=object)
+    cats = np.full(len(cx), "dead", dtype=object)
     cats[fx & ~fy] = "image_only"
     cats[~fx & fy] = "text_only"
     cats[fx & fy] = "both"
@@ -168,14 +240,17 @@ def split_measures(z_x, z_y, threshold: float = 0.0, min_count: int | str = "sca
       both modalities, 0 = every latent is unimodal);
     * ``n_scored``: how many latents were scored, ``min_count`` the count applied.
     """
-    zx, zy = to_tensor(z_x), to_tensor(z_y)
-    _check_2d("z_x", zx)
-    _check_2d("z_y", zy)
     if not 0.0 <= unimodal_cut < 0.5:
         raise ValueError(f"unimodal_cut must be in [0, 0.5), got {unimodal_cut}")
-    mc = category_min_count(zx, zy, min_count, min_frac, threshold)
-    tot = ((zx > threshold).sum(0) + (zy > threshold).sum(0)).numpy()
-    score = modality_score(zx, zy)
+    _scaled_min_count(np.zeros(1), np.zeros(1), 1, min_count, min_frac)  # argument checks first
+    # one pass per modality: firing counts and the column sums of the modality score
+    rx, cx, sx = _code_stats("z_x", z_x, threshold, sums=True)
+    ry, cy, sy = _code_stats("z_y", z_y, threshold, sums=True)
+    if len(cx) != len(cy):
+        raise ValueError("z_x and z_y must have the same number of latents")
+    mc = _scaled_min_count(rx, ry, len(cx), min_count, min_frac)
+    tot = cx + cy
+    score = _modality_score_from_sums(sx, sy, len(rx), len(ry))
     keep = (tot >= mc) & np.isfinite(score)
     s = score[keep]
     out: dict = {"n_scored": int(keep.sum()), "min_count": int(mc)}
@@ -200,27 +275,37 @@ def modality_score(z_x, z_y) -> np.ndarray:
     1 means image-only, 0 text-only, 0.5 balanced.  NaN where both means are 0 (the latent
     never fires).  Returns a float64 array of shape ``(m,)``.
     """
-    zx, zy = to_tensor(z_x, torch.float64), to_tensor(z_y, torch.float64)
-    ex, ey = zx.mean(0).numpy(), zy.mean(0).numpy()
-    tot = ex + ey
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s = np.where(tot > 0, ex / np.where(tot > 0, tot, 1.0), np.nan)
-    return s
+    rx, _, sx = _code_stats("z_x", z_x, 0.0, sums=True)
+    ry, _, sy = _code_stats("z_y", z_y, 0.0, sums=True)
+    return _modality_score_from_sums(sx, sy, len(rx), len(ry))
 
 
 # --------------------------------------------------------------------------- MMS
-def _firing_sums(z: torch.Tensor, r: torch.Tensor, threshold: float):
+#: mms_scores keeps a reference sparse (scipy) when at most this share of its entries is
+#: non-zero (the paper profile's ground-truth concept codes: about 0.3%).
+_SPARSE_REF_DENSITY = 0.05
+
+
+def _firing_sums(z: torch.Tensor, r, threshold: float):
     """For the entries ``z[j, i] > threshold`` (activations ``a = |z[j, i]|``) return per
     latent ``i``: ``U_i = sum_j a_j r_j`` (m, D), ``s_i = sum_j a_j``,
     ``q_i = sum_j a_j^2 ||r_j||^2`` and ``p_i = sum_j a_j^2`` (float64).  Only the firing
-    entries are used, through a sparse ``(m, N)`` matrix (TopK codes are very sparse)."""
+    entries are used, through a sparse ``(m, N)`` matrix (TopK codes are very sparse).
+    ``r``: a dense float64 tensor (torch sparse product; ``U``, ``s``, ... tensors) or a
+    float64 scipy CSR matrix (scipy sparse product; ``U`` CSR, the rest numpy)."""
     m, n = z.shape[1], z.shape[0]
     rows, cols = (z > threshold).nonzero(as_tuple=True)
     vals = z[rows, cols].double().abs()
+    if sp.issparse(r):
+        v, ij = vals.numpy(), (cols.numpy(), rows.numpy())
+        A = sp.csr_matrix((v, ij), shape=(m, n))
+        A2 = sp.csr_matrix((v * v, ij), shape=(m, n))
+        sqr = np.asarray(r.multiply(r).sum(1)).ravel()
+        return ((A @ r).tocsr(), np.asarray(A.sum(1)).ravel(), A2 @ sqr, np.asarray(A2.sum(1)).ravel())
     A = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (m, n),
                                 check_invariants=False).coalesce()
     A2 = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals * vals, (m, n),
-                                check_invariants=False).coalesce()
+                                 check_invariants=False).coalesce()
     sqr = (r * r).sum(1, keepdim=True)
     ones = torch.ones(n, 1, dtype=torch.float64)
     U = torch.sparse.mm(A, r)
@@ -230,22 +315,55 @@ def _firing_sums(z: torch.Tensor, r: torch.Tensor, threshold: float):
     return U, s, q, p
 
 
-def _mms_pair(za: torch.Tensor, ra: torch.Tensor, zb: torch.Tensor, rb: torch.Tensor,
-              same: bool, threshold: float) -> np.ndarray:
-    """Vectorised MMS for one modality pair; see :func:`mms_scores`."""
-    ua, sa, qa, pa = _firing_sums(za, _normalize_rows(ra.double()), threshold)
+def _np(a) -> np.ndarray:
+    return a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def _row_dots(u, v) -> np.ndarray:
+    """``(u * v).sum(1)`` for two dense tensors or two scipy sparse matrices."""
+    if sp.issparse(u):
+        return np.asarray(u.multiply(v).sum(1)).ravel()
+    return (u * v).sum(1).numpy()
+
+
+def _mms_from_sums(fa, fb, same: bool) -> np.ndarray:
+    """MMS of one modality pair from the :func:`_firing_sums` of each side (``fb`` unused
+    when ``same``); see :func:`mms_scores`."""
+    ua, sa, qa, pa = fa
+    sa = _np(sa)
     if same:
-        num = (ua * ua).sum(1) - qa
-        den = sa * sa - pa
+        num = _row_dots(ua, ua) - _np(qa)
+        den = sa * sa - _np(pa)
         scale = sa * sa
     else:
-        ub, sb, _, _ = _firing_sums(zb, _normalize_rows(rb.double()), threshold)
-        num = (ua * ub).sum(1)
+        sb = _np(fb[1])
+        num = _row_dots(ua, fb[0])
         den = sa * sb
         scale = den
-    num, den, scale = num.numpy(), den.numpy(), scale.numpy()
     ok = den > 1e-9 * np.maximum(scale, _EPS)
     return np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+
+
+def _density(a) -> float:
+    if sp.issparse(a):
+        return a.nnz / max(1, a.shape[0] * a.shape[1])
+    if isinstance(a, torch.Tensor):
+        return int(torch.count_nonzero(a)) / max(1, a.numel())
+    a = np.asarray(a)
+    return np.count_nonzero(a) / max(1, a.size)
+
+
+def _mms_reference(name: str, ref, sparse: bool):
+    """Unit-normalised reference rows in float64: a scipy CSR matrix (``sparse``) or a
+    dense tensor (zero rows stay zero, as :func:`_normalize_rows`)."""
+    if not sparse:
+        r = to_tensor(ref.toarray() if sp.issparse(ref) else ref, torch.float64)
+        _check_2d(name, r)
+        return _normalize_rows(r)
+    r = _as_csr(ref, round_float32=False)
+    norms = np.sqrt(np.asarray(r.multiply(r).sum(1)).ravel())
+    r.data /= np.repeat(np.maximum(norms, _EPS), np.diff(r.indptr))
+    return r
 
 
 def mms_scores(z_x, z_y, ref_x, ref_y, threshold: float = 0.0) -> dict:
@@ -269,26 +387,32 @@ def mms_scores(z_x, z_y, ref_x, ref_y, threshold: float = 0.0) -> dict:
     unit-normalised reference rows, minus the diagonal ``sum_j a_j^2 ||r_j||^2`` when
     ``m == n``; the denominator is ``(sum_j a_j)(sum_k a_k)`` minus ``sum_j a_j^2`` when
     ``m == n``.  Computed in float64 with a sparse ``(m, N)`` matrix of the firing entries
-    (memory ``O(nnz + m * D_ref)``; no ``N x N`` matrix is ever formed).
+    (memory ``O(nnz + m * D_ref)``; no ``N x N`` matrix is ever formed), once per modality
+    (``img_txt`` reuses the sums of ``img_img`` and ``txt_txt``). A sparse reference (at
+    most 5% non-zero entries, e.g. the synthetic ground-truth concept codes, or a scipy
+    sparse matrix) stays sparse: ``Z^T R`` is then a sparse product, ``O(nnz(Z) *
+    nnz/row(R))`` instead of ``O(nnz(Z) * D_ref)``.
 
     Returns ``{"img_img": (m,), "txt_txt": (m,), "img_txt": (m,)}`` float64 arrays
     (``img_img`` uses ``(z_x, ref_x)`` twice, ``txt_txt`` uses ``(z_y, ref_y)``, and
     ``img_txt`` uses image samples against text samples).
     """
     zx, zy = to_tensor(z_x), to_tensor(z_y)
-    rx, ry = to_tensor(ref_x, torch.float64), to_tensor(ref_y, torch.float64)
-    for n, t in (("z_x", zx), ("z_y", zy), ("ref_x", rx), ("ref_y", ry)):
+    for n, t in (("z_x", zx), ("z_y", zy)):
         _check_2d(n, t)
+    sparse = all(_density(r) <= _SPARSE_REF_DENSITY for r in (ref_x, ref_y))
+    rx, ry = _mms_reference("ref_x", ref_x, sparse), _mms_reference("ref_y", ref_y, sparse)
     if zx.shape[0] != rx.shape[0] or zy.shape[0] != ry.shape[0]:
         raise ValueError("codes and reference embeddings must have the same number of rows")
     if zx.shape[1] != zy.shape[1]:
         raise ValueError("z_x and z_y must have the same number of latents")
     if rx.shape[1] != ry.shape[1]:
         raise ValueError("ref_x and ref_y must have the same dimension for img_txt")
+    fx, fy = _firing_sums(zx, rx, threshold), _firing_sums(zy, ry, threshold)
     return {
-        "img_img": _mms_pair(zx, rx, zx, rx, True, threshold),
-        "txt_txt": _mms_pair(zy, ry, zy, ry, True, threshold),
-        "img_txt": _mms_pair(zx, rx, zy, ry, False, threshold),
+        "img_img": _mms_from_sums(fx, None, True),
+        "txt_txt": _mms_from_sums(fy, None, True),
+        "img_txt": _mms_from_sums(fx, fy, False),
     }
 
 
@@ -477,24 +601,163 @@ def zero_shot_report(emb, labels, class_emb, class_names: Sequence[str] | None =
 
 
 # --------------------------------------------------------------------------- ground truth
-def _atom_cos(true_atoms, dictionary) -> torch.Tensor:
+#: Entries (float64) of one dense tile of the ``(concepts, latents)`` correlation or cosine
+#: matrix: 2**22 entries = 32 MiB, so a tile and its temporaries stay near 100 MB whatever
+#: the shapes.
+_TILE_ENTRIES = 1 << 22
+#: Correlations closer than this count as tied (the lowest latent index wins). Latents that
+#: fire on the same few samples often have *mathematically* equal correlations with a concept,
+#: which rounding then orders arbitrarily; the tolerance makes the choice deterministic (and
+#: independent of tiling). It is far above float64 rounding of a correlation and far below
+#: any difference that means something.
+_TIE_TOL = 1e-9
+
+
+def _atom_best(true_atoms, dictionary) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per true atom (row of ``true_atoms``), the best signed cosine to a dictionary atom and
+    its index (ties -> lowest index), float64, in blocks of true atoms: the full ``(c, m)``
+    cosine matrix is never held (3072 x 8192 float64 would be 200 MB)."""
     t = _normalize_rows(to_tensor(true_atoms, torch.float64))
     d = _normalize_rows(to_tensor(dictionary, torch.float64))
     if t.shape[1] != d.shape[1]:
         raise ValueError("true atoms and dictionary atoms must have the same dimension")
-    return t @ d.T  # (c, m)
+    c, m = t.shape[0], d.shape[0]
+    if m == 0:
+        raise ValueError("the dictionary has no atoms")
+    vals = torch.empty(c, dtype=torch.float64)
+    idx = torch.empty(c, dtype=torch.int64)
+    rows = max(1, _TILE_ENTRIES // max(m, 1))
+    dt = d.T.contiguous()
+    for s in range(0, c, rows):
+        v, i = (t[s:s + rows] @ dt).max(1)
+        vals[s:s + rows], idx[s:s + rows] = v, i
+    return vals, idx
 
 
 def atom_recovery(true_atoms, dictionary) -> np.ndarray:
     """For each true atom (row of ``true_atoms`` ``(c, d)``), the best *signed* cosine
     similarity to any dictionary atom (row of ``dictionary`` ``(m, d)``).  Returns ``(c,)``."""
-    return _atom_cos(true_atoms, dictionary).max(1).values.numpy()
+    return _atom_best(true_atoms, dictionary)[0].numpy()
 
 
 def best_latent_by_decoder(true_atoms, dictionary) -> np.ndarray:
     """Index of the dictionary atom with the highest signed cosine to each true atom
     (``(c,)`` int64)."""
-    return _atom_cos(true_atoms, dictionary).argmax(1).numpy().astype(np.int64)
+    return _atom_best(true_atoms, dictionary)[1].numpy().astype(np.int64)
+
+
+def _as_csr(a, round_float32: bool):
+    """``a`` ``(N, k)`` (numpy, torch on any device, scipy sparse, nested sequence) as a
+    float64 :class:`scipy.sparse.csr_matrix` without explicit zeros. ``round_float32``
+    rounds the values to float32 first (what ``to_tensor(a)`` does). Dense input is
+    converted in row blocks of :data:`_SCAN_ENTRIES` entries, so no dense float64 copy of
+    ``a`` is made."""
+    if sp.issparse(a):
+        out = sp.csr_matrix(a, copy=True)
+        out.data = out.data.astype(np.float32 if round_float32 else np.float64).astype(np.float64)
+        out.eliminate_zeros()
+        return out
+    if isinstance(a, torch.Tensor):
+        a = a.detach().to("cpu")
+        if a.dtype not in (torch.float32, torch.float64):
+            a = a.to(torch.float64)
+        a = a.numpy()
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2-D array, got shape {a.shape}")
+    dtype = np.float32 if round_float32 else np.float64
+    n, k = a.shape
+    counts = np.zeros(n, np.int64)
+    cols, vals = [], []
+    block_rows = max(1, _SCAN_ENTRIES // max(k, 1))
+    for s in range(0, n, block_rows):
+        b = a[s:s + block_rows].astype(dtype, copy=False)
+        idx = np.flatnonzero(b != 0)  # a boolean scan: much faster than np.nonzero of the floats
+        r, c = np.divmod(idx, k)
+        counts[s:s + len(b)] = np.bincount(r, minlength=len(b))
+        cols.append(c)
+        vals.append(b.ravel()[idx].astype(np.float64))
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    val = np.concatenate(vals) if vals else np.zeros(0)
+    return sp.csr_matrix((val, col, indptr), shape=(n, k))
+
+
+def _round_float32(a):
+    """A CSR matrix with its values rounded to float32 (kept as float64), zeros dropped."""
+    out = a.copy()
+    out.data = out.data.astype(np.float32).astype(np.float64)
+    out.eliminate_zeros()
+    return out
+
+
+def _column_moments(a) -> tuple[np.ndarray, np.ndarray]:
+    """Column sums and reciprocal centred norms ``1 / ||a_j - mean(a_j)||`` of a CSR matrix
+    (0 where the centred norm is ``<= eps``: a constant column correlates 0 with anything).
+    The centred sum of squares is summed over the stored entries plus ``(N - nnz_j)
+    mean_j^2`` for the zeros, so there is no cancellation."""
+    n, k = a.shape
+    col = a.indices
+    sums = np.bincount(col, weights=a.data, minlength=k).astype(np.float64)
+    nnz = np.bincount(col, minlength=k)
+    mu = sums / max(n, 1)
+    css = np.bincount(col, weights=(a.data - mu[col]) ** 2, minlength=k) + (n - nnz) * mu * mu
+    norm = np.sqrt(css)
+    inv = np.zeros(k)
+    ok = norm > _EPS
+    inv[ok] = 1.0 / norm[ok]
+    return sums, inv
+
+
+def _corr_best_csr(t, z, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`activation_correlation_best` on float64 CSR matrices ``t`` ``(N, c)`` and
+    ``z`` ``(N, m)``.
+
+    Pearson correlation ``corr(t_c, z_j) = (S_cj - mean(t_c) sum(z_j)) / (||t_c - mean|| ||z_j -
+    mean||)`` with ``S = t^T z``, a sparse product (``N * nnz/row(t) * nnz/row(z)`` multiply-adds,
+    not ``N * c * m``). ``S`` is formed in tiles of ``rows`` concepts x ``chunk`` latents
+    (about :data:`_TILE_ENTRIES` entries); each tile is made dense, corrected for the means and
+    scaled, and its row maxima merged into the running best in latent order: a later tile
+    wins only by more than :data:`_TIE_TOL`, and within a tile the lowest latent within
+    :data:`_TIE_TOL` of the maximum is taken, so ties go to the lowest latent index whatever
+    the tiling."""
+    n, c = t.shape
+    m = z.shape[1]
+    best_val = np.full(c, -np.inf)
+    best_idx = np.full(c, -1, dtype=np.int64)
+    if c == 0 or m == 0:
+        return best_idx, best_val
+    if n == 0:  # no samples: every correlation is 0 (no positive one)
+        return best_idx, np.zeros(c)
+    t_sum, t_inv = _column_moments(t)
+    z_sum, z_inv = _column_moments(z)
+    t_g = (t_sum / n) * t_inv  # mean(t_c) / ||t_c - mean||
+    z_h = z_sum * z_inv  # sum(z_j) / ||z_j - mean||
+    chunk = max(1, int(chunk))
+    rows = max(1, _TILE_ENTRIES // min(chunk, m))
+    tt = t.T.tocsr()  # (c, N)
+    zc = z.tocsc()
+    z_chunks = [(s, zc[:, s:s + chunk].tocsr()) for s in range(0, m, chunk)]
+    for r0 in range(0, c, rows):
+        tr = tt[r0:r0 + rows]
+        r1 = r0 + tr.shape[0]
+        g, ti = t_g[r0:r1, None], t_inv[r0:r1, None]
+        bv, bi = best_val[r0:r1], best_idx[r0:r1]
+        for s, zb in z_chunks:
+            tile = (tr @ zb).toarray()  # (rows, chunk) float64: the cross term S
+            tile *= ti
+            tile *= z_inv[None, s:s + zb.shape[1]]
+            tile -= g * z_h[None, s:s + zb.shape[1]]
+            v = tile.max(1)
+            # the lowest latent within _TIE_TOL of the tile's best (a tie up to rounding)
+            i = (tile >= (v - _TIE_TOL)[:, None]).argmax(1)
+            new = v > bv + _TIE_TOL  # a clearly better latent: take it
+            tie = ~new & (v > bv)  # a tie with an earlier (lower) latent: keep it, raise the value
+            bi[new] = i[new] + s
+            bv[new | tie] = v[new | tie]
+    best_idx[~(best_val > 0)] = -1
+    return best_idx, best_val
 
 
 def activation_correlation_best(true_codes, z, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -502,31 +765,27 @@ def activation_correlation_best(true_codes, z, chunk: int = 1024) -> tuple[np.nd
     ``z`` ``(N, m)``) with the largest Pearson correlation between the concept coefficient and
     the latent activation across the ``N`` samples, and that correlation.
 
-    A constant column (on either side) has correlation 0 with everything.  If the best
-    correlation is <= 0 (no latent co-varies positively) the index is ``-1``.  Chunked over
-    latents, float64.  Returns ``(indices int64 (c,), correlations float64 (c,))``.
+    A constant column (on either side; centred norm ``<= 1e-12``) has correlation 0 with
+    everything.  If the best correlation is <= 0 (no latent co-varies positively) the index
+    is ``-1``.  Ties go to the lowest latent index; correlations within ``1e-9`` of each
+    other count as tied (latents firing on the same few samples are often mathematically
+    tied, and rounding would otherwise pick one at random).  ``true_codes`` is used in float64,
+    ``z`` rounded to float32 (as :func:`to_tensor` does) and then used in float64; either
+    may also be a scipy sparse matrix.
+
+    Sparse: both sides are taken as CSR matrices (only their non-zeros), the numerator's
+    cross term ``sum_n t_nc z_nm`` is a sparse product and the means enter as a rank-one
+    correction, so the cost is ``O(N * nnz/row(t) * nnz/row(z))`` for the product plus
+    ``O(c * m)`` cheap element-wise work (no ``N x c x m`` matmul, no dense float64 copy
+    of the inputs). The ``(c, m)`` correlation matrix is formed only in tiles of ``chunk``
+    latents (about 32 MiB each). Returns ``(indices int64 (c,), correlations float64 (c,))``;
+    with no latent (``m = 0``) every index is ``-1`` and every correlation ``-inf``.
     """
-    t = to_tensor(true_codes, torch.float64)
-    zz = to_tensor(z)
+    t = _as_csr(true_codes, round_float32=False)
+    zz = _as_csr(z, round_float32=True)
     if t.shape[0] != zz.shape[0]:
         raise ValueError("true_codes and z must have the same number of rows")
-    tc = t - t.mean(0, keepdim=True)
-    tn = tc.norm(dim=0)
-    tc = torch.where(tn > _EPS, tc / tn.clamp_min(_EPS), torch.zeros_like(tc))
-    best_val = torch.full((t.shape[1],), -np.inf, dtype=torch.float64)
-    best_idx = torch.full((t.shape[1],), -1, dtype=torch.int64)
-    for s in range(0, zz.shape[1], chunk):
-        zc = zz[:, s:s + chunk].double()
-        zc = zc - zc.mean(0, keepdim=True)
-        zn = zc.norm(dim=0)
-        zc = torch.where(zn > _EPS, zc / zn.clamp_min(_EPS), torch.zeros_like(zc))
-        corr = tc.T @ zc  # (c, chunk)
-        v, i = corr.max(1)
-        upd = v > best_val
-        best_val = torch.where(upd, v, best_val)
-        best_idx = torch.where(upd, i + s, best_idx)
-    best_idx = torch.where(best_val > 0, best_idx, torch.full_like(best_idx, -1))
-    return best_idx.numpy(), best_val.numpy()
+    return _corr_best_csr(t, zz, chunk=chunk)
 
 
 def best_latent_by_activation(true_codes, z, chunk: int = 1024) -> np.ndarray:
@@ -594,22 +853,29 @@ def ground_truth_report(true_atoms_x, true_atoms_y, concept_kind, codes_x, codes
     sel_y = (kind == 0) | (kind == 2)
     shared = kind == 0
     ax, ay = to_tensor(true_atoms_x, torch.float64), to_tensor(true_atoms_y, torch.float64)
-    rec_x = atom_recovery(ax[torch.as_tensor(sel_x)], dict_x) if sel_x.any() else np.zeros(0)
-    rec_y = atom_recovery(ay[torch.as_tensor(sel_y)], dict_y) if sel_y.any() else np.zeros(0)
+    # one blocked pass per modality gives both the recovery (max) and the decoder index (argmax)
+    cos_x, dec_x = (v.numpy() for v in _atom_best(ax, dict_x))
+    cos_y, dec_y = (v.numpy() for v in _atom_best(ay, dict_y))
+    rec_x, rec_y = cos_x[sel_x], cos_y[sel_y]
+    dec_x, dec_y = dec_x.astype(np.int64), dec_y.astype(np.int64)
     both = np.concatenate([rec_x, rec_y])
 
     def _mean(a):
         return float(a.mean()) if a.size else float("nan")
 
-    dec_x = best_latent_by_decoder(ax, dict_x)
-    dec_y = best_latent_by_decoder(ay, dict_y)
-    act_x = best_latent_by_activation(codes_x, z_x)
-    act_y = best_latent_by_activation(codes_y, z_y)
+    # codes and model codes as sparse matrices once; the three correlations below share them
+    tx, ty = _as_csr(codes_x, round_float32=False), _as_csr(codes_y, round_float32=False)
+    zx, zy = _as_csr(z_x, round_float32=True), _as_csr(z_y, round_float32=True)
+    for name, t, z in (("x", tx, zx), ("y", ty, zy)):
+        if t.shape[0] != z.shape[0]:
+            raise ValueError(f"codes_{name} and z_{name} must have the same number of rows")
+    act_x = _corr_best_csr(tx, zx)[0]
+    act_y = _corr_best_csr(ty, zy)[0]
     slf = single_latent_fraction(act_x, act_y, shared)
     if shared.any():
-        sh = torch.as_tensor(shared)
-        pooled_codes = torch.cat([to_tensor(codes_x)[:, sh], to_tensor(codes_y)[:, sh]])
-        _, pooled_corr = activation_correlation_best(pooled_codes, torch.cat([to_tensor(z_x), to_tensor(z_y)]))
+        # images and captions pooled; the codes enter as float32 (as they always have here)
+        pooled_codes = sp.vstack([_round_float32(tx)[:, shared], _round_float32(ty)[:, shared]], format="csr")
+        _, pooled_corr = _corr_best_csr(pooled_codes, sp.vstack([zx, zy], format="csr"))
         shared_corr = float(np.mean(pooled_corr))
     else:
         shared_corr = float("nan")
