@@ -405,12 +405,13 @@ agree_rows, latent_tables, records = [], [], {}
 for n in names:
     for s in SEEDS:
         a = analyses[(n, s)]
-        nm = (latent_names.name_latents(a.z_x, a.z_y, docs_x, docs_y, threshold=threshold)
+        z_x, z_y = a.z_x, a.z_y  # dense once per model and seed
+        nm = (latent_names.name_latents(z_x, z_y, docs_x, docs_y, threshold=threshold)
               if docs_x is not None else None)
         if nm is not None:
             agree_rows.append({"model": n, "seed": s, **latent_names.agreement_summary(nm, a.categories, seed=s)})
         if s == SEEDS[0]:
-            records[n] = latent_names.latent_records(a.categories, a.modality_score, a.z_x, a.z_y, nm, image_texts,
+            records[n] = latent_names.latent_records(a.categories, a.modality_score, z_x, z_y, nm, image_texts,
                                                      caption_texts, threshold=threshold)
             latent_tables.append(pd.DataFrame([{
                 "model": n, "latent": r["id"], "category": r["category"], "fires_img": r["fires_img"],

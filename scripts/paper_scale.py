@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         done[NOTEBOOKS[n]] = r = run_notebook(n)
         print(f"paper_scale: {NOTEBOOKS[n]} {r['wall_s'] / 60:.1f} min, peak {r['peak_rss_gib']:.1f} GiB", flush=True)
         rec = {"command": COMMAND, "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch "
-                                              f"{torch.__version__}",
+                                              f"{torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
                "date": time.strftime("%Y-%m-%d"),
                "notebooks": [done[k] for k in NOTEBOOKS.values() if k in done]}
         out.write_text(json.dumps(rec, indent=2) + "\n")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+import scipy.sparse as sp
 
 from . import metrics
 from ..data.store import PairedEmbeddings, ZeroShotSet
@@ -25,12 +26,25 @@ __all__ = ["ModelAnalysis", "analyze", "mms_reference", "split_vs_sample_size", 
 
 @dataclass
 class ModelAnalysis:
-    z_x: np.ndarray
-    z_y: np.ndarray
+    """One model's analysis. The held-out codes are kept sparse (``codes_x`` / ``codes_y``: K
+    non-zeros a row, a few MB at the paper's shapes instead of 0.65 GB of dense float32 per
+    model, so notebook 04 can hold every model of a paper-scale comparison); ``z_x`` / ``z_y``
+    give them dense, on demand."""
+
+    codes_x: sp.csr_matrix
+    codes_y: sp.csr_matrix
     categories: np.ndarray
     modality_score: np.ndarray
     mms: dict[str, np.ndarray]
     summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def z_x(self) -> np.ndarray:
+        return self.codes_x.toarray()
+
+    @property
+    def z_y(self) -> np.ndarray:
+        return self.codes_y.toarray()
 
 
 def mms_reference(val: PairedEmbeddings, truth: Mapping[str, Any] | None,
@@ -108,7 +122,7 @@ def analyze(model: Dictionary, val: PairedEmbeddings, ref_x: np.ndarray | None =
         gt = metrics.ground_truth_report(truth["atoms_x"], truth["atoms_y"], truth["concept_kind"],
                                          truth["codes_x"], truth["codes_y"], z_x, z_y, dx, dy)
         s.update({f"gt_{k}": v for k, v in gt.items()})
-    return ModelAnalysis(z_x, z_y, cats["categories"], ms, mms, s)
+    return ModelAnalysis(sp.csr_matrix(z_x), sp.csr_matrix(z_y), cats["categories"], ms, mms, s)
 
 
 def split_vs_sample_size(z_x: np.ndarray, z_y: np.ndarray, sizes, seed: int = 0, threshold: float = 0.0,
