@@ -657,14 +657,7 @@ def _as_csr(a, round_float32: bool):
         out.data = out.data.astype(np.float32 if round_float32 else np.float64).astype(np.float64)
         out.eliminate_zeros()
         return out
-    if isinstance(a, torch.Tensor):
-        a = a.detach().to("cpu")
-        if a.dtype not in (torch.float32, torch.float64):
-            a = a.to(torch.float64)
-        a = a.numpy()
-    a = np.asarray(a)
-    if a.ndim != 2:
-        raise ValueError(f"expected a 2-D array, got shape {a.shape}")
+    a = _as_numpy_2d("the codes", a)
     dtype = np.float32 if round_float32 else np.float64
     n, k = a.shape
     counts = np.zeros(n, np.int64)
