@@ -510,9 +510,12 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     if main:
         sh = SHAPES.get(main[-1]) or next(r for r in records if r["shape"] == main[-1])
         dense_mb = 2 * sh["n_val"] * sh["m"] * 4 / 2**20
-        lines += [f"Held per model after the steps: notebook 04 keeps each model's `ModelAnalysis` (dense float32 "
-                  f"`z_x` and `z_y`, {sh['n_val']} x {sh['m']} each) in its `analyses` dict: {dense_mb:.0f} MB per "
-                  f"model at the {main[-1]} shape, x 7 methods x 3 seeds = {21 * dense_mb / 1024:.1f} GB.", ""]
+        sparse_mb = 2 * sh["n_val"] * sh["k"] * 12 / 2**20  # CSR: a float32 value and an int64 index per entry
+        lines += [f"Held per model after the steps: notebook 04 keeps each model's `ModelAnalysis` in its `analyses` "
+                  f"dict with the codes sparse (`codes_x`, `codes_y`: {sh['k']} non-zeros a row, about "
+                  f"{sparse_mb:.0f} MB per model at the {main[-1]} shape; x 7 methods x 3 seeds = "
+                  f"{21 * sparse_mb / 1024:.2f} GB), densified one model at a time ({dense_mb:.0f} MB) where a step "
+                  "needs them.", ""]
     head = "| step | " + " | ".join(f"{s} s | {s} +RSS MB" for s in main) + \
         (f" | {main[-1]} peak RSS MB | {main[-1]} within bound |" if main else " |")
     lines += [head, "|" + "---|" * (1 + 2 * len(main) + (2 if main else 0))]
