@@ -143,3 +143,15 @@ def test_shipped_coco_captions_label_the_real_pairs():
     from mmsae.eval import metrics
 
     assert metrics.zero_shot_accuracy(zs.emb, zs.labels, zs.class_emb) > 0.8  # real CLIP classifies its classes
+
+
+def test_shipped_captions_match_their_checksum_and_notice():
+    import hashlib
+
+    f = SHIPPED / "clip_vitb16_coco500_captions.json"
+    if not f.exists():
+        pytest.skip("shipped COCO captions not found")
+    assert hashlib.sha256(f.read_bytes()).hexdigest() == \
+        "3a6a04f1697f355d5b2582c053e2bdf11a4b85be51978995272b90c86df7a2ec"
+    notice = (SHIPPED / "README.md").read_text()
+    assert "CC BY 4.0" in notice and "clip_vitb16_coco500_captions.json" in notice
