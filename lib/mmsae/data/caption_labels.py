@@ -104,6 +104,11 @@ def class_mentions(captions: Sequence[Sequence[str]], classes: dict[str, Sequenc
     return out
 
 
+def _needed(captions: Sequence[Sequence[str]], min_captions: int) -> np.ndarray:
+    """``(N, 1)``: how many of each item's captions must name a class (all of them when it has fewer)."""
+    return np.array([min(min_captions, max(1, len(c))) for c in captions])[:, None]
+
+
 def caption_labels(captions: Sequence[Sequence[str]], classes: dict[str, Sequence[str]] | None = None,
                    min_captions: int = 3, counts: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
     """Single-label class of every item among ``classes`` (``-1``: none, or several) by the
@@ -111,7 +116,7 @@ def caption_labels(captions: Sequence[Sequence[str]], classes: dict[str, Sequenc
     under ``classes``, when already computed."""
     classes = CLASS_WORDS if classes is None else classes
     counts = class_mentions(captions, classes) if counts is None else counts
-    need = np.array([min(min_captions, max(1, len(c))) for c in captions])[:, None]
+    need = _needed(captions, min_captions)
     hit = counts >= need
     labels = np.where(hit.sum(1) == 1, hit.argmax(1), -1).astype(np.int64)
     return labels, list(classes)
@@ -123,7 +128,7 @@ def choose_classes(train_captions: Sequence[Sequence[str]], min_train: int = 8, 
     classes = CLASS_WORDS if classes is None else classes
     names = list(classes)
     counts = class_mentions(train_captions, classes)
-    need = np.array([min(min_captions, max(1, len(c))) for c in train_captions])[:, None]
+    need = _needed(train_captions, min_captions)
     cand = np.nonzero((counts >= need).sum(0) >= min_train)[0]
     while len(cand):
         labels, _ = caption_labels(train_captions, {names[c]: classes[names[c]] for c in cand}, min_captions,
