@@ -41,7 +41,8 @@ profile = "smoke"
 data = "synthetic"
 out_dir = ".."
 models = None
-seeds = None  # trained seeds to steer (default: the profile's comparison seeds)
+comparison_seeds = None  # seeds trained by notebooks 02 and 03 (profile default; smoke: 0, 1, 2)
+seeds = None  # trained seeds to steer (default: every comparison seed)
 concept = None  # synthetic: concept index (None: 0); captions: class name or index (None: best-populated class);
 # zero-shot set: class index (None: 0); otherwise caption cluster index (None: 0)
 n_clusters = 8  # label-free data (no truth, no zero-shot set): k-means clusters of the held-out captions
@@ -60,7 +61,7 @@ from mmsae.models import load_model
 from mmsae.study.profiles import get_profile
 from mmsae.study.runs import RunPaths, load_run_data, write_json, write_table
 
-P = get_profile(profile, steer_alphas=alphas, steer_samples=n_samples)
+P = get_profile(profile, comparison_seeds=comparison_seeds, steer_alphas=alphas, steer_samples=n_samples)
 SEEDS = list(seeds if seeds is not None else P["comparison_seeds"])
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
 train, val, truth, zero_shot = load_run_data(paths)

@@ -6,8 +6,9 @@ Notebook 04 analyses every trained model with ``mmsae.study.experiments.evaluate
 UMAP of the decoder atoms and the concept naming. This script measures each of those steps
 on one model at given shapes (held-out pairs N, width d, latents m, K), and checks them
 against the bound of the issue: no step may cost more per model than a tenth of that
-model's training (the paper profile's 25k-step MGSAE run: about 7 minutes on this machine,
-so about 42 s), and memory must fit a 16 GB laptop.
+model's training (the paper profile's 25k-step MGSAE run as measured end to end by
+``scripts/paper_scale.py``, from ``docs/paper_scale.json``; without that file, the issue's
+quoted "about 7 minutes"), and memory must fit a 16 GB laptop.
 
 Data: the synthetic generator (``mmsae.data.synthetic``) at the shape's profile (``paper``
 for d = 512, ``smoke`` for d = 128) with ``n_pairs = N`` (the held-out pairs). Model: an
@@ -54,6 +55,17 @@ MARK = "@@analysis-cost@@"
 #: The paper profile's MGSAE training time per model on this machine (25k steps, batch 128):
 #: "about 7 minutes" (the issue); the bound is a tenth of it.
 QUOTED_TRAIN_S = 420.0
+PAPER_SCALE_JSON = ROOT / "docs" / "paper_scale.json"
+
+
+def measured_train_seconds(path: Path = PAPER_SCALE_JSON) -> float | None:
+    """MGSAE's own training wall time in the paper-scale run (``training`` of docs/paper_scale.json,
+    from the model's ``train_summary.json``), or None when that run has not been measured."""
+    if not path.exists():
+        return None
+    tr = json.loads(path.read_text()).get("training", {})
+    runs = [v["wall_s"] for k, v in tr.items() if k.split("/")[0] == "MGSAE" and v.get("steps") == 25_000]
+    return float(min(runs)) if runs else None
 MEMORY_LIMIT_MB = 16 * 1024
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -593,8 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default=",".join(STEPS), help="steps to measure (default: all)")
     ap.add_argument("--markdown", type=Path, help=f"write the tables into this file between {BEGIN} / {END}")
     ap.add_argument("--json", type=Path, help="write the raw records here")
-    ap.add_argument("--train-seconds", type=float, default=QUOTED_TRAIN_S,
-                    help="one model's training time at the paper profile (default: the quoted 7 min)")
+    ap.add_argument("--train-seconds", type=float, default=None,
+                    help="one model's training time at the paper profile (default: MGSAE's in docs/paper_scale.json, "
+                         "else the quoted 7 min)")
     ap.add_argument("--measure-train-steps", type=int, default=0,
                     help="measure the training time instead: this many MGSAE steps, extrapolated to 25k")
     ap.add_argument("--in-process", action="store_true", help="no fresh process per step (memory less exact)")
@@ -628,10 +641,13 @@ def main(argv: list[str] | None = None) -> int:
         train_s, src = train_seconds(a.measure_train_steps), (
             f"measured: {a.measure_train_steps} MGSAE steps at d = 512, m = 8192, K = 32, batch 128, "
             "extrapolated to 25k steps")
+    elif a.train_seconds is not None:
+        train_s, src = a.train_seconds, "given with --train-seconds"
+    elif (measured := measured_train_seconds()) is not None:
+        train_s, src = measured, ("measured: the paper-scale run's 25k-step MGSAE training on this machine "
+                                  "(docs/paper_scale.json, scripts/paper_scale.py)")
     else:
-        train_s, src = a.train_seconds, (
-            "quoted: a 25k-step MGSAE run at the paper profile takes about 7 minutes on this machine"
-            if a.train_seconds == QUOTED_TRAIN_S else "given with --train-seconds")
+        train_s, src = QUOTED_TRAIN_S, "quoted: a 25k-step MGSAE run at the paper profile takes about 7 minutes on this machine"
     meta.update(machine=machine_info(), load_before=load_before, load_after=os.getloadavg()[0], train_s=train_s,
                 train_source=src, date=time.strftime("%Y-%m-%d"),
                 command="python scripts/analysis_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]))

@@ -53,3 +53,11 @@ def browser():
 
     with headless_chromium() as driver:
         yield driver
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end notebook tests first (stable order otherwise): under ``scripts/test.sh``'s
+    two pytest-xdist workers (``--dist loadfile``: a file's tests, and its module fixtures, stay on
+    one worker) the few long files then start at once and the many short ones fill in around them,
+    instead of one long file starting last and running alone."""
+    items.sort(key=lambda item: item.get_closest_marker("notebooks") is None)

@@ -87,3 +87,12 @@ def test_cli_fresh_process_per_step(ac, tmp_path):
     assert [r["step"] for r in records] == ["categories"]
     r = records[0]
     assert not r.get("error") and r["time_s"] > 0 and not math.isnan(r["process_peak_mb"])
+
+
+def test_bound_comes_from_the_measured_paper_scale_training(ac, tmp_path):
+    f = tmp_path / "paper_scale.json"
+    assert ac.measured_train_seconds(f) is None  # not measured yet: the script falls back to the quote
+    f.write_text('{"notebooks": [], "training": {"SAE/seed0": {"steps": 25000, "wall_s": 900.0, "device": "cpu"}, '
+                 '"MGSAE/seed0": {"steps": 25000, "wall_s": 1234.5, "device": "cpu"}, '
+                 '"MGSAE/seed1": {"steps": 300, "wall_s": 10.0, "device": "cpu"}}}')
+    assert ac.measured_train_seconds(f) == 1234.5  # MGSAE's own 25k-step run, not SAE's, not a short one

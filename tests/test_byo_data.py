@@ -56,7 +56,7 @@ def test_unlabelled_user_embeddings_complete_every_notebook(real, tmp_path, n, d
     if n == 100:
         assert "batch_size 128 exceeds the 80 training pairs" in text  # clamped, with a note
     assert "zero-shot through the SAE is skipped" in text
-    for t in ("neuron_categories", "split_measures", "mms_summary", "reconstruction", "retrieval", "comparison",
+    for t in ("neuron_categories", "split_measures", "firing_profile", "mms_summary", "reconstruction", "retrieval", "comparison",
               "steering", "geometry"):
         assert (res / f"{t}.csv").stat().st_size > 0, t
     assert not (res / "zero_shot.csv").exists()

@@ -29,6 +29,7 @@ __all__ = [
     "category_min_count",
     "category_rule",
     "split_measures",
+    "firing_profile",
     "modality_score",
     "mms_scores",
     "mms_scores_naive",
@@ -264,6 +265,53 @@ def split_measures(z_x, z_y, threshold: float = 0.0, min_count: int | str = "sca
                 "text_share": float(txt.mean()), "score_balance": float((1.0 - np.abs(2.0 * s - 1.0)).mean())})
     for q in (10, 25, 50, 75, 90):
         out[f"score_q{q}"] = float(np.quantile(s, q / 100.0))
+    return out
+
+
+def _column_firings(name: str, z, threshold: float) -> tuple[np.ndarray, int]:
+    """Firings per latent (column) and the number of rows; scipy sparse codes stay sparse."""
+    if sp.issparse(z):
+        z = sp.csr_matrix(z)
+        f = z.data.astype(np.float32, copy=False) > threshold
+        return np.bincount(z.indices[f], minlength=z.shape[1]).astype(np.int64), z.shape[0]
+    _, cols, _ = _code_stats(name, z, threshold)
+    return cols, _as_numpy_2d(name, z).shape[0]
+
+
+def firing_profile(z_x, z_y, threshold: float = 0.0, side_share: float = 0.2, true_codes_x=None,
+                   true_codes_y=None) -> dict:
+    """How a dictionary spends its firings on held-out pairs: the numbers behind the neuron
+    categories when most latents are rare.
+
+    ``z_x``, ``z_y``: ``(N, m)`` codes (dense or scipy sparse). A latent is *frequent* when it
+    fires at least as often as the average latent (``(F_x + F_y) / m``, ``F``: all firings of a
+    modality), *rare* when it fires at all but less, and *unimodal* when its smaller modality
+    has under ``side_share`` of its firings. Returns fractions of the ``m`` latents
+    (``never``, ``rare``, ``frequent``, ``frequent_unimodal``), ``median_firings`` (per latent,
+    both modalities), ``top10_share`` (share of all firings on the 10% most-firing latents),
+    ``firings_frequent_unimodal`` (share of all firings on frequent unimodal latents),
+    ``firings_per_sample`` (mean active latents per embedding) and, with the true codes of
+    synthetic data, ``true_per_sample`` (mean true concepts per embedding) and
+    ``n_true_concepts``."""
+    fx, nx = _column_firings("z_x", z_x, threshold)
+    fy, ny = _column_firings("z_y", z_y, threshold)
+    if fx.shape != fy.shape:
+        raise ValueError(f"z_x and z_y have different widths: {fx.shape[0]} vs {fy.shape[0]}")
+    tot = fx + fy
+    m, all_f = len(tot), max(int(tot.sum()), 1)
+    frequent = tot >= tot.sum() / max(m, 1)
+    side = np.minimum(fx, fy) / np.maximum(tot, 1)
+    uni_freq = frequent & (side < side_share) & (tot > 0)
+    top = np.sort(tot)[::-1][:max(1, m // 10)]
+    out = {"m": m, "never": float(np.mean(tot == 0)), "rare": float(np.mean((tot > 0) & ~frequent)),
+           "frequent": float(np.mean(frequent & (tot > 0))), "frequent_unimodal": float(np.mean(uni_freq)),
+           "median_firings": float(np.median(tot)), "top10_share": float(top.sum() / all_f),
+           "firings_frequent_unimodal": float(tot[uni_freq].sum() / all_f),
+           "firings_per_sample": float(tot.sum() / max(nx + ny, 1))}
+    if true_codes_x is not None and true_codes_y is not None:
+        tx, ty = _column_firings("true_codes_x", true_codes_x, 0.0), _column_firings("true_codes_y", true_codes_y, 0.0)
+        out["true_per_sample"] = float((tx[0].sum() + ty[0].sum()) / max(tx[1] + ty[1], 1))
+        out["n_true_concepts"] = int(len(tx[0]))
     return out
 
 

@@ -1,0 +1,44 @@
+"""The README's numbers are the code's: every generated section equals what scripts/update_readme.py
+makes from the committed results, and none is a placeholder."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ur():
+    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _sections(text: str) -> dict[str, str]:
+    return {m.group(1): m.group(2) for m in
+            re.finditer(r"<!-- results:(\w+):begin -->\n(.*?)\n<!-- results:\1:end -->", text, re.S)}
+
+
+def test_every_generated_section_is_in_step_with_the_results(ur):
+    found = _sections((ROOT / "README.md").read_text())
+    assert set(found) >= set(ur.SECTIONS) - {"runtime"}, "a section of update_readme.py has no markers in README.md"
+    for name, body in found.items():
+        assert "Not generated yet" not in body, f"README section {name!r} is a placeholder"
+        if name == "runtime":  # wall times: rewritten only with --runtime (they differ between runs)
+            continue
+        assert body == ur.SECTIONS[name](), (f"README section {name!r} differs from what scripts/update_readme.py "
+                                             "makes of results/: run it and commit")
+
+
+def test_speed_summary_names_the_machine_and_its_sgemm_peak(ur):
+    import pandas as pd
+
+    b = pd.read_csv(ROOT / "results" / "benchmarks.csv")
+    text = ur.speedmachine_section()
+    for g in b[b["method"] == "sgemm-peak"]["gflops"]:
+        assert f"{g:.0f} GFLOP/s" in text
+    assert b["device_desc"].iloc[0] in text
