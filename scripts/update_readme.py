@@ -387,15 +387,16 @@ def _firing_text(big_res: Path, big: dict) -> str:
     dead_paper = ", ".join(f"{n} {100 * pp.loc[n, 'dead'] / 8192:.0f}%" for n in names if n in pp.index)
     both = {n: big["models"][n] for n in names if n in big.get("models", {})}
     order = ""
-    if {"SAE", "GSAE", "MGSAE"} <= set(both):
-        holds = {rule: all(both[g][col] > both["SAE"][col] for g in ("GSAE", "MGSAE"))
+    base, grouped = PAPER_METHODS[0], PAPER_METHODS[1:]  # SAE; GSAE, MGSAE
+    if set(PAPER_METHODS) <= set(both):
+        holds = {rule: all(both[g][col] > both[base][col] for g in grouped)
                  for rule, col in (("any-firing", "both_min1"), ("scaled", "both"))}
         order = ("The paper's ordering (GSAE and MGSAE above SAE in shared latents) "
                  + ("holds under both rules." if all(holds.values()) else
                     "holds under neither rule." if not any(holds.values()) else
                     f"holds under the {next(r for r, h in holds.items() if h)} rule only.")
                  + " MGSAE's unimodal share among the latents that fire enough to be scored is "
-                 + ("below" if big["models"]["MGSAE"]["unimodal_share"] < big["models"]["SAE"]["unimodal_share"] - 0.02
+                 + ("below" if big["models"][grouped[-1]]["unimodal_share"] < big["models"][base]["unimodal_share"] - 0.02
                     else "not below") + " SAE's.")
     k_big = int(round(b["firings_per_sample"].max()))
     k_s = int(round(sm["firings_per_sample"].max()))
