@@ -132,10 +132,12 @@ def training_times() -> dict:
 
 
 def markdown(rec: dict) -> str:
-    rows = ["| notebook | wall time | peak resident memory | load before / after |", "|---|---|---|---|"]
+    rows = ["| notebook | wall time | peak resident memory | load before / after | OMP_NUM_THREADS | note |",
+            "|---|---|---|---|---|---|"]
     for r in rec["notebooks"]:
         rows.append(f"| `{r['notebook']}` | {r['wall_s'] / 60:.1f} min | {r['peak_rss_gib']:.1f} GiB | "
-                    f"{r['load_before']:.2f} / {r['load_after']:.2f} |")
+                    f"{r['load_before']:.2f} / {r['load_after']:.2f} | {r.get('omp_num_threads', '?')} | "
+                    f"{r.get('note', '')} |")
     total = sum(r["wall_s"] for r in rec["notebooks"])
     tt = rec.get("training", {})
     train = ("\n\nTraining time of each model (its own `train_summary.json`; a notebook reuses a model already "
@@ -149,7 +151,7 @@ def markdown(rec: dict) -> str:
                       f"{r['threads']} thread(s): step {r['loop_step_ms']:.1f} ms, GEMM {r['gemm_ms']:.1f} ms "
                       f"({r['gemm_gflops_before']:.0f} / {r['gemm_gflops_after']:.0f} GFLOP/s before / after), step = "
                       f"{r['step_over_gemm']:.2f} x GEMM" for r in sc) + ".")
-    return (f"Measured by `scripts/paper_scale.py` on {rec['machine']}: `{rec['command']}` (each notebook its own "
+    return (f"Measured by `scripts/paper_scale.py` on {rec['machine'].split(', OMP_NUM_THREADS')[0]}: `{rec['command']}` (each notebook its own "
             f"`--only N` run). Total {total / 60:.1f} min; peak {max(r['peak_rss_gib'] for r in rec['notebooks']):.1f} "
             f"GiB (the whole process tree of a notebook).\n\n" + "\n".join(rows) + train)
 

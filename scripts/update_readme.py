@@ -361,7 +361,8 @@ def paperscale_section() -> str:
     if f.exists():
         rec = json.loads(f.read_text())
         nbs = rec["notebooks"]
-        text += ("\n\nMeasured end to end on " + rec["machine"] + " (`scripts/paper_scale.py`, each notebook its own "
+        text += ("\n\nMeasured end to end on " + rec["machine"].split(", OMP_NUM_THREADS")[0]
+                 + " (`scripts/paper_scale.py`, each notebook its own "
                  "process): " + ", ".join(f"{r['notebook']} {r['wall_s'] / 60:.1f} min (peak {r['peak_rss_gib']:.1f} GiB, "
                                           f"load {r['load_before']:.2f})" for r in nbs)
                  + f"; {sum(r['wall_s'] for r in nbs) / 60:.0f} min in all.")
