@@ -14,6 +14,19 @@ SHARED = ROOT.parent / "shared" / "data"
 SHIPPED = ROOT / "data"  # the same MIT-licensed files, shipped with the project (data/README.md)
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (the scripts are not a package), with ``scripts/`` on the path."""
+    import importlib.util
+    import sys
+
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location(f"mmsae_script_{name}", ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture
 def threads():
     """``threads(n)`` sets torch's intra-op thread count for the test, restored afterwards."""

@@ -1,21 +1,19 @@
 """scripts/analysis_cost.py at tiny shapes: every analysis step is measured and tabulated."""
 
-import importlib.util
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def ac():
-    spec = importlib.util.spec_from_file_location("analysis_cost", ROOT / "scripts" / "analysis_cost.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("analysis_cost")
 
 
 @pytest.fixture

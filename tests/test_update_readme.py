@@ -1,21 +1,19 @@
 """The README's numbers are the code's: every generated section equals what scripts/update_readme.py
 makes from the committed results, and none is a placeholder."""
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def ur():
-    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("update_readme")
 
 
 def _sections(text: str) -> dict[str, str]:

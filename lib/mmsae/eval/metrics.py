@@ -274,8 +274,8 @@ def _column_firings(name: str, z, threshold: float) -> tuple[np.ndarray, int]:
         z = sp.csr_matrix(z)
         f = z.data.astype(np.float32, copy=False) > threshold
         return np.bincount(z.indices[f], minlength=z.shape[1]).astype(np.int64), z.shape[0]
-    _, cols, _ = _code_stats(name, z, threshold)
-    return cols, _as_numpy_2d(name, z).shape[0]
+    rows, cols, _ = _code_stats(name, z, threshold)
+    return cols, len(rows)
 
 
 def firing_profile(z_x, z_y, threshold: float = 0.0, side_share: float = 0.2, true_codes_x=None,
