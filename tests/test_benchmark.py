@@ -5,7 +5,6 @@ asserted (timings are never test conditions)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
