@@ -84,16 +84,18 @@ plots.save_figure(fig, "training_group_sparse", paths.figures)
 # %% [markdown]
 # ## Every method on the same data
 #
-# The comparison of notebook 04 puts seven methods side by side, all trained by the same
+# The comparison of notebook 04 puts every method side by side, all trained by the same
 # loop on the same pairs and saved the same way (`mmsae.study.experiments.METHODS`):
 #
 # | method | what couples an image to its caption |
 # |---|---|
 # | SAE | nothing (pooled TopK) |
-# | BatchTopK | nothing (pooled; TopK over the whole batch, learned threshold at inference) |
-# | Matryoshka | nothing (pooled BatchTopK; nested prefixes of the dictionary each reconstruct) |
+# | CentredSAE | nothing but centring: the SAE with one pre-bias per modality (GSAE at lambda = 0) |
 # | GSAE | shared dictionary + l2,1 group penalty over each latent's two activations |
 # | MGSAE | GSAE + one cross-modal random mask per pair |
+# | MaskedSAE | CentredSAE + the cross-modal mask (MGSAE at lambda = 0) |
+# | BatchTopK | nothing (pooled; TopK over the whole batch, learned threshold at inference) |
+# | Matryoshka | nothing (pooled BatchTopK; nested prefixes of the dictionary each reconstruct) |
 # | ModalitySpecific | one TopK SAE per modality, latents matched after training (Pearson correlation on the training pairs, Hungarian algorithm) |
 # | SharedSupport | one TopK over the summed pre-activations: both members use the same K latents |
 #
@@ -113,9 +115,8 @@ t0 = time.perf_counter()
 trained = train_methods(P["methods"], P["comparison_seeds"], train, P, paths.root / "models", device=device,
                         tensorboard_dir=tb_dir)
 timings["comparison"] = time.perf_counter() - t0
-print(f"{len(trained)} models ({len(P['methods'])} methods x seeds {P['comparison_seeds']}) in "
-      f"{timings['comparison']:.0f} s")
-trained.groupby("model", sort=False)["wall_time_s"].agg(["mean", "std"]).round(1)
+# wall times go to the untracked run folder (train_timings_methods.json, below), never into the notebook
+print(f"{len(trained)} models: {len(P['methods'])} methods x seeds {P['comparison_seeds']}")
 
 # %%
 fig = plot_training_logs(paths.root / "models", P["methods"], P["comparison_seeds"])
@@ -143,7 +144,7 @@ if run_ablations:
         t0 = time.perf_counter()
         runs = run_sweep(sweep, train, None, P, models_dir=paths.root / "models", evaluate=False, device=device)
         timings[f"ablation_{sweep}"] = time.perf_counter() - t0
-        print(f"{sweep}: {len(runs)} models, {timings[f'ablation_{sweep}']:.0f} s")
+        print(f"{sweep}: {len(runs)} models")
 
 # %% [markdown]
 # ## The synthetic alpha sweep
@@ -162,6 +163,5 @@ if run_alpha_sweep:
     t0 = time.perf_counter()
     runs = sweep_alpha(P, models_dir=paths.root / "models", evaluate=False, device=device)
     timings["alpha_sweep"] = time.perf_counter() - t0
-    print(f"alpha sweep: {len(runs)} models, {timings['alpha_sweep']:.0f} s")
+    print(f"alpha sweep: {len(runs)} models")
 write_json({"profile": profile, "data": data, "wall_time_s": timings}, paths.root / "train_timings_methods.json")  # untracked
-timings

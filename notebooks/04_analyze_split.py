@@ -115,17 +115,48 @@ def mean_std(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
 # counts (CLIP ViT-B/16, CC3M validation, 8192 latents) are shown beside ours.
 
 # %%
-cat_cols = ["image_only", "text_only", "both", "dead"]
+cat_cols = ["image_only", "text_only", "both", "dead", "image_only_min1", "text_only_min1", "both_min1", "dead_min1"]
 RULE = per_seed["category_rule"].iloc[0]
-cats = mean_std(per_seed, cat_cols)
+cats = mean_std(per_seed, cat_cols)  # *_min1: the paper's rule (any firing); dead_min1: never fires on the held-out pairs
 cats.insert(1, "category_rule", RULE)
 cats.insert(2, "both_rule", [per_seed.loc[per_seed.model == n, "both_rule"].iloc[0] for n in cats["model"]])
 write_table(cats, "neuron_categories", paths.results,
             caption=(f"Neuron categories on {len(val)} held-out pairs ({profile} profile, {data}; mean $\\pm$ std over "
-                     f"seeds). Rule: {RULE}."))
+                     f"seeds). Rule: {RULE}; columns *\\_min1: the paper's rule (any firing counts; dead\\_min1: never "
+                     "fires on the held-out pairs)."))
 fig = plots.plot_neuron_categories(cats, paper_df=paper.neuron_categories())
 plots.save_figure(fig, "neuron_categories", paths.figures)
 cats
+
+# %% [markdown]
+# **The ladder: which ingredient makes the dictionary shared.** GSAE differs from the pooled SAE
+# in two ways: one pre-bias per modality (each modality centred on its own) *and* the l2,1
+# penalty; MGSAE adds the shared mask. `CentredSAE` has the first alone and `MaskedSAE` the mask
+# without the penalty, so that each step below adds one ingredient (`mmsae.study.ladder`: the
+# change of each metric per seed, its mean and std over seeds, and its share of the whole SAE ->
+# MGSAE change).
+
+# %%
+from mmsae.study.ladder import ladder_rungs, ladder_sentences, ladder_steps
+
+rungs, rungs_caption = ladder_rungs(per_seed)
+steps, steps_caption = ladder_steps(per_seed)
+if len(rungs) >= 2:
+    write_table(rungs, "ladder", paths.results, caption=f"{rungs_caption} {profile} profile, {data}.")
+    write_table(steps, "ladder_steps", paths.results, caption=f"{steps_caption} {profile} profile, {data}.")
+    shown = [c for c in rungs.columns if c not in ("model", "seeds") and not c.endswith("_std")]
+    fig = plots.plot_ladder(rungs, shown)
+    plots.save_figure(fig, "ladder", paths.figures)
+    zs_label = next((c for c in shown if c.startswith("zero-shot")), None)
+    paper_vals = {"both, any firing": {r.model: r.both / 8192 for r in paper.neuron_categories().itertuples()}}
+    if zs_label is not None:  # the paper's CIFAR-10 column beside our zero-shot set (other data: compare orders)
+        paper_vals[zs_label] = {r.model: r.cifar10 for r in paper.zero_shot_clip().itertuples()}
+    fig = plots.plot_headline(rungs, paper_vals)
+    plots.save_figure(fig, "headline", paths.figures)
+    for line in ladder_sentences(steps):
+        print("both (any firing),", line)
+else:
+    print("ladder skipped: fewer than two of its rungs were trained (models=...)")
 
 # %% [markdown]
 # **The split measure** (primary, stable in N): among latents with enough firings, the
@@ -501,7 +532,7 @@ from mmsae.eval.analysis import headline_summary
 
 headline = headline_summary(per_seed, names)
 write_json({"profile": profile, "data": data, "seeds": SEEDS, "mms_reference": ref_kind, "n_val": len(val),
-            "category_rule": RULE, "models": headline,
+            "category_rule": RULE, "category_min_count": int(per_seed["category_min_count"].max()), "models": headline,
             "zero_shot": {z: {"n_test": int(len(zero_shot[z].labels)), "n_classes": len(zero_shot[z].class_names),
                               "classes": list(zero_shot[z].class_names),
                               "rule": zero_shot[z].meta.get("rule"), "prompts": zero_shot[z].meta.get("prompts")}
@@ -514,7 +545,7 @@ pd.DataFrame(headline).T.round(3)
 # %% [markdown]
 # ## 6 · Every method side by side
 #
-# The seven methods of notebook 03 (`mmsae.study.experiments.METHODS`) on the same held-out
+# Every method of notebook 03 (`mmsae.study.experiments.METHODS`) on the same held-out
 # pairs with the same metrics, mean $\pm$ std over `comparison_seeds` seeds
 # (`mmsae.study.experiments.evaluate_model`, the metrics above plus the training-side dead
 # count). Codes of a single modality are used throughout: the SharedSupport SAE encodes

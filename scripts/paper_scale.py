@@ -33,12 +33,14 @@ sys.path.insert(0, str(ROOT / "lib"))
 
 import torch  # noqa: E402
 
-from mmsae.study.methods import PAPER_METHODS  # noqa: E402
+from mmsae.study.methods import LADDER  # noqa: E402
 from mmsae.study.runs import notebook_parameters  # noqa: E402
 
 NOTEBOOKS = {1: "01_extract", 2: "02_train_baseline", 3: "03_train_group_sparse", 4: "04_analyze_split",
              5: "05_steer"}
-PARAMS = [f"models=[{','.join(PAPER_METHODS)}]", "comparison_seeds=[0]", "run_ablations=false",
+#: the ladder without its side rung (the mask alone, MaskedSAE): SAE, CentredSAE, GSAE, MGSAE
+PAPER_SCALE_METHODS = LADDER[:4]
+PARAMS = [f"models=[{','.join(PAPER_SCALE_METHODS)}]", "comparison_seeds=[0]", "run_ablations=false",
           "run_alpha_sweep=false"]
 COMMAND = "./run_all.sh --profile paper " + " ".join(f"--param '{p}'" for p in PARAMS)
 
@@ -131,6 +133,24 @@ def training_times() -> dict:
     return out
 
 
+def pretrain(names, threads: int = 1) -> None:
+    """Train ``names`` for the run (seed 0) side by side, one worker process and ``threads`` torch
+    threads each, into the folder notebooks 02/03 read: they reuse what is there (same settings, same
+    data) instead of training one model after the other on two threads. Needs notebook 01 first."""
+    from mmsae.study.experiments import tensorboard_dir, train_methods
+    from mmsae.study.profiles import get_profile
+    from mmsae.study.runs import RunPaths, load_run_data
+
+    paths = RunPaths(ROOT, "paper", "synthetic")
+    train_pairs = load_run_data(paths)[0]
+    P = get_profile("paper")
+    t0 = time.time()
+    out = train_methods(list(names), [0], train_pairs, P, paths.root / "models", n_jobs=len(names), threads=threads,
+                        tensorboard_dir=tensorboard_dir(paths.root, P["tensorboard"]), device="cpu")
+    print(f"paper_scale: pretrained {list(out['model'])} in {(time.time() - t0) / 60:.1f} min", flush=True)
+    return out
+
+
 def markdown(rec: dict) -> str:
     rows = ["| notebook | wall time | peak resident memory | load before / after | OMP_NUM_THREADS | note |",
             "|---|---|---|---|---|---|"]
@@ -160,12 +180,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="1,2,3,4,5", help="notebook numbers to run (measured ones are merged)")
     ap.add_argument("--markdown", default="docs/performance.md", help="write the table between the markers")
+    ap.add_argument("--pretrain", default="",
+                    help="comma-separated methods to train side by side (one process each) before the notebooks")
     ap.add_argument("--step-check", action="store_true",
                     help="also time the training loop's step beside its encoder GEMM (1 and 2 threads; about a minute)")
     args = ap.parse_args(argv)
     out = ROOT / "docs" / "paper_scale.json"
     rec = json.loads(out.read_text()) if out.exists() else {}
     done = {r["notebook"]: r for r in rec.get("notebooks", [])}
+    if args.pretrain:
+        names = [n.strip() for n in args.pretrain.split(",") if n.strip()]
+        pretrain(names)
+        rec["pretrained_side_by_side"] = (f"{', '.join(names)} with the SAE of `scripts/calibrate_generator.py --judge`: "
+                                          f"{len(names) + 1} processes on {os.cpu_count()} cores")
+        out.write_text(json.dumps(rec, indent=2) + "\n")
     if args.step_check:
         rec["step_check"] = step_check()
         out.write_text(json.dumps(rec, indent=2) + "\n")
@@ -177,7 +205,7 @@ def main(argv=None) -> int:
                                               f"{torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
                "date": time.strftime("%Y-%m-%d"),
                "notebooks": [done[k] for k in NOTEBOOKS.values() if k in done], "training": training_times(),
-               **({"step_check": rec["step_check"]} if "step_check" in rec else {})}
+               **{k: rec[k] for k in ("step_check", "pretrained_side_by_side") if k in rec}}
         out.write_text(json.dumps(rec, indent=2) + "\n")
     if args.markdown:
         md = ROOT / args.markdown

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
 
 METHODS = [*PAPER_METHODS, MODALITY_SPECIFIC]
-PARAMS = [f"models=[{','.join(METHODS)}]", "n_pairs=50000", "val_fraction=0.1", "steps=3", "comparison_seeds=[0]",
+PARAMS = [f"models=[{','.join(METHODS)}]", "n_pairs=25000", "val_fraction=0.2", "steps=3", "comparison_seeds=[0]",
           "run_ablations=false", "run_alpha_sweep=false", "tensorboard=false", "n_samples=256"]
 
 

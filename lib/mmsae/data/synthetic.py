@@ -88,6 +88,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import scipy.sparse as sp
 
 from .store import PairedEmbeddings, ZeroShotSet, atomic_write, l2_normalize
 
@@ -120,6 +121,9 @@ class SyntheticConfig:
     noise: float = 0.65  # norm of the isotropic noise vector, relative to the concept part
     concept_zipf: float = 0.0  # concept frequency ~ (1 + rank)^-concept_zipf in each pool (0: uniform)
     atom_layout: str = "frame"  # "frame": concept directions from stacked orthonormal bases; "random"
+    atom_decay: float = 0.0  # > 0: concept directions drawn with covariance eigenvalues (1 + i)^-atom_decay
+    modality_rank: int = 0  # > 0 (with atom_decay): image-only / text-only concepts in their own subspaces of this rank
+    offset_jitter: float = 0.0  # std of per-sample Gaussian variation inside the plane of the two mean directions
     correlated: tuple | None = None  # (class_index, concept_index, p): see the module docstring
     seed: int = 0
 
@@ -135,6 +139,7 @@ GENERATOR_PROFILE_KEYS = {
     "mean_text_only": "mean_text_only", "n_classes": "n_classes", "class_boost": "class_boost",
     "offset_scale": "offset_scale", "mean_cos": "mean_cos", "private_rank": "private_rank",
     "private_scale": "private_scale", "noise": "noise", "concept_zipf": "concept_zipf",
+    "atom_decay": "atom_decay", "modality_rank": "modality_rank", "offset_jitter": "offset_jitter",
 }
 
 
@@ -161,8 +166,8 @@ class SyntheticData:
     atoms_x: np.ndarray  # (C, d) image direction per concept (zeros for text-only)
     atoms_y: np.ndarray  # (C, d) text direction per concept (zeros for image-only)
     concept_kind: np.ndarray  # (C,) 0 shared, 1 image-only, 2 text-only
-    codes_x: np.ndarray  # (N, C) true coefficients of each image
-    codes_y: np.ndarray  # (N, C) true coefficients of each caption
+    codes_x: np.ndarray | sp.csr_matrix  # (N, C) true coefficients of each image (CSR when N * C is large)
+    codes_y: np.ndarray | sp.csr_matrix  # (N, C) true coefficients of each caption
     offsets: np.ndarray  # (2, d) unit mean directions m_x, m_y (cosine mean_cos)
     class_emb: np.ndarray  # (n_classes, d) class-prompt text embeddings
     private_x: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (d, r) basis P_x
@@ -170,7 +175,8 @@ class SyntheticData:
 
     def subset(self, index: np.ndarray) -> "SyntheticData":
         return SyntheticData(self.config, self.pairs.subset(index), self.atoms_x, self.atoms_y,
-                             self.concept_kind, self.codes_x[index], self.codes_y[index],
+                             self.concept_kind, _dense_if_small(self.codes_x[index]),
+                             _dense_if_small(self.codes_y[index]),
                              self.offsets, self.class_emb, self.private_x, self.private_y)
 
     def zero_shot_set(self, name: str = "synthetic_classes") -> ZeroShotSet:
@@ -186,7 +192,7 @@ class SyntheticData:
             with open(tmp, "wb") as f:
                 np.savez_compressed(
                     f, atoms_x=self.atoms_x, atoms_y=self.atoms_y, concept_kind=self.concept_kind,
-                    codes_x=self.codes_x, codes_y=self.codes_y, offsets=self.offsets,
+                    codes_x=_dense(self.codes_x), codes_y=_dense(self.codes_y), offsets=self.offsets,
                     class_emb=self.class_emb, private_x=self.private_x, private_y=self.private_y,
                     config=np.array(json.dumps(asdict(self.config))))
         return atomic_write(path, _w)
@@ -198,6 +204,22 @@ def load_truth(path: str | Path) -> dict:
         out = {k: z[k] for k in z.files if k != "config"}
         out["config"] = json.loads(str(z["config"]))
     return out
+
+
+#: true-code matrices up to this many values (1 GiB of float32) are dense arrays; larger ones (the
+#: paper profile's 200,000 pairs x tens of thousands of concepts) stay CSR, and a subset that fits
+#: (the 10,000 held-out pairs of notebook 01) is dense again
+DENSE_CODES_MAX = 2 ** 28
+
+
+def _dense(codes) -> np.ndarray:
+    return codes.toarray() if sp.issparse(codes) else np.asarray(codes)
+
+
+def _dense_if_small(codes):
+    if sp.issparse(codes) and codes.shape[0] * codes.shape[1] <= DENSE_CODES_MAX:
+        return codes.toarray()
+    return codes
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -222,10 +244,17 @@ def _check(cfg: SyntheticConfig) -> None:
                          f"(two private subspaces and the mean plane must fit in d = {cfg.d}), got {cfg.private_rank}")
     if cfg.concept_zipf < 0:
         raise ValueError(f"concept_zipf must be >= 0, got {cfg.concept_zipf}")
+    if cfg.atom_decay < 0:
+        raise ValueError(f"atom_decay must be >= 0, got {cfg.atom_decay}")
+    if cfg.modality_rank < 0 or 2 + 2 * cfg.private_rank + 2 * cfg.modality_rank > cfg.d:
+        raise ValueError(f"modality_rank must be in [0, (d - 2) / 2 - private_rank] = "
+                         f"[0, {(cfg.d - 2) // 2 - cfg.private_rank}], got {cfg.modality_rank}")
+    if cfg.modality_rank > 0 and cfg.atom_decay <= 0:
+        raise ValueError("modality_rank needs atom_decay > 0 (the decaying layout places the concepts)")
     if cfg.atom_layout not in ("frame", "random"):
         raise ValueError(f"atom_layout must be 'frame' or 'random', got {cfg.atom_layout!r}")
-    if min(cfg.offset_scale, cfg.private_scale, cfg.noise) < 0:
-        raise ValueError("offset_scale, private_scale and noise must be >= 0")
+    if min(cfg.offset_scale, cfg.private_scale, cfg.noise, cfg.offset_jitter) < 0:
+        raise ValueError("offset_scale, private_scale, noise and offset_jitter must be >= 0")
     if cfg.correlated is not None:
         try:
             ci, cj, p = cfg.correlated
@@ -278,6 +307,40 @@ def _random_pair(rng: np.random.Generator, n: int, d: int, alpha: float) -> tupl
     return a, alpha * a + np.sqrt(max(0.0, 1.0 - alpha ** 2)) * w  # cos(a, b) = alpha
 
 
+def _decaying(rng: np.random.Generator, sizes, k: int, alpha: float, decay: float):
+    """Concept directions in R^k with a decaying spectrum, each modality with its own dominant
+    directions (CLIP's image and text principal subspaces overlap little).
+
+    Draws come from ``N(0, Q diag((1 + i)^-decay) Q^T)``, normalised, with three random rotations:
+    ``Q_s`` for what a shared concept's two directions have in common, ``Q_x`` for the image side,
+    ``Q_y`` for the text side. A shared concept is ``a = sqrt(|alpha|) s + sqrt(1 - |alpha|) u_x``
+    (image) and ``b = sign(alpha) sqrt(|alpha|) s + sqrt(1 - |alpha|) u_y`` (text), with ``s``,
+    ``u_x``, ``u_y`` made orthonormal per concept, so ``cos(a_c, b_c) = alpha`` exactly and neither
+    side is a part of the other (each has a private part of the same size). Image-only concepts
+    come from ``Q_x``, text-only from ``Q_y``. Real concept directions are not isotropic: tens of
+    thousands of isotropic ones fill the space evenly (effective rank ~220 at d = 512 against
+    CLIP's ~100); a decaying spectrum keeps CLIP's geometry however many concepts there are."""
+    ns, ni, nt = sizes
+    scale = (1.0 + np.arange(k)) ** (-decay / 2)
+    q_s, q_x, q_y = (np.linalg.qr(rng.standard_normal((k, k)))[0] for _ in range(3))
+
+    def draw(n, q):
+        return _unit_rows((rng.standard_normal((n, k)) * scale) @ q.T) if n else np.zeros((0, k))
+
+    def orth(v, *others):
+        for o in others:
+            v = v - np.sum(v * o, axis=1, keepdims=True) * o
+        return _unit_rows(v)
+
+    sh = draw(ns, q_s)
+    ux = orth(draw(ns, q_x), sh)
+    uy = orth(draw(ns, q_y), sh, ux)
+    c, p = np.sqrt(abs(alpha)), np.sqrt(max(0.0, 1.0 - abs(alpha)))
+    a = c * sh + p * ux
+    b = np.sign(alpha) * c * sh + p * uy if alpha != 0 else uy
+    return a, b, draw(ni, q_x), draw(nt, q_y)
+
+
 def _directions(cfg: SyntheticConfig, rng: np.random.Generator):
     d, r = cfg.d, cfg.private_rank
     # one random orthonormal basis: cone u, offset o, and the (d - 2)-dim complement of the
@@ -289,7 +352,15 @@ def _directions(cfg: SyntheticConfig, rng: np.random.Generator):
     m_x = np.sqrt((1 + c) / 2) * u + np.sqrt((1 - c) / 2) * o
     m_y = np.sqrt((1 + c) / 2) * u - np.sqrt((1 - c) / 2) * o  # cos(m_x, m_y) = c
     ns, ni, nt, k = cfg.n_shared, cfg.n_image_only, cfg.n_text_only, d - 2
-    if cfg.atom_layout == "frame":
+    if cfg.atom_decay > 0:  # anisotropic: a concentrated spectrum however many concepts there are
+        a_sh, b_sh, a_img, a_txt = _decaying(rng, (ns, ni, nt), k, cfg.alpha, cfg.atom_decay)
+        rm = cfg.modality_rank
+        if rm > 0:  # modality-only concepts in their own subspaces, past the private ones (complement coordinates)
+            a_img = np.zeros((ni, k))
+            a_txt = np.zeros((nt, k))
+            a_img[:, 2 * r:2 * r + rm] = _decaying(rng, (0, ni, 0), rm, 0.0, cfg.atom_decay)[2]
+            a_txt[:, 2 * r + rm:2 * r + 2 * rm] = _decaying(rng, (0, 0, nt), rm, 0.0, cfg.atom_decay)[3]
+    elif cfg.atom_layout == "frame":
         a_sh = _frame(rng, ns, k)
         b_sh = _rotate_frame(rng, a_sh, cfg.alpha)
         a_img, a_txt = _frame(rng, ni, k), _frame(rng, nt, k)
@@ -312,6 +383,7 @@ def _pick_distinct(rng: np.random.Generator, counts: np.ndarray, weights: np.nda
     ``Exp(1) / w_c``). Returns ``(rows, items)`` of all draws. Works in row chunks so that
     the ``(rows, pool)`` key matrix stays small."""
     rows_out, items_out = [], []
+    chunk = max(1, min(chunk, 2 ** 24 // max(1, len(weights))))  # keys of at most 128 MiB
     for s in range(0, len(counts), chunk):
         cnt = np.minimum(counts[s:s + chunk], len(weights))
         kmax = int(cnt.max()) if len(cnt) else 0
@@ -341,15 +413,15 @@ def concept_frequencies(cfg: SyntheticConfig) -> np.ndarray:
 
 
 def _draw_codes(cfg: SyntheticConfig, rng: np.random.Generator, n: int):
+    """Each pair's true concept coefficients, as two CSR matrices ``(n, C)`` (the image's and the
+    caption's; a shared concept is stored in both, with its two jittered coefficients)."""
     C = cfg.n_concepts
-    cx = np.zeros((n, C), np.float32)
-    cy = np.zeros((n, C), np.float32)
     labels = rng.integers(0, cfg.n_classes, size=n)
     rows = np.arange(n)
     # class concept: always present in both members, boosted
     s = cfg.class_boost + rng.exponential(1.0, n)
-    cx[rows, labels] = s * rng.lognormal(0.0, cfg.jitter, n)
-    cy[rows, labels] = s * rng.lognormal(0.0, cfg.jitter, n)
+    parts_x = [(rows, labels, s * rng.lognormal(0.0, cfg.jitter, n))]
+    parts_y = [(rows, labels, s * rng.lognormal(0.0, cfg.jitter, n))]
     weights = concept_frequencies(cfg)
     pools = [
         (np.arange(cfg.n_classes, cfg.n_shared), cfg.mean_shared, "both"),
@@ -365,16 +437,24 @@ def _draw_codes(cfg: SyntheticConfig, rng: np.random.Generator, n: int):
         base = rng.exponential(1.0, len(r))
         if where in ("both", "x"):
             jit = rng.lognormal(0.0, cfg.jitter, len(r)) if where == "both" else 1.0
-            cx[r, cidx] = base * jit
+            parts_x.append((r, cidx, base * jit))
         if where in ("both", "y"):
             jit = rng.lognormal(0.0, cfg.jitter, len(r)) if where == "both" else 1.0
-            cy[r, cidx] = base * jit
-    return cx, cy, labels
+            parts_y.append((r, cidx, base * jit))
+
+    def csr(parts):
+        r, c, v = (np.concatenate(a) for a in zip(*parts))
+        m = sp.csr_matrix((v.astype(np.float32), (r, c)), shape=(n, C))
+        m.sum_duplicates()  # a class concept is never drawn again (pools start after the classes)
+        return m
+
+    return csr(parts_x), csr(parts_y), labels
 
 
-def _add_correlated(cfg: SyntheticConfig, rng: np.random.Generator, cx, cy, labels) -> None:
+def _add_correlated(cfg: SyntheticConfig, rng: np.random.Generator, cx, cy, labels):
     """Turn concept ``concept_index`` on (where it is off) in a fraction ``p`` of the pairs of
-    class ``class_index``, with a fresh coefficient drawn like its ordinary ones."""
+    class ``class_index``, with a fresh coefficient drawn like its ordinary ones (returns the
+    two code matrices, CSR)."""
     ci, cj, p = int(cfg.correlated[0]), int(cfg.correlated[1]), float(cfg.correlated[2])
     n = len(labels)
     hit = (labels == ci) & (rng.random(n) < p)
@@ -384,11 +464,18 @@ def _add_correlated(cfg: SyntheticConfig, rng: np.random.Generator, cx, cy, labe
         jx, jy = rng.lognormal(0.0, cfg.jitter, n), rng.lognormal(0.0, cfg.jitter, n)
     else:
         jx = jy = np.ones(n)
-    off = hit & (cx[:, cj] <= 0) & (cy[:, cj] <= 0)
+    col_x, col_y = cx[:, cj].toarray().ravel(), cy[:, cj].toarray().ravel()
+    off = np.flatnonzero(hit & (col_x <= 0) & (col_y <= 0))
+
+    def add(m, vals):
+        extra = sp.csr_matrix((vals[off].astype(np.float32), (off, np.full(len(off), cj))), shape=m.shape)
+        return (m + extra).tocsr()
+
     if kind in (SHARED, IMAGE_ONLY):
-        cx[off, cj] = base[off] * jx[off]
+        cx = add(cx, base * jx)
     if kind in (SHARED, TEXT_ONLY):
-        cy[off, cj] = base[off] * jy[off]
+        cy = add(cy, base * jy)
+    return cx, cy
 
 
 def make_synthetic(config: SyntheticConfig | None = None, **overrides) -> SyntheticData:
@@ -402,7 +489,7 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides) -> Synthe
     cx, cy, labels = _draw_codes(cfg, rng, cfg.n_pairs)
     corr_rng = np.random.default_rng([cfg.seed, 1])  # own stream: the option leaves the rest unchanged
     if cfg.correlated is not None:
-        _add_correlated(cfg, corr_rng, cx, cy, labels)
+        cx, cy = _add_correlated(cfg, corr_rng, cx, cy, labels)
     n, d, r = cfg.n_pairs, cfg.d, cfg.private_rank
     if r > 0:
         gx = rng.standard_normal((n, r)) * (cfg.private_scale / np.sqrt(r))
@@ -415,10 +502,16 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides) -> Synthe
     # per-sample variation, rescaled to unit norm: every row sits at the same angle from its
     # modality mean (a cone), as in CLIP, instead of a radial spread that would make the mean
     # direction the top principal component
-    vx = _unit_rows(cx @ atoms_x + gx @ px.T + nx)
-    vy = _unit_rows(cy @ atoms_y + gy @ py.T + ny)
+    # (dense codes when they fit: the same products, to the bit, as before the CSR form existed)
+    vx = _unit_rows(_dense_if_small(cx) @ atoms_x + gx @ px.T + nx)
+    vy = _unit_rows(_dense_if_small(cy) @ atoms_y + gy @ py.T + ny)
     x = cfg.offset_scale * means[0] + vx
     y = cfg.offset_scale * means[1] + vy
+    if cfg.offset_jitter > 0:  # per-sample spread along the cone and gap directions (own stream: the rest unchanged)
+        plane = means.T  # (d, 2): spans the plane of u and o
+        jit = np.random.default_rng([cfg.seed, 2])
+        x = x + jit.standard_normal((n, 2)) @ plane.T * cfg.offset_jitter
+        y = y + jit.standard_normal((n, 2)) @ plane.T * cfg.offset_jitter
     class_vec = cfg.offset_scale * means[1] + atoms_y[: cfg.n_classes]  # the class concept alone
     meta = {
         "encoder": "synthetic", "dataset": "synthetic", "normalized": True,
@@ -427,5 +520,5 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides) -> Synthe
     pairs = PairedEmbeddings(l2_normalize(x), l2_normalize(y), labels.astype(np.int64), None, meta,
                              source=f"synthetic(seed={cfg.seed})")
     return SyntheticData(cfg, pairs, atoms_x.astype(np.float32), atoms_y.astype(np.float32), kind,
-                         cx, cy, means.astype(np.float32),
+                         _dense_if_small(cx), _dense_if_small(cy), means.astype(np.float32),
                          l2_normalize(class_vec), px.astype(np.float32), py.astype(np.float32))

@@ -87,6 +87,7 @@ def analyze(model: Dictionary, val: PairedEmbeddings, ref_x: np.ndarray | None =
     s["n_val"] = int(len(x))
     fires_x, fires_y = cats["count_x"] >= 1, cats["count_y"] >= 1  # the paper's rule: any firing counts
     s["both_min1"], s["dead_min1"] = int((fires_x & fires_y).sum()), int((~fires_x & ~fires_y).sum())
+    s["image_only_min1"], s["text_only_min1"] = int((fires_x & ~fires_y).sum()), int((~fires_x & fires_y).sum())
     split = metrics.split_measures(z_x, z_y, threshold=threshold, min_count=min_count, min_frac=min_frac)
     s.update({k: v for k, v in split.items() if k != "min_count"})
     ms = metrics.modality_score(z_x, z_y)
@@ -158,6 +159,7 @@ def split_vs_sample_size(z_x: np.ndarray, z_y: np.ndarray, sizes, seed: int = 0,
 #: The per-model numbers of ``results/headline.json`` (notebook 04), read by
 #: ``scripts/update_readme.py``; zero-shot columns ``zs_*`` are added when present.
 HEADLINE_COLUMNS = ("m", "image_only", "text_only", "both", "dead", "frac_both", "both_min1", "dead_min1",
+                    "image_only_min1", "text_only_min1",
                     "unimodal_share", "image_share",
                     "text_share", "mms_img_txt_mean_alive", "mms_img_txt_auc", "explained_variance_x", "explained_variance_y",
                     "code_x2y_R@1", "code_y2x_R@1", "code_x2y_MRR", "code_y2x_MRR", "recon_x2y_R@1",

@@ -6,10 +6,12 @@ Methods (:data:`METHODS`, name -> ``fn(profile, overrides) -> SAEConfig``):
 name                arch                    what
 ==================  ======================  ==============================================
 SAE                 ``topk``                TopK SAE on pooled embeddings (paper baseline)
-BatchTopK           ``batchtopk``           TopK over the batch, learned threshold at inference
-Matryoshka          ``matryoshka``          BatchTopK with nested prefixes that each reconstruct
+CentredSAE          ``group_sparse``        the same TopK SAE with one pre-bias per modality (lambda 0, no mask)
 GSAE                ``group_sparse``        shared dictionary, pre-bias per modality, l2,1 penalty
 MGSAE               ``group_sparse``        GSAE + cross-modal random masking
+MaskedSAE           ``group_sparse``        CentredSAE + cross-modal random masking (MGSAE at lambda 0)
+BatchTopK           ``batchtopk``           TopK over the batch, learned threshold at inference
+Matryoshka          ``matryoshka``          BatchTopK with nested prefixes that each reconstruct
 ModalitySpecific    ``modality_specific``   one TopK SAE per modality + Hungarian alignment
 SharedSupport       ``shared_support``      one TopK over the summed pre-activations of a pair
 ==================  ======================  ==============================================
@@ -130,6 +132,19 @@ def _mgsae(profile, ov):
                         **_rest(ov))
 
 
+def _centred_sae(profile, ov):
+    """The ladder's second rung: the GSAE architecture (one pre-bias per modality, shared encoder and
+    decoder, pairs in each batch) with no group penalty and no mask: a TopK SAE whose only change
+    from the pooled SAE is that each modality is centred by its own pre-bias."""
+    return gsae_config(group_lambda=0.0, **_common(profile, ov), **_rest(ov))
+
+
+def _masked_sae(profile, ov):
+    """MGSAE without its penalty: centring per modality plus the shared cross-modal mask."""
+    return mgsae_config(group_lambda=0.0, mask_rate=float(ov.get("mask_rate", profile["mask_rate"])),
+                        mask_mode=str(ov.get("mask_mode", profile["mask_mode"])), **_common(profile, ov), **_rest(ov))
+
+
 def _modality_specific(profile, ov):
     """Two TopK SAEs sharing the atom budget: ``m`` atoms in all, ``m // 2`` latents per
     modality unless an ``extra={"m_per_side": ...}`` override says otherwise (``m`` gives
@@ -150,10 +165,12 @@ def _shared_support(profile, ov):
 
 METHODS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], SAEConfig]] = {
     M.SAE: _sae,
-    M.BATCHTOPK: _batchtopk,
-    M.MATRYOSHKA: _matryoshka,
+    M.CENTRED_SAE: _centred_sae,
     M.GSAE: _gsae,
     M.MGSAE: _mgsae,
+    M.MASKED_SAE: _masked_sae,
+    M.BATCHTOPK: _batchtopk,
+    M.MATRYOSHKA: _matryoshka,
     M.MODALITY_SPECIFIC: _modality_specific,
     M.SHARED_SUPPORT: _shared_support,
 }
@@ -248,9 +265,10 @@ def _try_reuse(path: Path, cfg: SAEConfig, key: dict[str, Any], fp: str) -> Dict
 
 
 def _fit(name: str, cfg: SAEConfig, data, tc: TrainConfig, path: Path | None, reuse: bool,
-         align: bool = True, missing: str | None = None) -> Dictionary:
+         align: bool = True, missing: str | None = None, callback=None) -> Dictionary:
     """Train, or reuse an identical saved run. ``missing`` (load-only): no training; a run
-    not on disk raises :class:`CheckpointError` with this hint (the notebook to run)."""
+    not on disk raises :class:`CheckpointError` with this hint (the notebook to run).
+    ``callback(step, record)``: passed to :func:`mmsae.train.train` (not called on a reuse)."""
     fp = _fingerprint(data)
     key = _train_key(tc)
     if path is not None and (reuse or missing):
@@ -262,7 +280,7 @@ def _fit(name: str, cfg: SAEConfig, data, tc: TrainConfig, path: Path | None, re
                               f"lr={tc.lr}); {missing}")
     seed_everything(tc.seed)
     model = build_model(cfg, seed=tc.seed)
-    res = train(model, data, tc)
+    res = train(model, data, tc, callback=None if callback is None else lambda step, rec: callback(model, step, rec))
     alignment = None
     if align and hasattr(model, "align"):
         x, y = (data.x, data.y) if isinstance(data, PairedEmbeddings) else data
@@ -302,12 +320,13 @@ def _log_dir(tensorboard_dir: str | Path | None, name: str, seed: int) -> str | 
 
 def train_method(name: str, train_pairs, profile: Mapping[str, Any], seed: int = 0,
                  out_dir: str | Path | None = None, reuse: bool = True, tensorboard_dir: str | Path | None = None,
-                 **overrides: Any) -> Dictionary:
+                 callback=None, **overrides: Any) -> Dictionary:
     """Train method ``name`` (a key of :data:`METHODS`) on ``train_pairs`` with ``profile``'s sizes.
 
     ``overrides``: :class:`SAEConfig` fields (``m``, ``k``, ``group_lambda``, ``mask_rate``,
     ``extra`` ...) and :class:`~mmsae.train.TrainConfig` fields (``steps``, ``lr``,
-    ``device``, ``progress`` ...). ``d`` is the data's. ``ModalitySpecific`` is aligned on
+    ``device``, ``progress`` ...). ``d`` is the data's. ``callback(model, step, record)`` is called
+    at every logged step of a training (not on a reuse). ``ModalitySpecific`` is aligned on
     ``train_pairs`` after training. With ``out_dir`` the model goes to
     ``out_dir/name/seed{seed}`` (with ``train_log.csv``, ``train_summary.json``) and, when
     ``reuse`` and an identical run is there, is loaded instead of retrained. The model's
@@ -323,7 +342,7 @@ def train_method(name: str, train_pairs, profile: Mapping[str, Any], seed: int =
     tr_ov.setdefault("desc", f"{name} seed {seed}")
     tc = _train_config(profile, seed, tr_ov)
     path = Path(out_dir) / name / f"seed{seed}" if out_dir is not None else None
-    return _fit(name, cfg, train_pairs, tc, path, reuse)
+    return _fit(name, cfg, train_pairs, tc, path, reuse, callback=callback)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -40,6 +40,8 @@ __all__ = [
     "model_color",
     "save_figure",
     "plot_neuron_categories",
+    "plot_ladder",
+    "plot_headline",
     "plot_mms_curves",
     "plot_modality_histogram",
     "plot_umap",
@@ -66,6 +68,8 @@ PALETTE = [
 
 MODEL_COLORS = {
     M.SAE: "#999999",
+    M.CENTRED_SAE: "#6A3D9A",
+    M.MASKED_SAE: "#B15928",
     M.BATCHTOPK: "#56B4E9",
     M.MATRYOSHKA: "#F0E442",
     M.GSAE: "#0072B2",
@@ -199,6 +203,59 @@ def plot_neuron_categories(df: pd.DataFrame, paper_df: pd.DataFrame | None = Non
         _category_bars(axes[0, 1], paper_df, paper_title, fraction)
         axes[0, 1].set_ylabel("")
     axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ladder(rungs: pd.DataFrame, metrics: Sequence[str], title: str | None = None):
+    """The ladder (:func:`mmsae.study.ladder.ladder_rungs`): one small panel per metric, one bar per
+    rung in the ladder's order, error bars the std over seeds. At most four panels a row."""
+    n = len(metrics)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.4, 2.7 * rows + 0.5), squeeze=False)
+    models = list(rungs["model"])
+    x = np.arange(len(models))
+    for ax, metric in zip(axes.ravel(), metrics):
+        err = rungs[f"{metric}_std"] if f"{metric}_std" in rungs else None
+        ax.bar(x, rungs[metric], yerr=err, capsize=2, color=[model_color(m) for m in models], edgecolor="white")
+        ax.set_xticks(x)
+        ax.set_xticklabels(models, rotation=35, ha="right", fontsize=8)
+        ax.set_title(metric, fontsize=9)
+        ax.grid(axis="x", visible=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_headline(rungs: pd.DataFrame, paper_values: Mapping[str, Mapping[str, float]], title: str | None = None):
+    """The front page's figure: for each metric of ``paper_values`` (a column of ``rungs``, from
+    :func:`mmsae.study.ladder.ladder_rungs`), one panel of bars over the ladder's rungs (mean and std
+    over seeds) with the paper's value for the models it reports drawn as a black diamond on the same
+    bar. ``paper_values[metric][model]``."""
+    metrics = list(paper_values)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics) + 0.6, 3.3), squeeze=False)
+    models = list(rungs["model"])
+    x = np.arange(len(models))
+    for ax, metric in zip(axes[0], metrics):
+        err = rungs[f"{metric}_std"] if f"{metric}_std" in rungs else None
+        ax.bar(x, rungs[metric], yerr=err, capsize=2, color=[model_color(m) for m in models], edgecolor="white",
+               label="ours")
+        px = [i for i, m in enumerate(models) if m in paper_values[metric]]
+        if px:
+            ax.scatter(px, [paper_values[metric][models[i]] for i in px], marker="D", color="black", s=22, zorder=3,
+                       label="the paper")
+        ax.set_xticks(x)
+        ax.set_xticklabels(models, rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric, fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.grid(axis="x", visible=False)
+    axes[0, 0].legend(loc="upper left", fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

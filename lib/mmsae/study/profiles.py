@@ -38,6 +38,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "private_scale": 1.7,
         "noise": 0.65,
         "concept_zipf": 0.0,  # uniform concept frequencies (d = 128 needs a flat spectrum)
+        "atom_decay": 0.0,  # isotropic concept directions (frame layout)
+        "modality_rank": 0,
+        "offset_jitter": 0.0,
         # probe-decomposition experiment only (not the main data): pairs of class 0 ("woman")
         # also carry shared concept 127 ("blond hair", otherwise rare: ~5% of pairs) with probability 0.8;
         # [class, concept, p]: class 0 pairs also carry a concept with probability p (probe decomposition in
@@ -86,25 +89,32 @@ PROFILES: dict[str, dict[str, Any]] = {
         "alpha_n_pairs": 3000,
     },
     "paper": {
-        # synthetic data at the encoder's width, calibrated to real CLIP like the smoke profile
+        # synthetic data at the encoder's width in CLIP's regime for an 8192-latent SAE: far more concepts than
+        # latents (24,576, Zipfian), ~27 of them in an embedding (K = 32 fills with them, not with noise), concept directions with a
+        # decaying spectrum per modality, spread along the mean directions as real CLIP has; calibrated on the
+        # pooled SAE (scripts/calibrate_generator.py, docs/calibration.md) and, on 500 pairs, to real CLIP's
+        # geometry (tests/test_synthetic.py)
         "n_pairs": 200_000,
         "synthetic_d": 512,
-        "n_shared": 2048,
-        "n_image_only": 512,
-        "n_text_only": 512,
+        "n_shared": 12288,
+        "n_image_only": 6144,
+        "n_text_only": 6144,
         "alpha": 0.5,
-        "mean_shared": 5.2,
-        "mean_image_only": 2.5,
-        "mean_text_only": 1.1,
+        "mean_shared": 16,
+        "mean_image_only": 10,
+        "mean_text_only": 10,
         "n_classes": 10,
-        "class_boost": 0.8,
+        "class_boost": 2.0,
         "offset_scale": 0.945,
         "mean_cos": 0.30,
         "private_rank": 10,
-        "private_scale": 1.25,
-        "noise": 1.25,
-        "concept_zipf": 1.55,  # Zipfian concept frequencies: d = 512 needs a concentrated spectrum
-        # probe-decomposition experiment only: class 0 ("woman") with shared concept 2047, the
+        "private_scale": 2.7,
+        "noise": 1.6,
+        "concept_zipf": 1.0,  # Zipfian concept frequencies, as word and object frequencies are
+        "atom_decay": 1.1,  # concept directions with covariance eigenvalues (1 + i)^-1.1, one basis per modality
+        "modality_rank": 0,
+        "offset_jitter": 0.05,  # real CLIP: std 0.05 of the projection on the gap direction
+        # probe-decomposition experiment only: class 0 ("woman") with the last shared concept, among the
         # rarest ("blond hair"), with probability 0.8
         "correlated_concept": [0, -1, 0.8],
         "val_fraction": 0.05,
