@@ -101,6 +101,15 @@ for _j in (0.03, 0.04, 0.05):
         CANDIDATES[f"c16j{_j:g}n{_nz:g}"] = {**CANDIDATES["c14"], "offset_jitter": _j, "noise": _nz}
 for _p in (2.7, 3.0):
     CANDIDATES[f"c17p{_p:g}"] = {**CANDIDATES["c16j0.05n1.6"], "private_scale": _p}
+# c17p2.7 judged at full length also went wrong from the start (step 2,500: "both" 0.27, never fires 0.21), like
+# c15: the screening runs trained on 60,000 pairs, the paper-scale run on 190,000. The same SAE, 2,000 steps, on
+# the run's own data cut to 60,000 pairs: "both" 0.72, never fires 0.004; on all 190,000: 0.50 and 0.064
+# (docs/calibration/diag_run*.log). With more distinct training pairs the latents specialise on the rare
+# concepts of the Zipfian tail, which 10,000 held-out pairs hardly contain. At 190,000 pairs (diag_z*.log):
+# Zipf 0.5 -> 0.68 / 0.006 at 3,000 steps, uniform frequencies -> 0.76 / 0.004 with image-only 0.05. The paper
+# profile takes uniform frequencies; atom_decay 1.15 restores the geometry.
+CANDIDATES["z05"] = {**CANDIDATES["c17p2.7"], "concept_zipf": 0.5}
+CANDIDATES["z0d1.15"] = {**CANDIDATES["c17p2.7"], "concept_zipf": 0.0, "atom_decay": 1.15}
 for _n, _d in [("c1", 0.5), ("c1", 1.0), ("c2", 0.5), ("c2", 1.0), ("c2", 1.5), ("c3", 1.0)]:
     CANDIDATES[f"{_n}d{_d:g}"] = {**CANDIDATES[_n], "atom_decay": _d}
 

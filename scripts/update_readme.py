@@ -399,7 +399,7 @@ def _firing_text(big_res: Path, big: dict) -> str:
             f"{b['true_per_sample'].iloc[0]:.1f} true concepts in an embedding on average, with "
             f"K = {int(round(b['firings_per_sample'].max()))} latents firing on each, and has "
             f"{int(b['n_true_concepts'].iloc[0])} true concepts for {int(b['m'].iloc[0])} latents (`firing_profile.csv`).")
-    if sae is not None:
+    if sae is not None and "image_only_min1" in sae:  # (a run from before the any-firing columns has none)
         import importlib.util
 
         spec = importlib.util.spec_from_file_location("calibrate_generator", ROOT / "scripts" / "calibrate_generator.py")
@@ -588,7 +588,8 @@ def ladder_section() -> str:
     rows = []
     for model in M.LADDER:
         row = {"rung": model, "adds": adds[model]}
-        for label, col in (("both, any firing", "both, any firing"), ("never fires", "never fires")):
+        for label, col in (("both, any firing", "both, any firing"), ("both, scaled rule", "both, scaled rule"),
+                           ("never fires", "never fires")):
             row[f"{label}: " + " / ".join(runs)] = " / ".join(
                 (_fmt(float(r.set_index("model").loc[model, col]), 2) if model in set(r["model"]) else "–")
                 for r in rungs.values())

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mmsae.study.methods import METHOD_ORDER
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
 ENV = dict(os.environ, MMSAE_PYTHON=sys.executable, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
@@ -64,7 +66,7 @@ def test_unlabelled_user_embeddings_complete_every_notebook(real, tmp_path, n, d
     steer = json.loads((res / "steering_summary.json").read_text())
     assert steer["concept_source"] == "text_cluster" and steer["concept"].startswith("caption cluster")
     cats = pd.read_csv(res / "neuron_categories.csv")
-    assert len(cats) == 7 and cats["category_rule"].str.startswith("scaled").all()
+    assert len(cats) == len(METHOD_ORDER) and cats["category_rule"].str.startswith("scaled").all()
     head = json.loads((res / "headline.json").read_text())
     assert head["n_val"] == n // 5 and set(head["models"]) == set(cats["model"])
 

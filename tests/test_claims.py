@@ -45,3 +45,12 @@ def test_table_cells_and_words():
     assert row["real CLIP"] == "0.11 → 0.61 (+0.50 ± 0.00)"
     assert row["verdict"] == "holds on real CLIP, paper scale (1 seed); within noise on synthetic"
     assert claims_table({"a": _runs([60, 61, 62])}, CLAIMS[:1]).iloc[0]["verdict"] == "holds on a"
+
+
+def test_part_carried_by_the_centring_rung():
+    ps = _runs([60, 61, 62])  # SAE 10-12 -> CentredSAE 50 -> GSAE 60-62: centring carries 39-40 of 50
+    r = compare(ps, CLAIMS[0])
+    assert r["via_share"] == pytest.approx(((50 - 10) + (50 - 11) + (50 - 12)) / 3 / 50)
+    t = claims_table({"a": ps, "b": ps[ps.model != M.CENTRED_SAE]}, CLAIMS[:2])
+    assert t.iloc[0][f"part carried by {M.CENTRED_SAE}"] == "78% / –"
+    assert t.iloc[1][f"part carried by {M.CENTRED_SAE}"] == ""  # GSAE -> MGSAE: no rung between

@@ -22,12 +22,15 @@ def tiny():
 
 def test_methods_table_names_and_archs(tiny):
     P = tiny[0]
-    assert list(ex.METHODS) == ["SAE", "BatchTopK", "Matryoshka", "GSAE", "MGSAE", "ModalitySpecific",
-                                "SharedSupport"]
+    assert list(ex.METHODS) == ["SAE", "CentredSAE", "GSAE", "MGSAE", "MaskedSAE", "BatchTopK", "Matryoshka",
+                                "ModalitySpecific", "SharedSupport"]
     archs = {n: ex.method_config(n, P, d=32).arch for n in ex.METHODS}
-    assert archs == {"SAE": "topk", "BatchTopK": "batchtopk", "Matryoshka": "matryoshka", "GSAE": "group_sparse",
-                     "MGSAE": "group_sparse", "ModalitySpecific": "modality_specific",
-                     "SharedSupport": "shared_support"}
+    assert archs == {"SAE": "topk", "CentredSAE": "group_sparse", "BatchTopK": "batchtopk", "Matryoshka": "matryoshka",
+                     "GSAE": "group_sparse", "MGSAE": "group_sparse", "MaskedSAE": "group_sparse",
+                     "ModalitySpecific": "modality_specific", "SharedSupport": "shared_support"}
+    assert ex.method_config("CentredSAE", P, d=32).group_lambda == 0.0
+    assert (ex.method_config("MaskedSAE", P, d=32).group_lambda, ex.method_config("MaskedSAE", P, d=32).mask_rate) == \
+        (0.0, P["mask_rate"])
     assert ex.method_config("MGSAE", P, d=32).mask_rate == P["mask_rate"]
     assert ex.method_config("GSAE", P, d=32).mask_rate == 0.0
     assert ex.method_config("GSAE", P, d=32, group_lambda=0.3).group_lambda == 0.3

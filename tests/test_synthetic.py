@@ -230,7 +230,7 @@ def test_atom_decay_concentrates_each_modality_on_its_own_directions():
 def test_paper_profile_is_in_clips_regime_for_an_8192_latent_sae(coco500_path):
     """The paper profile's calibration targets that hold at reduced size (scripts/calibrate_generator.py
     judges the rest, the SAE's categories, at full size: docs/calibration.md): far more true concepts than
-    latents, with a heavy-tailed frequency; about as many concepts in an embedding as K latents fire;
+    latents, none too rare for the held-out pairs; about as many concepts in an embedding as K latents fire;
     a class structure dense zero-shot gets mostly right; and the spread of each modality along the gap
     direction of real CLIP (the generator once had almost none, so a latent could gate a modality by its
     offset without error)."""
@@ -240,10 +240,18 @@ def test_paper_profile_is_in_clips_regime_for_an_8192_latent_sae(coco500_path):
     assert cfg.n_concepts >= 2.5 * P["m"]
     per_x, per_y = (np.asarray((c > 0).sum(1)).ravel().mean() for c in (s.codes_x, s.codes_y))
     assert 0.6 * P["k"] <= per_x <= 1.3 * P["k"] and 0.6 * P["k"] <= per_y <= 1.3 * P["k"]
-    freq = np.sort(np.asarray((s.codes_x[:, cfg.n_classes:cfg.n_shared] > 0).mean(0)).ravel())[::-1]
-    assert freq[:100].sum() > 0.25 * freq.sum()  # the 100 commonest of 12,278 shared concepts: a quarter of uses
+    # every concept common enough that the 10,000 held-out pairs of the run hold it several times (a Zipfian tail
+    # let the SAE spend latents on concepts they never show: docs/calibration.md)
+    w = concept_frequencies(cfg)
+    for lo, hi, mean in ((cfg.n_classes, cfg.n_shared, cfg.mean_shared),
+                         (cfg.n_shared, cfg.n_shared + cfg.n_image_only, cfg.mean_image_only),
+                         (cfg.n_shared + cfg.n_image_only, cfg.n_concepts, cfg.mean_text_only)):
+        expected = 10_000 * mean * w[lo:hi] / w[lo:hi].sum()
+        assert expected.min() >= 5
+    freq = np.asarray((s.codes_x[:, cfg.n_classes:cfg.n_shared] > 0).mean(0)).ravel()
+    assert freq.mean() == pytest.approx(cfg.mean_shared / (cfg.n_shared - cfg.n_classes), rel=0.05)
     zs = s.zero_shot_set()
-    assert ((zs.emb @ zs.class_emb.T).argmax(1) == zs.labels).mean() > 0.75
+    assert ((zs.emb @ zs.class_emb.T).argmax(1) == zs.labels).mean() > 0.7
     from mmsae.eval.geometry import load_real_clip
 
     def gap_spread(x, y):

@@ -41,6 +41,7 @@ class Claim:
     lower_is_better: bool = False  # the paper's claim is that `high` has *less* of it
     paper_low: float | None = None
     paper_high: float | None = None
+    via: str | None = None  # a rung between low and high: the table gives its share of the change
 
 
 def _pc(model: str, col: str) -> float:
@@ -55,13 +56,16 @@ def _pz(model: str) -> float:
 
 CLAIMS = [
     Claim("GSAE has more latents firing for both modalities than the SAE", M.SAE, M.GSAE, "both_min1",
-          "both, any firing", True, False, _pc("SAE", "both"), _pc("GSAE", "both")),
+          "both, any firing", True, False, _pc("SAE", "both"), _pc("GSAE", "both"), via=M.CENTRED_SAE),
     Claim("MGSAE has more than GSAE", M.GSAE, M.MGSAE, "both_min1", "both, any firing", True, False,
           _pc("GSAE", "both"), _pc("MGSAE", "both")),
+    Claim("GSAE above the SAE in both, counting a latent on a modality when it reaches a fifth of its expected "
+          "firings there", M.SAE, M.GSAE, "both", "both, scaled rule", True, via=M.CENTRED_SAE),
+    Claim("MGSAE above GSAE, the same count", M.GSAE, M.MGSAE, "both", "both, scaled rule", True),
     Claim("GSAE leaves fewer latents dead than the SAE", M.SAE, M.GSAE, "dead_min1", "never fires", True, True,
-          _pc("SAE", "dead"), _pc("GSAE", "dead")),
+          _pc("SAE", "dead"), _pc("GSAE", "dead"), via=M.CENTRED_SAE),
     Claim("Zero-shot through the codes: GSAE above the SAE", M.SAE, M.GSAE, "zs_code", "zero-shot (codes)",
-          paper_low=_pz("SAE"), paper_high=_pz("GSAE")),
+          paper_low=_pz("SAE"), paper_high=_pz("GSAE"), via=M.CENTRED_SAE),
     Claim("Zero-shot through the codes: MGSAE above GSAE", M.GSAE, M.MGSAE, "zs_code", "zero-shot (codes)",
           paper_low=_pz("GSAE"), paper_high=_pz("MGSAE")),
     Claim("Centring each modality alone (no penalty, no mask) gives more latents in both than the SAE "
@@ -79,17 +83,19 @@ def zero_shot_column(per_seed: pd.DataFrame) -> str | None:
 
 def compare(per_seed: pd.DataFrame, claim: Claim) -> dict | None:
     """The claim on one run: ``low``, ``high`` (means), ``change``, ``spread`` (std over seeds of the
-    per-seed change), ``seeds`` and ``verdict``; None when a model or the metric is missing."""
+    per-seed change), ``seeds``, ``verdict`` and, with ``claim.via`` trained, ``via_share`` (the mean
+    change from ``low`` to ``via`` over the mean change from ``low`` to ``high``); None when a model or
+    the metric is missing."""
     col = zero_shot_column(per_seed) if claim.metric == "zs_code" else claim.metric
     if col is None or col not in per_seed.columns:
         return None
-    v = per_seed[per_seed.model.isin([claim.low, claim.high])][["model", "seed", col, "m"]].copy()
+    v = per_seed[per_seed.model.isin([claim.low, claim.high, claim.via])][["model", "seed", col, "m"]].copy()
     if claim.share_of_m:
         v[col] = v[col] / v["m"]
     w = v.pivot_table(index="seed", columns="model", values=col)
     if claim.low not in w or claim.high not in w:
         return None
-    w = w.dropna()
+    w = w.dropna(subset=[claim.low, claim.high])
     d = w[claim.high] - w[claim.low]
     change, spread = float(d.mean()), float(d.std(ddof=0)) if len(d) > 1 else float("nan")
     sign = -1.0 if claim.lower_is_better else 1.0
@@ -101,8 +107,11 @@ def compare(per_seed: pd.DataFrame, claim: Claim) -> dict | None:
         verdict = "holds"
     else:
         verdict = "within noise"
+    via_share = float("nan")
+    if claim.via is not None and claim.via in w and abs(change) > 1e-9:
+        via_share = float((w[claim.via] - w[claim.low]).mean()) / change
     return {"low": float(w[claim.low].mean()), "high": float(w[claim.high].mean()), "change": change,
-            "spread": spread, "seeds": int(len(d)), "verdict": verdict}
+            "spread": spread, "seeds": int(len(d)), "verdict": verdict, "via_share": via_share}
 
 
 def _cell(r: dict | None, digits: int = 2) -> str:
@@ -136,5 +145,11 @@ def claims_table(runs: Mapping[str, pd.DataFrame], claims=CLAIMS) -> pd.DataFram
                "the paper": "–" if c.paper_low is None else f"{c.paper_low:.2f} → {c.paper_high:.2f}"}
         row.update({name: _cell(r) for name, r in res.items()})
         row["verdict"] = _words({name: r["verdict"] for name, r in res.items() if r is not None})
+        if c.via is not None:
+            row[f"part carried by {c.via}"] = " / ".join(  # a share of a change the paper's way round only
+                "–" if r is None or not np.isfinite(r["via_share"]) or r["verdict"] == "not reproduced"
+                else f"{100 * r['via_share']:.0f}%" for r in res.values())
+        else:
+            row[f"part carried by {M.CENTRED_SAE}"] = ""
         rows.append(row)
     return pd.DataFrame(rows)

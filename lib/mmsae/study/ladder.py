@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .methods import LADDER, LADDER_STEPS, MGSAE, SAE
+from .methods import LADDER, LADDER_STEPS, MASKED_SAE, MGSAE, SAE
 
 __all__ = ["LADDER_METRICS", "ladder_metrics", "ladder_rungs", "ladder_steps", "ladder_sentences"]
 
@@ -111,12 +111,12 @@ def _pct(x: float) -> str:
 
 
 def ladder_sentences(steps: pd.DataFrame, metric: str = "both, any firing") -> list[str]:
-    """One sentence per step about ``metric``: its change with seed spread and its share of the
-    SAE -> MGSAE change, e.g. ``"centring each modality: +0.27 ± 0.02 (81% of MGSAE's change over
-    the SAE)"``."""
+    """One sentence per step about ``metric``: its change with seed spread and, for the steps from the
+    SAE to MGSAE, its share of that change, e.g. ``"centring each modality: +0.27 ± 0.02 (81% of
+    MGSAE's change over the SAE)"`` (the side rung, the mask alone, is not a part of that path)."""
     out = []
     for rec in steps.to_dict("records"):
-        share = rec.get(f"{metric}_share", float("nan"))
+        share = rec.get(f"{metric}_share", float("nan")) if rec["to"] != MASKED_SAE else float("nan")
         out.append(f"{rec['adds']}: {rec[metric]:+.2f} ± {rec[f'{metric}_std']:.2f}"
                    + (f" ({_pct(share)} of MGSAE's change over the SAE)" if np.isfinite(share) else ""))
     return out
