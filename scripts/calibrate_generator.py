@@ -309,16 +309,18 @@ pairs within 15 % of real CLIP's geometry (`tests/test_synthetic.py`).
 **The search.** The generator before it (3,072 concepts, about 8 in an embedding, steeply Zipfian) let
 latents specialise on rare concepts as training went on: at 25,000 steps 56 % of the SAE's latents never
 fired on the held-out pairs. The candidates below (their settings and the reasoning between rounds are in
-`CANDIDATES` of the script) added, in turn: far more concepts than latents with Zipf 1 frequencies; concept
-directions with a decaying spectrum, one basis per modality, so that 24,576 concepts keep CLIP's effective
-rank; shared concepts whose image and text directions each have a private part (`_decaying` in
-`mmsae.data.synthetic`); a stronger class concept (`class_boost`); and per-sample spread along the mean
-directions, which real CLIP has and the generator had not (`offset_jitter`). Screening runs (4,000 steps on
-60,000 pairs, one thread) only rank candidates: the categories drift with training length, so the chosen
-generator is judged at the full 25,000 steps on the paper-scale run's own data, and that SAE is the one the
-paper-scale run reports. Runs stopped before their end (a candidate abandoned mid-way, and the first
-judge, whose generator was refitted to the geometry with less noise and went wrong from its first evaluation)
-are kept as their evaluation lines, `docs/calibration/*-stopped.log` and `*-aborted.log`.
+`CANDIDATES` of the script) added, in turn: far more concepts than latents (24,576) and more of them in an
+embedding (about 27, against K = 32); concept directions with a decaying spectrum, one basis per modality, so
+that so many concepts keep CLIP's effective rank; shared concepts whose image and text directions each have a
+private part (`_decaying` in `mmsae.data.synthetic`); a stronger class concept (`class_boost`); and per-sample
+spread along the mean directions, which real CLIP has and the generator had not (`offset_jitter`). Screening
+runs (4,000 steps on 60,000 pairs, one thread) ranked them. Two judges at full length then went wrong from
+their first evaluation, and the diagnosis (`diag_*.log`) was the size of the training set, not the settings
+that had changed: on 190,000 pairs, with Zipfian concept frequencies, the SAE spends latents on concepts too
+rare to show in 10,000 held-out pairs, which 60,000 training pairs hid. The paper profile therefore draws the
+concepts of each pool with uniform frequencies; the judge below trained on the paper-scale run's own data,
+and that SAE is the one the paper-scale run reports. Runs stopped before their end (abandoned candidates, the
+two first judges) are kept as their evaluation lines, `docs/calibration/*-stopped.log` and `*-aborted.log`.
 """
 
 

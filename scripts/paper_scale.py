@@ -1,9 +1,13 @@
 """The paper's core comparison at the paper's scale, run end to end and measured.
 
-    .venv/bin/python scripts/paper_scale.py            # notebooks 01-05, about an hour on 2 cores
+    .venv/bin/python scripts/paper_scale.py            # notebooks 01-05, about 1.5 hours on 2 cores
     .venv/bin/python scripts/paper_scale.py --only 4,5 # again from notebook 04 (01-03 already ran)
+    .venv/bin/python scripts/paper_scale.py --only 1   # the data, then train side by side, then the rest:
+    .venv/bin/python scripts/paper_scale.py --pretrain CentredSAE,GSAE,MGSAE --only ""
+    .venv/bin/python scripts/paper_scale.py --only 2,3,4,5
 
-What it runs: ``./run_all.sh --profile paper`` with SAE, GSAE and MGSAE (seed 0; 25,000 steps x 128
+What it runs: ``./run_all.sh --profile paper`` with SAE, CentredSAE, GSAE and MGSAE (the ladder's
+main rungs; seed 0; 25,000 steps x 128
 pairs; m = 8192, K = 32; lambda = 0.05; mask rate 0.2) on the paper profile's CLIP-calibrated
 synthetic data (200,000 pairs at d = 512, 10,000 held out), without the ablations and the alpha
 sweep. Tables and figures go to ``results/paper-synthetic/`` and ``figures/paper-synthetic/``.

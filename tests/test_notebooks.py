@@ -24,7 +24,7 @@ METHODS = set(METHOD_ORDER)
 
 
 CI_PARAMS = ["--param", "n_pairs=6000", "--param", "steps=500", "--param", "ablation_steps=100",
-             "--param", "sweep_seeds=[0]"]
+             "--param", "sweep_seeds=[0]", "--param", "comparison_seeds=[0,1]"]
 
 
 def _run_all(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -70,7 +70,7 @@ def test_tables_and_figures_written(smoke_run):
     # the four categories partition the dictionary of every model
     per_seed = pd.read_csv(out / "results" / "per_seed_metrics.csv")
     assert (per_seed[["image_only", "text_only", "both", "dead"]].sum(axis=1) == per_seed["m"]).all()
-    assert per_seed.groupby("model")["seed"].nunique().min() == 3  # mean and spread over 3 seeds
+    assert per_seed.groupby("model")["seed"].nunique().min() == 2  # mean and spread over seeds (CI: 2 of them)
     comparison = pd.read_csv(out / "results" / "comparison.csv")
     assert set(comparison["model"]) == METHODS and comparison["both_std"].notna().all()
     m = json.loads((out / "results" / "headline.json").read_text())

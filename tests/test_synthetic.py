@@ -263,3 +263,23 @@ def test_paper_profile_is_in_clips_regime_for_an_8192_latent_sae(coco500_path):
     sx, sy = gap_spread(s.pairs.x[:500].astype(np.float64), s.pairs.y[:500].astype(np.float64))
     # at least half of CLIP's spread on each side, and no more than 1.5 times (offset_jitter; it was 0.015 before)
     assert 0.5 * min(rx, ry) < min(sx, sy) and max(sx, sy) < 1.5 * max(rx, ry)
+
+
+def test_modality_rank_puts_modality_only_concepts_in_subspaces_of_their_own():
+    s = make_synthetic(n_pairs=20, d=66, n_shared=100, n_image_only=50, n_text_only=50, private_rank=4,
+                       atom_decay=1.0, modality_rank=8, seed=2)
+    img, txt = s.atoms_x[s.concept_kind == IMAGE_ONLY], s.atoms_y[s.concept_kind == TEXT_ONLY]
+    assert np.abs(img @ txt.T).max() < 1e-6  # disjoint subspaces
+    assert np.linalg.matrix_rank(img, tol=1e-6) == 8 and np.linalg.matrix_rank(txt, tol=1e-6) == 8
+    assert np.abs(img @ s.private_x).max() < 1e-6 and np.abs(txt @ s.private_y).max() < 1e-6
+    with pytest.raises(ValueError, match="modality_rank"):
+        make_synthetic(n_pairs=10, d=66, private_rank=4, modality_rank=8)  # needs atom_decay
+
+
+def test_offset_jitter_spreads_rows_along_the_mean_plane_only():
+    kw = dict(n_pairs=400, d=40, n_shared=30, n_image_only=5, n_text_only=5, private_rank=4, seed=3)
+    plain, jit = make_synthetic(**kw), make_synthetic(**kw, offset_jitter=0.1)
+    plane = plain.offsets  # (2, d) the two unit mean directions
+    spread = lambda s: (s.pairs.x @ plane.T).std(0).mean()  # noqa: E731
+    assert spread(jit) > 3 * spread(plain)
+    np.testing.assert_array_equal(jit.codes_x, plain.codes_x)  # its own random stream: the rest unchanged

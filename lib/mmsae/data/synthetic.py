@@ -39,7 +39,14 @@ and a caption row ``y`` the same with ``m_y``, ``atoms_y``, ``P_y``, where
   modality has and the other does not (style, phrasing), dense and not a concept. They
   carry the top principal components of each modality, which is why the top principal
   subspaces of image and text overlap little (0.17 on CLIP);
-* isotropic Gaussian noise of norm about ``noise`` (in the complement).
+* isotropic Gaussian noise of norm about ``noise`` (in the complement);
+* with ``atom_decay > 0`` the concept directions have a decaying spectrum instead of the frame
+  (:func:`_decaying`: one basis for what a shared concept's two sides have in common, one per
+  modality for the rest, so each side keeps a private part), which keeps CLIP's effective rank with
+  tens of thousands of concepts; ``modality_rank > 0`` puts the image-only and the text-only concepts
+  in subspaces of their own; ``offset_jitter`` spreads each row along the plane of the two mean
+  directions (real CLIP: a std of about 0.05 along the gap direction; without it a latent can tell
+  the modalities apart by their offset without error).
 
 ``private_scale`` and ``noise`` are relative to the concept part (whose norm is a few
 units); ``offset_scale`` is relative to the unit-norm variation.
@@ -66,6 +73,8 @@ the real value is below 0.3) of the 500 real CLIP ViT-B/16 COCO pairs shipped in
 (mean norms 0.73 / 0.72, cosine of the means 0.31, gap 0.85, pair cosine 0.31, random-pair
 cosine 0.16, centred pair cosine 0.31, top-20 subspace overlap 0.17, per-sample variance
 0.47, effective ranks 105 / 97, R@1 0.55 / 0.51); ``tests/test_synthetic.py`` checks both.
+The paper profile (``d = 512``, 24,576 concepts, ~27 in an embedding) is also calibrated on the
+pooled SAE at the paper's settings (``scripts/calibrate_generator.py``, ``docs/calibration.md``).
 The width changes how this is reached: effective rank and retrieval depend on ``d``. At
 ``d = 128`` an effective rank of ~100 is close to the maximum (an isotropic Gaussian gives
 112 on 500 samples), so concepts are uniform (``concept_zipf = 0``) on a tight frame; at
