@@ -570,15 +570,6 @@ def claims_section() -> str:
             "[docs/results.md](docs/results.md) also has a rule stable in the number of held-out pairs.\n")
 
 
-def _ladder_cells(runs, col: str, model: str, digits: int = 2) -> str:
-    vals = []
-    for ps in runs.values():
-        r, _ = ladder_rungs(ps)
-        r = r.set_index("model")
-        vals.append(_fmt(float(r.loc[model, col]), digits) if model in r.index and col in r else "–")
-    return " / ".join(vals)
-
-
 def ladder_section() -> str:
     runs = _runs()
     rungs = {k: ladder_rungs(v)[0] for k, v in runs.items()}
