@@ -52,8 +52,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from IPython.display import Markdown, display
+
 from mmsae.eval import metrics
-from mmsae.study import plots
+from mmsae.study import findings, plots
 from mmsae.data import load_paired
 from mmsae.study.profiles import get_profile
 from mmsae.study.runs import RunPaths, write_json
@@ -62,7 +64,6 @@ from mmsae.data.synthetic import config_from_profile, make_synthetic
 P = get_profile(profile, alpha=alpha, n_pairs=n_pairs, val_fraction=val_fraction)
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
 plots.set_style()
-print("run folder:", paths.root)
 
 # %% [markdown]
 # ## Build or load the pairs
@@ -70,7 +71,6 @@ print("run folder:", paths.root)
 # %%
 if data == "synthetic":
     cfg = config_from_profile(P, seed=seed)  # every generator key of the profile, incl. its correlated concept
-    print(cfg)
     synth = make_synthetic(cfg)
     perm = np.random.default_rng(seed).permutation(cfg.n_pairs)
     n_val = int(round(cfg.n_pairs * P["val_fraction"]))
@@ -112,7 +112,8 @@ if len(train) + len(val) < MIN_PAIRS or len(val) < 10:
                          f"val_fraction)")
 print(f"train: {len(train)} pairs, val: {len(val)} pairs, d = {train.dim}")
 print("captions:", "none (names, the caption zero-shot set and named steering are skipped)" if val.captions is None
-      else f"{sum(map(len, val.caption_lists()))} for the {len(val)} held-out pairs ({val.meta.get('captions_file')})")
+      else f"{sum(map(len, val.caption_lists()))} for the {len(val)} held-out pairs "
+      f"({Path(str(val.meta.get('captions_file'))).name})")
 
 # %% [markdown]
 # ## Zero-shot classes from captions (real data)
@@ -146,8 +147,9 @@ if data != "synthetic":
         cap_zs.save(cap_zs_file)
         print(f"{cap_zs.name}: {len(cap_zs.class_names)} classes, {len(cap_zs.labels)} labelled held-out images "
               f"({cap_zs.meta['prompts']})")
-        print(pd.DataFrame({"train pairs": cap_zs.meta["n_train_per_class"],
-                            "held-out images": cap_zs.meta["n_val_per_class"]}).T.to_string())
+        display(pd.DataFrame({"train pairs": cap_zs.meta["n_train_per_class"],
+                              "held-out images": cap_zs.meta["n_val_per_class"]}).sort_values("held-out images",
+                                                                                              ascending=False).head(12))
 
 # %% [markdown]
 # ## What the space looks like
@@ -197,7 +199,7 @@ if REAL_CLIP_REFERENCE.is_file():
     caption = (f"Embedding geometry of the first {n_cmp} held-out pairs beside {n_cmp} real CLIP ViT-B/16 "
                "COCO pairs; within: 15\\% relative difference (0.05 absolute where the real value is below 0.3).")
 else:
-    print(f"{REAL_CLIP_REFERENCE}: not found, so the geometry is shown without the real-CLIP reference")
+    print(f"{REAL_CLIP_REFERENCE.name}: not found, so the geometry is shown without the real-CLIP reference")
     keys = [k for k in ours_cmp if k not in COUNT_KEYS]
     geo_table = pd.DataFrame({"statistic": [GEOMETRY_LABELS[k] for k in keys], "this data": [ours_cmp[k] for k in keys]})
     caption = f"Embedding geometry of the first {n_cmp} held-out pairs."
@@ -214,10 +216,10 @@ for f in sorted(paths.embeddings.glob("zeroshot_*.safetensors")):
     rows = zs.meta.get("val_rows", list(range(len(val))) if len(zs.emb) == len(val) else None)
     if rows is not None:
         summary["zero_shot_structure"][zs.name] = class_structure(zs.emb, yv[np.asarray(rows, int)], zs.labels)
-        print(zs.name, {k: round(v, 3) for k, v in summary["zero_shot_structure"][zs.name].items()})
 write_json(summary, paths.results / "data_summary.json")
-print(geo_table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-summary
+if summary["zero_shot_structure"]:
+    display(pd.DataFrame(summary["zero_shot_structure"]).T.round(3))
+geo_table.round(3)
 
 # %%
 from sklearn.decomposition import PCA
@@ -234,4 +236,12 @@ axes[1].hist((xv * np.roll(yv, 1, axis=0)).sum(1), bins=50, alpha=0.7, label="ra
 axes[1].set(title="image-text cosine", xlabel="cosine", ylabel="count")
 axes[1].legend(frameon=False)
 fig.tight_layout()
-plots.save_figure(fig, "data_overview", paths.figures)
+plots.save_figure(fig, "data_overview", paths.figures);
+
+# %% [markdown]
+# ## What this run shows
+
+# %%
+zs_sets = {f.stem[len("zeroshot_"):]: ZeroShotSet.load(f) for f in sorted(paths.embeddings.glob("zeroshot_*.safetensors"))}
+Markdown(findings.extract(len(train), len(val), train.dim, data, profile, zs_sets,
+                          geo_table if "within" in geo_table else None, summary))

@@ -39,7 +39,9 @@ tensorboard = None  # TensorBoard event files per method and seed (profile defau
 # %%
 from pathlib import Path
 
-from mmsae.study import plots
+from IPython.display import Markdown
+
+from mmsae.study import findings, plots
 from mmsae.study.experiments import tensorboard_dir, train_method
 from mmsae.study.profiles import get_profile
 from mmsae.study.runs import RunPaths, load_run_data
@@ -67,4 +69,10 @@ for s in P["seeds"]:
 from mmsae.study.plots import plot_training_logs
 
 fig = plot_training_logs(paths.root / "models", ["SAE"], P["seeds"])
-plots.save_figure(fig, "training_SAE", paths.figures)
+plots.save_figure(fig, "training_SAE", paths.figures);
+
+# %% [markdown]
+# ## What this run shows
+
+# %%
+Markdown(findings.training(paths.root / "models", ["SAE"], P["seeds"], "the pooled TopK SAE"))

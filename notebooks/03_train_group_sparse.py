@@ -57,7 +57,9 @@ tensorboard = None  # TensorBoard event files per method and seed (profile defau
 # %%
 from pathlib import Path
 
-from mmsae.study import plots
+from IPython.display import Markdown
+
+from mmsae.study import findings, plots
 from mmsae.study.experiments import tensorboard_dir, train_method
 from mmsae.study.plots import plot_training_logs
 from mmsae.study.profiles import get_profile
@@ -79,7 +81,7 @@ for name in ("GSAE", "MGSAE"):
 
 # %%
 fig = plot_training_logs(paths.root / "models", ["GSAE", "MGSAE"], P["seeds"])
-plots.save_figure(fig, "training_group_sparse", paths.figures)
+plots.save_figure(fig, "training_group_sparse", paths.figures);
 
 # %% [markdown]
 # ## Every method on the same data
@@ -120,7 +122,7 @@ print(f"{len(trained)} models: {len(P['methods'])} methods x seeds {P['compariso
 
 # %%
 fig = plot_training_logs(paths.root / "models", P["methods"], P["comparison_seeds"])
-plots.save_figure(fig, "training_all_methods", paths.figures)
+plots.save_figure(fig, "training_all_methods", paths.figures);
 
 # %% [markdown]
 # ## Ablations
@@ -132,7 +134,9 @@ plots.save_figure(fig, "training_all_methods", paths.figures)
 # * **mask rate** (`mask_grid`: 0, 0.1, 0.2, 0.4) of MGSAE; rate 0 is GSAE;
 # * **mask per pair vs per batch** (`mask_modes`): the paper does not say which;
 # * **width x K** (`expansion_grid` x `k_grid`, lambda = `width_k_lambda` as in the paper's
-#   sweep): the paper's 4x/8x/16x and K 16/32/64, scaled down at the smoke profile.
+#   sweep): the paper's 4x/8x/16x and K 16/32/64, scaled down at the smoke profile;
+# * **K alone** (`pareto_k_grid`, `pareto_methods`): the sparsity-fidelity trade-off SAE
+#   evaluation reports (explained variance against L0), beside a PCA baseline in notebook 04.
 #
 # Ablation models are stored under `models/sweeps/main/<arch>-<hash>/seed<k>/`, keyed by
 # their settings, so a setting shared by two sweeps (GSAE at the default lambda = MGSAE
@@ -140,7 +144,7 @@ plots.save_figure(fig, "training_all_methods", paths.figures)
 
 # %%
 if run_ablations:
-    for sweep in ("lambda", "mask_rate", "mask_mode", "width_k"):
+    for sweep in ("lambda", "mask_rate", "mask_mode", "width_k", "k"):
         t0 = time.perf_counter()
         runs = run_sweep(sweep, train, None, P, models_dir=paths.root / "models", evaluate=False, device=device)
         timings[f"ablation_{sweep}"] = time.perf_counter() - t0
@@ -164,4 +168,10 @@ if run_alpha_sweep:
     runs = sweep_alpha(P, models_dir=paths.root / "models", evaluate=False, device=device)
     timings["alpha_sweep"] = time.perf_counter() - t0
     print(f"alpha sweep: {len(runs)} models")
-write_json({"profile": profile, "data": data, "wall_time_s": timings}, paths.root / "train_timings_methods.json")  # untracked
+write_json({"profile": profile, "data": data, "wall_time_s": timings}, paths.root / "train_timings_methods.json");  # untracked
+
+# %% [markdown]
+# ## What this run shows
+
+# %%
+Markdown(findings.training(paths.root / "models", P["methods"], P["comparison_seeds"], "every method of the comparison"))

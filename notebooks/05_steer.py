@@ -15,11 +15,11 @@
 # %% [markdown]
 # # 05 · Steering with one latent
 #
-# Take samples that do **not** carry a concept, add $\alpha\,\sigma_i$ to the concept's
-# latent $i$ in their codes ($\sigma_i$: the latent's activation std on held-out codes),
+# Take samples that do **not** carry a concept, add $s\,\sigma_i$ to the concept's latent $i$
+# in their codes ($s$: the steering strength; $\sigma_i$: the latent's activation std on held-out codes),
 # decode, and measure
 #
-# * **toward**: the gain in cosine, relative to $\alpha = 0$, to the concept's embeddings
+# * **toward**: the gain in cosine, relative to $s = 0$, to the concept's embeddings
 #   *in the same modality* (mean image embedding of the pairs that carry the concept when
 #   steering images, mean caption embedding when steering captions);
 # * **toward_captions**: the gain toward the concept's captions, the paper's measure (for
@@ -46,7 +46,7 @@ seeds = None  # trained seeds to steer (default: every comparison seed)
 concept = None  # synthetic: concept index (None: 0); captions: class name or index (None: best-populated class);
 # zero-shot set: class index (None: 0); otherwise caption cluster index (None: 0)
 n_clusters = 8  # label-free data (no truth, no zero-shot set): k-means clusters of the held-out captions
-alphas = None  # steering strengths in units of the latent's std (profile default)
+strengths = None  # steering strengths s, in units of the latent's std (profile default)
 n_samples = None  # samples without the concept to steer (profile default)
 
 # %%
@@ -55,13 +55,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmsae.study import plots
+from IPython.display import Markdown, display
+
+from mmsae.study import findings, plots
 from mmsae.eval import steering
 from mmsae.models import load_model
 from mmsae.study.profiles import get_profile
 from mmsae.study.runs import RunPaths, load_run_data, write_json, write_table
 
-P = get_profile(profile, comparison_seeds=comparison_seeds, steer_alphas=alphas, steer_samples=n_samples)
+P = get_profile(profile, comparison_seeds=comparison_seeds, steer_strengths=strengths, steer_samples=n_samples)
 SEEDS = list(seeds if seeds is not None else P["comparison_seeds"])
 paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
 train, val, truth, zero_shot = load_run_data(paths)
@@ -88,7 +90,7 @@ x, y = np.asarray(val.x), np.asarray(val.y)
 # %%
 C = steering.choose_concept(x, y, truth=truth, zero_shot=zero_shot, concept=concept, n_clusters=n_clusters,
                             seed=SEEDS[0], captions=val.caption_lists())
-print("concept:", C.name, "| source:", C.source)
+Markdown(f"The concept: **{C.name}** ({C.source}).")
 
 # %%
 rows, chosen = [], []
@@ -109,15 +111,15 @@ for name in names:
                        "fires_on_images": int((z_x[:, latent] > 0).sum()),
                        "fires_on_texts": int((z_y[:, latent] > 0).sum()), "n_steered": int(len(idx))})
         for modality, u in ((0, x), (1, y)):
-            for r in steering.steering_curve(model, u[idx], modality, latent, P["steer_alphas"], sigma,
+            for r in steering.steering_curve(model, u[idx], modality, latent, P["steer_strengths"], sigma,
                                              C.targets[modality], caption_target=C.caption_target):
                 rows.append({"model": name, "seed": s, "modality": val.modalities[modality], **r})
 per_seed_curves = pd.DataFrame(rows)
-curves = per_seed_curves.groupby(["model", "modality", "alpha"], sort=False)[["toward", "toward_captions", "kept"]] \
+curves = per_seed_curves.groupby(["model", "modality", "strength"], sort=False)[["toward", "toward_captions", "kept"]] \
     .agg(["mean", "std"]).reset_index()
 curves.columns = [a if b in ("", "mean") else f"{a}_{b}" for a, b in curves.columns]
 chosen = pd.DataFrame(chosen)
-chosen
+chosen[["model", "seed", "latent", "fires_on_images", "fires_on_texts", "n_steered"]].query("seed == @SEEDS[0]")
 
 # %% [markdown]
 # ## Steering curves
@@ -126,25 +128,25 @@ chosen
 # %%
 write_table(curves, "steering", paths.results, caption=f"Steering toward {C.name}: cosine gain toward the "
             "concept (same modality; and toward its captions) and similarity kept to the original, per modality "
-            f"and alpha; mean $\\pm$ std over seeds {SEEDS}.")
+            f"and steering strength; mean $\\pm$ std over seeds {SEEDS}.")
 write_table(per_seed_curves, "steering_per_seed", paths.results, latex=False)
-fig = plots.plot_steering(curves)
-plots.save_figure(fig, "steering", paths.figures)
+title = f"Steering toward {C.name}: {findings.short_data_name(data, profile)}"
+plots.save_figure(plots.plot_steering(curves, title=title), "steering", paths.figures);
 
 # %% [markdown]
 # ## Does one latent move both modalities, and does the measure separate the methods?
-# At the largest alpha, the cosine gain toward the concept (same modality) for image codes
+# At the largest strength, the cosine gain toward the concept (same modality) for image codes
 # and for text codes. We call a latent one that "moves both" when both gains exceed 0.05.
 # Two methods are **separated** on a modality when their mean gains differ by more than
 # the sum of their standard deviations over seeds; methods not separated from the best are
 # listed with it, and no ranking is claimed among them.
 
 # %%
-top = per_seed_curves[per_seed_curves.alpha == max(P["steer_alphas"])]
+top = per_seed_curves[per_seed_curves.strength == max(P["steer_strengths"])]
 gain = top.groupby(["model", "modality"])["toward"].agg(["mean", "std"]).reset_index()
 both = gain.pivot(index="model", columns="modality", values="mean").loc[names]
 both["moves_both"] = both.min(axis=1) > 0.05
-separation = {}
+separation, lines = {}, []
 for mod, g in gain.groupby("modality"):
     g = g.set_index("model").loc[names].sort_values("mean", ascending=False)
     best = g.index[0]
@@ -155,12 +157,19 @@ for mod, g in gain.groupby("modality"):
                        "mean_seed_std": float(g["std"].mean())}
     verdict = (f"{best} is ahead of {', '.join(m for m in g.index if m not in tied)}" if len(tied) < len(g)
                else "the measure does not separate the methods")
-    print(f"steering {mod}s toward {C.name} at alpha = {max(P['steer_alphas'])}: gains "
+    lines.append(f"* steering {mod}s toward {C.name} at strength {max(P['steer_strengths'])}: gains "
           + ", ".join(f"{m} {g.loc[m, 'mean']:.3f} ± {g.loc[m, 'std']:.3f}" for m in g.index)
           + f"; not separated from the best: {', '.join(tied)}; {verdict}")
-write_json({"concept": C.name, "concept_source": C.source, "alpha": max(P["steer_alphas"]), "seeds": SEEDS,
+write_json({"concept": C.name, "concept_source": C.source, "strength": max(P["steer_strengths"]), "seeds": SEEDS,
             "latents": chosen.to_dict(orient="records"),
-            "toward_at_max_alpha": gain.to_dict(orient="records"),
+            "toward_at_max_strength": gain.to_dict(orient="records"),
             "moves_both": both["moves_both"].to_dict(), "separation": separation},
            paths.results / "steering_summary.json")
-both
+display(Markdown("\n".join(lines)))
+both.round(3)
+
+# %% [markdown]
+# ## What this run shows
+
+# %%
+Markdown(findings.steering(gain, separation, C.name, max(P["steer_strengths"]), data, profile))

@@ -110,6 +110,34 @@ for _p in (2.7, 3.0):
 # profile takes uniform frequencies; atom_decay 1.15 restores the geometry.
 CANDIDATES["z05"] = {**CANDIDATES["c17p2.7"], "concept_zipf": 0.5}
 CANDIDATES["z0d1.15"] = {**CANDIDATES["c17p2.7"], "concept_zipf": 0.0, "atom_decay": 1.15}
+# The judge of the profile (z0d1.15's settings, on the run's own 190,000 pairs) at 25,000 steps: never fires 0.027 and
+# image-only 0.20 met, but "both" 0.41, text-only 0.37, dense zero-shot 0.72 and codes 0.98 above dense. The categories
+# settle after ~7,500 steps (docs/calibration.md), so the next round is screened at 7,500 steps on 190,000 pairs.
+# Dense zero-shot: a class concept drawn like the others lies in the directions every concept crowds, and a stronger
+# class (class_boost 4-5) to lift it shrinks the effective rank below CLIP's. Class directions spread over all of
+# R^510 (class_isotropic) separate the classes at a modest boost; a lower image-text cosine for the class concepts
+# (class_alpha 0.3) lets the SAE give a class one latent per modality, as it does on CLIP, where its codes fall
+# below dense. Images carry more of their own content than captions (c7's shift of modality-only concepts).
+CANDIDATES["k1"] = {**CANDIDATES["z0d1.15"], "class_isotropic": True, "class_alpha": 0.3, "class_boost": 3.0}
+CANDIDATES["k2"] = {**CANDIDATES["k1"], "mean_image_only": 12, "mean_text_only": 7}
+# k1, k2 refitted to the geometry (fit_geometry with alpha, noise, private_scale, class_alpha and the coefficient
+# jitter): the isotropic classes raise retrieval above CLIP's unless a shared concept's two coefficients differ more
+CANDIDATES["k3"] = {**CANDIDATES["k2"], "alpha": 0.55, "jitter": 0.45, "noise": 1.8, "private_scale": 3.0, "class_alpha": 0.4}
+CANDIDATES["k4"] = {**CANDIDATES["k2"], "alpha": 0.6, "jitter": 0.45, "noise": 2.0, "private_scale": 3.0, "class_alpha": 0.35}
+# k3, k4 at 7,500 steps on 190,000 pairs: dense zero-shot 0.91 / 0.88 (met) with the codes at 0.93 (still above), "both"
+# 0.46 / 0.54, never fires 0.04 / 0.03, but image-only 0.07 and text-only 0.43 / 0.37. The judged SAE's pooled pre-bias
+# ends nearer the text mean (0.43 against 0.50), and 60 % of its encoder rows point away from the image offset: those
+# latents can fire on captions only. Fewer caption-only concepts and more image-only ones (k5), or image-only and
+# text-only concepts in subspaces of their own, which the other modality never excites (k6)
+CANDIDATES["k5"] = {**CANDIDATES["k4"], "mean_image_only": 14, "mean_text_only": 4}
+CANDIDATES["k6"] = {**CANDIDATES["k4"], "modality_rank": 48}
+# k5 at 7,500 steps: the same one-sidedness (image-only 0.06, text-only 0.38). k6: image-only 0.15, never fires 0.08,
+# dense zero-shot 0.88 with the codes below it (0.81), the paper's pattern; "both" 0.41 and text-only 0.37 still
+# outside. k6's larger private parts and noise shrink the spread along the gap direction after normalisation to under
+# half of CLIP's (0.024 against 0.048): offset_jitter 0.06 restores it (k8, not screened). k8 is the paper profile's
+# generator (within CLIP's geometry on the 500-pair draw of tests/test_synthetic.py; a 500-pair subset of 2,000
+# pairs puts text-to-image R@1 at 0.61, 20 % above CLIP's), judged at 25,000 steps
+CANDIDATES["k8"] = {**CANDIDATES["k6"], "offset_jitter": 0.06}
 for _n, _d in [("c1", 0.5), ("c1", 1.0), ("c2", 0.5), ("c2", 1.0), ("c2", 1.5), ("c3", 1.0)]:
     CANDIDATES[f"{_n}d{_d:g}"] = {**CANDIDATES[_n], "atom_decay": _d}
 
@@ -277,7 +305,7 @@ def judge(eval_every: int = 2500, seed: int = 0) -> dict:
     emb, ce = np.asarray(zs.emb, np.float32), np.asarray(zs.class_emb, np.float32)
     with torch.no_grad():
         zs_code = metrics.zero_shot_accuracy(model.encode_numpy(emb, 0), zs.labels, model.encode_numpy(ce, 1))
-    rec = {"candidate": "judge", "overrides": {}, "generator": {k: P[k] for k in GENERATOR_PROFILE_KEYS},
+    rec = {"candidate": "judge (the paper profile)", "overrides": {}, "generator": {k: P[k] for k in GENERATOR_PROFILE_KEYS},
            "steps": int(P["steps"]), "n_train": len(train_pairs), "n_val": len(val), "seed": seed,
            "concepts_per_image": None, "zs_dense": metrics.zero_shot_accuracy(emb, zs.labels, ce), "zs_code": zs_code,
            "zs_recon": None, "curve": curve, "train_s": round(time.time() - t0, 1), "threads": torch.get_num_threads(),
@@ -318,14 +346,23 @@ runs (4,000 steps on 60,000 pairs, one thread) ranked them. Two judges at full l
 their first evaluation, and the diagnosis (`diag_*.log`) was the size of the training set, not the settings
 that had changed: on 190,000 pairs, with Zipfian concept frequencies, the SAE spends latents on concepts too
 rare to show in 10,000 held-out pairs, which 60,000 training pairs hid. The paper profile therefore draws the
-concepts of each pool with uniform frequencies; the judge below trained on the paper-scale run's own data,
-and that SAE is the one the paper-scale run reports. Runs stopped before their end (abandoned candidates, the
-two first judges) are kept as their evaluation lines, `docs/calibration/*-stopped.log` and `*-aborted.log`.
+concepts of each pool with uniform frequencies; a first judge, trained on the paper-scale run's own data,
+met two of the six targets (never fires, image-only). The second round (k3-k6, screened at 7,500
+steps on the 190,000 pairs, where the first judge's categories had settled) moved the class concepts off the
+directions every other concept crowds (`class_isotropic`) with a lower image-text cosine (`class_alpha`), which
+brings dense zero-shot to CLIP's level with the SAE's codes below it, and put image-only and text-only concepts
+in subspaces of their own (`modality_rank`), which the other modality never excites: k6 balanced image-only and
+text-only latents. Its geometry, refitted (a little more spread along the gap direction, `offset_jitter`), is
+the paper profile's generator (k8), judged below at the full length on the run's own data; that SAE is the one
+the paper-scale run reports. Runs stopped before their end (abandoned candidates, the two first judges) are
+kept as their evaluation lines, `docs/calibration/*-stopped.log` and `*-aborted.log`; the first judge's record
+is `judge-25000-z0d1.15.json`.
 """
 
 
 def _judge_files():
-    return sorted(OUT.glob("judge-*.json"))
+    """Every judge's record, oldest first (by the date it records): the last is the profile's generator."""
+    return sorted(OUT.glob("judge-*.json"), key=lambda f: json.loads(f.read_text()).get("date", ""))
 
 
 def report(markdown: Path | None = None) -> list[dict]:
@@ -334,7 +371,9 @@ def report(markdown: Path | None = None) -> list[dict]:
     from mmsae.study.runs import write_table
 
     rows = []
-    for f in sorted(OUT.glob("c*.json")) + _judge_files():
+    candidates = sorted((f for f in OUT.glob("*.json") if not f.name.startswith("judge-")),
+                        key=lambda f: json.loads(f.read_text()).get("date", ""))
+    for f in candidates + _judge_files():
         r = json.loads(f.read_text())
         last = r["curve"][-1]
         rows.append({"candidate": r["candidate"], "steps": r["steps"], "train pairs": r["n_train"],

@@ -29,7 +29,7 @@ fi
   "$py" -m pip install --quiet --upgrade pip wheel
   # torch and torchvision must come as a matching pair (see README, "Installation")
   "$py" -m pip install --quiet -c requirements-lock.txt torch torchvision
-  "$py" -m pip install --quiet -c requirements-lock.txt -e ".[notebooks,encoders,test]"
+  "$py" -m pip install --quiet -c requirements-lock.txt -e ".[notebooks,encoders,test,interop]"
   echo "$want" > "$stamp"
 } >&2
 echo "$py"

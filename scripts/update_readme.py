@@ -317,22 +317,51 @@ def comparison_section() -> str:
     f = RES / "comparison_full.csv"
     if not f.exists():
         return "_Not generated yet: run `./run_all.sh`._"
+    from mmsae.study.tables import header
+
     df = pd.read_csv(f)
-    want = [("both", 0), ("dead", 0), ("mms_img_txt_mean_alive", 3), ("mms_img_txt_auc", 3), ("explained_variance_x", 3),
-            ("explained_variance_y", 3), ("code_x2y_R@1", 3), ("code_x2y_R@10", 3), ("code_x2y_MRR", 3),
-            ("code_y2x_R@1", 3), ("code_y2x_MRR", 3)]
-    want += [(c, 3) for c in df.columns if c.startswith("zs_") and c.endswith("_code")]
-    want += [(c, 3) for c in ("gt_recovery_mean", "gt_collapse_rate", "gt_shared_concept_corr") if c in df]
-    out = pd.DataFrame({"model": df["model"]})
-    for c, dg in want:
-        if c in df:
-            out[c] = _pm(df, c, dg)
+    paper_cols = [("both", 0), ("image_only", 0), ("text_only", 0), ("dead", 0), ("mms_img_txt_mean_alive", 3),
+                  ("code_x2y_R@1", 3)] + [(c, 3) for c in df.columns if c.startswith("zs_") and c.endswith("_code")]
+    field_cols = [("explained_variance_x", 3), ("explained_variance_y", 3), ("shrinkage_x", 3), ("shrinkage_y", 3),
+                  ("dense_latents", 3), ("seed_stability_cos", 3), ("seed_stability_share", 3)]
+    field_cols += [(c, 3) for c in ("gt_recovery_mean", "gt_collapse_rate") if c in df]
+    tabs = []
+    for cols in (paper_cols, field_cols):
+        out = pd.DataFrame({"model": df["model"]})
+        for c, dg in cols:
+            if c in df:
+                out[header(c)] = _pm(df, c, dg)
+        tabs.append(_md(out))
     n = json.loads((RES / "comparison_meta.json").read_text()) if (RES / "comparison_meta.json").exists() else {}
-    head = ("Mean ± std over seeds (from `results/comparison_full.csv`; retrieval and zero-shot from SAE codes; "
-            "gt_*: against the synthetic ground truth)")
+    head = ("Mean ± std over seeds (from `results/comparison_full.csv`, which has every metric). The paper's "
+            "metrics: categories (counts of latents), MMS, retrieval and zero-shot through the codes")
     if n:
         head += f"; {', '.join(f'{k}: {v}' for k, v in n.items())}"
-    return head + ".\n\n" + _md(out)
+    return (head + ".\n\n" + tabs[0] + "\n\nWhat SAE evaluation reports beside them (SAEBench): explained variance "
+            "about the mean, shrinkage (relative reconstruction bias, 1 = none), dense latents (firing on more than a "
+            "tenth of the inputs), seed stability (two seeds' decoder atoms matched one to one: mean cosine, share "
+            "above 0.9) and, on synthetic data, recovery of the true atoms.\n\n" + tabs[1] + _disagreement(df))
+
+
+def _disagreement(df: pd.DataFrame) -> str:
+    """Where the field's metrics rank the methods otherwise than the paper's "both": generated sentences."""
+    both = "both_min1" if "both_min1" in df else "both"
+    if both not in df or "seed_stability_cos" not in df or df["seed_stability_cos"].isna().all():
+        return ""
+    d = df.set_index("model")
+    n, top = len(d), d[both].idxmax()
+    ev = (d["explained_variance_x"] + d["explained_variance_y"]) / 2
+    stab = d["seed_stability_cos"].rank(ascending=False)
+    shr = (d["shrinkage_x"] - 1).abs().rank() if "shrinkage_x" in d else None
+    parts = [f"{int(stab[top])} of {n} in seed stability ({d.loc[top, 'seed_stability_cos']:.3f}; most stable "
+             f"{d['seed_stability_cos'].idxmax()}, {d['seed_stability_cos'].max():.3f})"]
+    if shr is not None:
+        parts.append(f"{int(shr[top])} of {n} in shrinkage (image side {d.loc[top, 'shrinkage_x']:.3f}; nearest 1: "
+                     f"{(d['shrinkage_x'] - 1).abs().idxmin()})")
+    parts.append(f"{int(ev.rank(ascending=False)[top])} of {n} in explained variance (best {ev.idxmax()}, "
+                 f"{ev.max():.3f}, images and captions averaged)")
+    return (f"\n\nWhere the field's metrics and the paper's disagree: {top} has the most latents on both modalities "
+            "but ranks " + ", ".join(parts) + ".")
 
 
 def paperscale_section() -> str:
@@ -477,7 +506,7 @@ def steering_section() -> str:
         if not f.exists():
             continue
         st = json.loads(f.read_text())
-        gain = pd.DataFrame(st["toward_at_max_alpha"])
+        gain = pd.DataFrame(st.get("toward_at_max_strength", st.get("toward_at_max_alpha")))
         lat = pd.DataFrame(st["latents"])
         rows = []
         for name in dict.fromkeys(lat["model"]):
@@ -493,7 +522,7 @@ def steering_section() -> str:
             verdicts.append(f"{mod}s: " + (f"{sep['best']} ahead of the methods outside "
                                            f"{{{', '.join(sep['not_separated_from_best'])}}}" if sep["separates"]
                                            else "the measure does not separate the methods"))
-        parts.append(f"**{label}**: concept {st['concept']} (source: {st['concept_source']}); alpha = {st['alpha']} "
+        parts.append(f"**{label}**: concept {st['concept']} (source: {st['concept_source']}); strength = {st.get('strength', st.get('alpha'))} "
                      f"activation stds; gain = cosine increase toward the concept in the steered modality, mean ± std "
                      f"over seeds {st.get('seeds')}. Methods within the sum of their seed stds of the best are not "
                      f"ranked: {'; '.join(verdicts)}.\n\n" + _md(pd.DataFrame(rows)))
@@ -631,9 +660,32 @@ def paperbrief_section() -> str:
     dense = next((v for k, v in next(iter(h["models"].values())).items() if k.startswith("zs_") and
                   k.endswith("_dense")), float("nan"))
     return (f"The ladder at the paper's settings (m = 8192, K = 32, 25,000 steps of 128 pairs, one seed) on synthetic "
-            f"data calibrated to behave like CLIP for the pooled SAE ({h['n_val']} held-out pairs; dense zero-shot "
-            f"{dense:.2f}; [docs/calibration.md](docs/calibration.md)). Categories by the paper's rule.\n\n"
+            f"data calibrated on the pooled SAE to behave like CLIP ({h['n_val']} held-out pairs; dense zero-shot "
+            f"{dense:.2f}). {_calibration_verdict()} Categories by the paper's rule.\n\n"
             + _md(pd.DataFrame(rows)) + "\n\nMore: [docs/results.md](docs/results.md#the-papers-scale-run-here).")
+
+
+def _calibration_verdict() -> str:
+    """Which of the calibration targets the judged SAE meets, from docs/calibration/judge-*.json."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from calibrate_generator import TARGETS
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    judges = sorted((ROOT / "docs" / "calibration").glob("judge-*.json"))
+    if not judges:
+        return "[docs/calibration.md](docs/calibration.md) has how it was calibrated."
+    j = json.loads(judges[-1].read_text())
+    last = {**j["curve"][-1], "zs_dense": j["zs_dense"]}
+    words = {"never_fires": "never fires", "both_any": "both", "image_only_any": "image-only",
+             "text_only_any": "text-only", "zs_dense": "dense zero-shot"}
+    met = [words[k] for k, (lo, hi) in TARGETS.items() if lo <= last[k] <= hi]
+    missed = [f"{words[k]} {last[k]:.2f} (target {lo:g}-{hi:g})" for k, (lo, hi) in TARGETS.items()
+              if not lo <= last[k] <= hi]
+    codes = j["zs_code"] < j["zs_dense"]
+    (met if codes else missed).append("codes below dense" if codes else f"codes {j['zs_code']:.2f} above dense")
+    return (f"Its SAE, judged at {j['steps']:,} steps, meets {len(met)} of {len(met) + len(missed)} targets"
+            + (f" (missed: {'; '.join(missed)})" if missed else "") + ": [docs/calibration.md](docs/calibration.md).")
 
 
 def recipe_section() -> str:

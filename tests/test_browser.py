@@ -33,13 +33,16 @@ def make_latents(n=40):
     out[6]["top_images"] = [{"act": 4.0, "captions": ["Two Giraffes near a fence", "animals in a zoo"]}]
     out[9]["top_captions"] = [{"act": 1.0, "text": "a nongiraffe thing"}]
     out[20]["top_captions"] = [{"act": 1.0, "text": NASTY}]
+    out[30]["name"] = "giraffe herd"  # named after the word: ranks before the latents whose captions only mention it
     return out
 
 
 def write(path, latents=None, **kw):
     args = dict(title="GSAE <latents> & co", model="gsae", latents=make_latents() if latents is None else latents,
                 comparison=COMPARISON, comparison_columns=COLUMNS,
-                siblings={"gsae": "gsae.html", "topk": "topk.html"}, notes="<i>n</i> & the notes")
+                siblings={"gsae": "gsae.html", "topk": "topk.html"}, notes="<i>n</i> & the notes",
+                shows="Each image is shown by its captions (the images themselves are not included).",
+                comparison_note="Means over 3 seeds; the list below is seed 0.")
     args.update(kw)
     return write_latent_browser(path, **args)
 
@@ -98,18 +101,24 @@ def test_browser_page(tmp_path, browser):
     page = write(tmp_path / "gsae.html", latents)
     browser.get(page.as_uri())
     assert browser.title == "GSAE <latents> & co"
-    assert browser.find_element(By.ID, "notes").text == "<i>n</i> & the notes"
+    assert browser.find_element(By.ID, "notes").text == ("<i>n</i> & the notes Each image is shown by its captions "
+                                                         "(the images themselves are not included).")
     assert _count(browser) == "40 of 40 latents" and _ids(browser) == list(range(40))
 
-    # search: word prefix, case-insensitive, over names, top captions and top images' captions
+    # search: word prefix, case-insensitive, over names, top words, top captions and top images' captions; the
+    # latent named after the word first, then the caption matches (by id)
     search = browser.find_element(By.ID, "search")
     search.send_keys("giraffe")
-    assert sorted(_ids(browser)) == [5, 6] and _count(browser) == "2 of 40 latents"
+    assert _ids(browser) == [30, 5, 6] and _count(browser).startswith("3 of 40 latents, best matches first")
     search.send_keys(Keys.CONTROL, "a")
     search.send_keys(Keys.BACKSPACE)
     assert _count(browser) == "40 of 40 latents" and len(_ids(browser)) == 40
     search.send_keys("DOG1")  # names_img dog1, dog10..dog19
     assert _ids(browser) == [d["id"] for d in latents if any(w.startswith("dog1") for w in d.get("names_img", []))]
+    search.send_keys(Keys.CONTROL, "a")
+    search.send_keys(Keys.BACKSPACE)
+    search.send_keys("zebra")  # no latent: the table says so
+    assert _ids(browser) == [] and "No latent matches \u201czebra\u201d" in browser.find_element(By.ID, "latents").text
     search.send_keys(Keys.CONTROL, "a")
     search.send_keys(Keys.BACKSPACE)
 
@@ -143,7 +152,7 @@ def test_browser_page(tmp_path, browser):
     details = browser.find_elements(By.CSS_SELECTOR, "tr.details")
     assert len(details) == 1 and details[0].get_attribute("data-id") == "5"
     text = details[0].text
-    assert "A giraffe eating leaves" in text and "3.500" in text and "the image itself is not included" in text
+    assert "A giraffe eating leaves" in text and "3.500" in text and "the images themselves are not included" in text
     assert "dog5, beach" in text and "cat5" in text and "a dog number 5" in text
     row.click()
     assert not browser.find_elements(By.CSS_SELECTOR, "tr.details")
@@ -162,7 +171,10 @@ def test_browser_page(tmp_path, browser):
     browser.find_element(By.ID, "compare-toggle").click()
     assert panel.is_displayed()
     cells = [c.text for c in panel.find_elements(By.CSS_SELECTOR, "tbody td")]
-    assert cells == ["GSAE", "0.9123", "3", "TopK SAE", "0.8", "—"]
+    assert cells == ["GSAE", "0.912", "3", "TopK SAE", "0.800", "—"]  # one precision per column
+    note = browser.find_element(By.ID, "compare-note").text  # what the table averages, and this page's own counts
+    assert note.startswith("Means over 3 seeds") and "This page's latents: both 10, image only 10, text only 10, " \
+        "dead 10." in note
     assert [h.text for h in panel.find_elements(By.TAG_NAME, "th")] == ["Method", "R²", "Dead latents"]
 
     # the other model is a link, the current one is highlighted and not a link
@@ -197,3 +209,22 @@ def test_browser_without_captions_pages_and_filters(tmp_path, browser):
     assert "none recorded" in browser.find_element(By.CSS_SELECTOR, "tr.details").text
     browser.find_element(By.ID, "compare-toggle").click()
     assert "No method comparison" in browser.find_element(By.ID, "compare").text
+
+
+def test_category_colours_are_the_figures(tmp_path):
+    """The chips of the browser use the categories' palette of every figure (mmsae.study.palette), which no
+    method's colour repeats."""
+    from mmsae.study.palette import CATEGORY_COLORS
+    from mmsae.study.plots import MODEL_COLORS
+
+    text = write(tmp_path / "p.html").read_text(encoding="utf-8")
+    for cat, colour in CATEGORY_COLORS.items():
+        assert f".chip.{cat} {{ background: {colour};" in text
+    assert not set(CATEGORY_COLORS.values()) & set(MODEL_COLORS.values())
+
+
+def test_column_digits():
+    from mmsae.study.browser import column_digits
+
+    assert column_digits([98, 20.666, 112.3]) == 1 and column_digits([0.1234, 0.5]) == 3
+    assert column_digits([3, None]) == 0 and column_digits(["GSAE", "SAE"]) is None

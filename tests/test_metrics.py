@@ -344,3 +344,25 @@ def test_shared_concept_corr_rewards_one_latent_for_both_modalities():
     assert shared["shared_concept_corr"] == pytest.approx(1.0)
     assert split["shared_concept_corr"] < 0.7  # half the pooled samples are missed by either latent
     assert shared["single_latent_fraction"] == 1.0 and split["single_latent_fraction"] == 0.0
+
+
+def test_shrinkage_dense_latents_and_dictionary_agreement():
+    from mmsae.eval.metrics import dense_latent_share, dictionary_agreement, reconstruction_metrics
+
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal((200, 8)) + 3.0  # a large mean: shrinkage is measured about it
+    mu = u.mean(0)
+    half = mu + 0.5 * (u - mu)  # reconstructions shrunk halfway toward the mean
+    assert reconstruction_metrics(u, half)["shrinkage"] == pytest.approx(0.5)
+    assert reconstruction_metrics(u, u)["shrinkage"] == pytest.approx(1.0)
+    z = np.zeros((100, 4))
+    z[:50, 0] = 1  # fires on half the inputs: dense
+    z[:5, 1] = 1  # on 5 %: not
+    assert dense_latent_share(z) == 0.25 and dense_latent_share(z, rate=0.01) == 0.5
+    atoms = rng.standard_normal((16, 8))
+    perm = rng.permutation(16)
+    same = dictionary_agreement(atoms, atoms[perm] * 2.0)  # the same atoms in another order and scale
+    assert same["mean_cos"] == pytest.approx(1.0) and same["share_above"] == 1.0
+    other = dictionary_agreement(atoms, rng.standard_normal((16, 8)))
+    assert other["mean_cos"] < 0.8 and other["share_above"] == 0.0
+    assert np.isnan(dictionary_agreement(atoms, atoms, max_atoms=8)["mean_cos"])

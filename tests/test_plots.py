@@ -103,17 +103,34 @@ def test_plot_umap_and_grid():
 
 
 def test_plot_steering():
+    """Small multiples: one panel per model (image and text codes in the modality colours), and a last panel of
+    what each model keeps of the original."""
+    from mmsae.study.palette import MODALITY_COLORS
+
     rows = []
     for model in ("GSAE", "ModalitySpecific"):
         for mod in ("image", "text"):
             for a in (0.0, 1.0, 2.0):
-                rows.append(dict(model=model, modality=mod, alpha=a, toward=0.1 * a,
+                rows.append(dict(model=model, modality=mod, strength=a, toward=0.1 * a,
                                  kept=1 - 0.1 * a, toward_std=0.01, kept_std=0.02))
-    fig = P.plot_steering(pd.DataFrame(rows))
-    assert len(fig.axes) == 2
-    assert len(fig.axes[0].get_lines()) == 4
-    styles = {ln.get_linestyle() for ln in fig.axes[0].get_lines()}
-    assert len(styles) == 2
+    fig = P.plot_steering(pd.DataFrame(rows), title="synthetic")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 3 and [ax.get_title() for ax in visible] == ["GSAE", "ModalitySpecific",
+                                                                        "similarity kept to the original"]
+    colours = {matplotlib.colors.to_hex(ln.get_color()) for ln in visible[0].get_lines() if ln.get_marker() == "o"}
+    assert colours == {MODALITY_COLORS["image"].lower(), MODALITY_COLORS["text"].lower()}
+    assert len(visible[2].get_lines()) == 4  # two models x two modalities (solid, dashed)
+    w, h = fig.get_size_inches()
+    assert w / h <= P.MAX_ASPECT
+
+
+def test_plot_pareto():
+    tab = pd.DataFrame({"model": ["SAE"] * 3 + ["PCA"] * 3, "k": [2, 4, 8] * 2, "l0": [2, 4, 8] * 2,
+                        "ev": [0.3, 0.5, 0.7, 0.2, 0.3, 0.45], "ev_std": [0.01] * 3 + [np.nan] * 3})
+    fig = P.plot_pareto(tab, "synthetic")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and {t.get_text() for t in fig.legends[0].get_texts()} == {
+        "SAE", "PCA (dense, L0 directions)"}
 
 
 def test_plot_metric_vs_param(tmp_path):

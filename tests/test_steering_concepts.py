@@ -21,7 +21,7 @@ def test_steering_moves_toward_the_concept_by_hand():
     m = _identity_sae()
     u = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
     target = np.array([0, 0, 1.0, 0])
-    rows = steering_curve(m, u, 0, latent=2, alphas=[0.0, 1.0], sigma=1.0, target=target)
+    rows = steering_curve(m, u, 0, latent=2, strengths=[0.0, 1.0], sigma=1.0, target=target)
     assert rows[0]["toward"] == 0.0 and rows[0]["kept"] == 1.0
     # u + e_2, normalised: cosine to target = 1/sqrt(2), kept = 1/sqrt(2)
     assert abs(rows[1]["toward"] - 1 / np.sqrt(2)) < 1e-6

@@ -14,6 +14,7 @@ import jupytext
 import pytest
 
 from mmsae.study.notebooks import (STABLE_KERNELSPEC, main, notebook_bytes, notebook_problems, pair_notebooks,
+                                   reader_problems,
                                    publish_executed, scrub_notebook, write_scrubbed)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +142,11 @@ def test_write_and_publish_are_atomic_and_stable(tmp_path):
 
 def test_problems_name_errors_and_stderr():
     nb = scrub_notebook(executed(0), PROJECT)
-    assert notebook_problems(nb) == ["cell 3: stderr: lib/x.py:3: UserWarning: careful"]
+    problems = notebook_problems(nb)
+    assert problems[0] == "cell 3: stderr: lib/x.py:3: UserWarning: careful"
+    # the list of figure paths a cell returned is code talking, not a result: named as such
+    assert "cell 3: a path repr: [PosixPath('figures/training_SAE.pdf')," in problems
+    assert all(p.startswith("cell 3: ") for p in problems)
     nb["cells"][1]["outputs"] = [{"output_type": "error", "ename": "KeyError", "evalue": "'x'", "traceback": []}]
     assert notebook_problems(nb)[0] == "cell 1: error KeyError: 'x'"
 
@@ -236,3 +241,21 @@ def test_two_papermill_runs_scrub_to_the_same_bytes(tmp_path):
     assert str(tmp_path) not in text and "Warning" not in text and "it/s" not in text
     assert '"image/png"' in text and "wrote figures/x.png" in text and "PosixPath('results')" in text
     assert 'out_dir = \\".\\"' in text
+
+
+@pytest.mark.parametrize("text, why", [
+    ("21 models (7 methods x seeds [0, 1, 2]) in 10 s\n", "a timing"),
+    ("{'comparison': 10.152365913996618}", "a raw dict or dataclass repr"),
+    ("SyntheticConfig(n_pairs=200, d=128)", "a raw dict or dataclass repr"),
+    ("run folder: /home/me/mmsae/runs/smoke-synthetic\n", "an absolute path"),
+    ("   98.000000   8.544004\n", "an unrounded number"),
+    ("[7 rows x 32 columns]".replace("x", "\u00d7"), "a truncated frame"),
+])
+def test_reader_problems_catch_what_is_not_a_result(text, why):
+    assert why in reader_problems(text)
+
+
+def test_reader_problems_leave_results_alone():
+    for text in ("train: 9600 pairs, val: 2400 pairs, d = 128\n", "concept: 0 | source: synthetic truth\n",
+                 "both 0.412 ± 0.021, 12 seeds\n", "steps x 128 pairs, seeds [0, 1, 2]\n"):
+        assert reader_problems(text) == [], text

@@ -251,7 +251,7 @@ def test_paper_profile_is_in_clips_regime_for_an_8192_latent_sae(coco500_path):
     freq = np.asarray((s.codes_x[:, cfg.n_classes:cfg.n_shared] > 0).mean(0)).ravel()
     assert freq.mean() == pytest.approx(cfg.mean_shared / (cfg.n_shared - cfg.n_classes), rel=0.05)
     zs = s.zero_shot_set()
-    assert ((zs.emb @ zs.class_emb.T).argmax(1) == zs.labels).mean() > 0.7
+    assert ((zs.emb @ zs.class_emb.T).argmax(1) == zs.labels).mean() > 0.84  # the target: 0.85-0.95 (CLIP: 0.92)
     from mmsae.eval.geometry import load_real_clip
 
     def gap_spread(x, y):
@@ -283,3 +283,24 @@ def test_offset_jitter_spreads_rows_along_the_mean_plane_only():
     spread = lambda s: (s.pairs.x @ plane.T).std(0).mean()  # noqa: E731
     assert spread(jit) > 3 * spread(plain)
     np.testing.assert_array_equal(jit.codes_x, plain.codes_x)  # its own random stream: the rest unchanged
+
+
+def test_the_paper_profile_is_the_generator_judged_at_full_length():
+    """The SAE judged at 25,000 steps on the paper-scale run's data (scripts/calibrate_generator.py --judge) met every
+    calibration target, and it was judged on the paper profile's generator as it is now: a change to the profile's
+    generator keys fails here until the generator is judged again."""
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    try:
+        from calibrate_generator import _judge_files, meets
+    finally:
+        sys.path.remove(str(root / "scripts"))
+    rec = json.loads(_judge_files()[-1].read_text())
+    P = get_profile("paper")
+    assert rec["generator"] == {k: P[k] for k in GENERATOR_PROFILE_KEYS}
+    assert rec["steps"] == P["steps"] and rec["n_val"] == 10_000
+    assert meets({**rec["curve"][-1], "zs_dense": rec["zs_dense"], "zs_code": rec["zs_code"]})

@@ -99,6 +99,8 @@ def analyze(model: Dictionary, val: PairedEmbeddings, ref_x: np.ndarray | None =
 
     for name, u, uh in (("x", x, x_hat), ("y", y, y_hat)):
         s.update({f"{k}_{name}": v for k, v in metrics.reconstruction_metrics(u, uh).items()})
+    s["dense_latents"] = metrics.dense_latent_share(z_x, z_y, threshold=threshold)
+    s["l0"] = float(((np.asarray(z_x) > threshold).sum() + (np.asarray(z_y) > threshold).sum()) / (2 * len(x)))
 
     n = len(x) if retrieval_pool is None else min(len(x), retrieval_pool)
     for tag, a, b in (("code", z_x[:n], z_y[:n]), ("recon", x_hat[:n], y_hat[:n])):

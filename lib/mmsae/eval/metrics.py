@@ -35,6 +35,9 @@ __all__ = [
     "mms_scores_naive",
     "mms_summary",
     "reconstruction_metrics",
+    "dense_latent_share",
+    "pca_explained_variance",
+    "dictionary_agreement",
     "retrieval_ranks",
     "retrieval_metrics",
     "cross_modal_retrieval",
@@ -545,7 +548,11 @@ def reconstruction_metrics(u, u_hat) -> dict:
     * ``nmse = mean_i ||u_i - û_i||^2 / mean_i ||u_i||^2``;
     * ``cosine = mean_i cos(u_i, û_i)`` (0 for a zero vector);
     * ``mse = mean_i ||u_i - û_i||^2`` (squared error summed over dims, averaged over
-      samples).
+      samples);
+    * ``shrinkage``: the relative reconstruction bias (Wright & Sharkey 2024, SAEBench), about the
+      mean: ``gamma = sum_i ||c_i||^2 / sum_i <c_i, v_i>`` with ``c = û - mean(u)``, ``v = u - mean(u)``,
+      the ``gamma`` for which ``c / gamma`` best fits ``v``. Below 1: reconstructions shrunk toward the
+      mean (what a sparsity penalty does); 1: no bias.
     """
     a, b = to_tensor(u, torch.float64), to_tensor(u_hat, torch.float64)
     if a.shape != b.shape:
@@ -553,14 +560,67 @@ def reconstruction_metrics(u, u_hat) -> dict:
     if a.ndim == 1:
         a, b = a[None], b[None]
     err = ((a - b) ** 2).sum(1)
-    tot = ((a - a.mean(0, keepdim=True)) ** 2).sum()
+    mu = a.mean(0, keepdim=True)
+    tot = ((a - mu) ** 2).sum()
     cos = (_normalize_rows(a) * _normalize_rows(b)).sum(1)
+    inner = ((b - mu) * (a - mu)).sum()
     return {
         "explained_variance": float(1.0 - err.sum() / tot) if tot > 0 else float("nan"),
         "nmse": float(err.mean() / (a ** 2).sum(1).mean()),
         "cosine": float(cos.mean()),
         "mse": float(err.mean()),
+        "shrinkage": float(((b - mu) ** 2).sum() / inner) if inner > 0 else float("nan"),
     }
+
+
+def pca_explained_variance(train_u, val_u, ks) -> dict[int, float]:
+    """The PCA baseline of the sparsity-fidelity trade-off: for each ``k`` in ``ks``, the explained variance
+    (about the mean, as :func:`reconstruction_metrics`) of ``val_u`` projected on the top ``k`` principal
+    directions of ``train_u`` (a dense code of ``k`` numbers per input)."""
+    a = to_tensor(train_u, torch.float64)
+    v = to_tensor(val_u, torch.float64)
+    mu = a.mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(a - mu, full_matrices=False)
+    vc = v - mu
+    tot = ((v - v.mean(0, keepdim=True)) ** 2).sum()
+    out = {}
+    for k in ks:
+        basis = vh[: int(k)]
+        rec = (vc @ basis.T) @ basis + mu
+        out[int(k)] = float(1.0 - ((v - rec) ** 2).sum() / tot)
+    return out
+
+
+def dense_latent_share(z_x, z_y=None, threshold: float = 0.0, rate: float = 0.1) -> float:
+    """Share of the dictionary's latents that fire on more than ``rate`` of the inputs (SAEBench's dense
+    latents; images and captions pooled when both are given): a latent active on a tenth of everything
+    describes little."""
+    z = to_tensor(z_x, torch.float32)
+    if z_y is not None:
+        z = torch.cat([z, to_tensor(z_y, torch.float32)])
+    if z.numel() == 0:
+        return float("nan")
+    return float(((z > threshold).float().mean(0) > rate).float().mean())
+
+
+def dictionary_agreement(atoms_a, atoms_b, threshold: float = 0.9, max_atoms: int = 4096) -> dict:
+    """Seed stability: how well two dictionaries match, by the Hungarian matching of their decoder atoms
+    (rows, ``(m, d)`` each) on cosine similarity. ``mean_cos``: the mean cosine of matched pairs;
+    ``share_above``: the share of atoms whose match has cosine above ``threshold``. Dictionaries wider than
+    ``max_atoms`` are not matched (the assignment is cubic in ``m``): NaN."""
+    a = _normalize_rows(to_tensor(atoms_a, torch.float64))
+    b = _normalize_rows(to_tensor(atoms_b, torch.float64))
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"atoms of different widths: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if max(len(a), len(b)) > max_atoms:
+        return {"mean_cos": float("nan"), "share_above": float("nan")}
+    from scipy.optimize import linear_sum_assignment
+
+    sim = (a @ b.T).numpy()
+    r, c = linear_sum_assignment(-sim)
+    matched = sim[r, c]
+    n = max(len(a), len(b))  # unmatched atoms (different widths) count as not agreeing
+    return {"mean_cos": float(matched.sum() / n), "share_above": float((matched > threshold).sum() / n)}
 
 
 # --------------------------------------------------------------------------- retrieval

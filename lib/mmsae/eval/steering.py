@@ -70,9 +70,9 @@ def concept_target(emb: np.ndarray, has_concept: np.ndarray, center: bool = True
     return l2_normalize(t)[0].astype(np.float32)
 
 
-def steering_curve(model: Dictionary, u: np.ndarray, modality: int, latent: int, alphas: Sequence[float],
+def steering_curve(model: Dictionary, u: np.ndarray, modality: int, latent: int, strengths: Sequence[float],
                    sigma: float, target: np.ndarray, caption_target: np.ndarray | None = None) -> list[dict]:
-    """One record per alpha: ``alpha``, ``toward`` (cosine gain toward ``target``),
+    """One record per steering strength (in units of the latent's std ``sigma``): ``strength``, ``toward`` (cosine gain toward ``target``),
     ``toward_captions`` (gain toward ``caption_target``, when given) and ``kept``."""
     u = l2_normalize(u)
     targets = {"toward": target}
@@ -81,10 +81,10 @@ def steering_curve(model: Dictionary, u: np.ndarray, modality: int, latent: int,
     T = l2_normalize(np.stack([np.asarray(t, np.float32) for t in targets.values()]))
     base = (steer(model, u, modality, latent, 0.0) @ T.T).mean(0)
     rows = []
-    for a in alphas:
+    for a in strengths:
         us = steer(model, u, modality, latent, float(a) * sigma)
         gain = (us @ T.T).mean(0) - base
-        rec = {"alpha": float(a), **{k: float(g) for k, g in zip(targets, gain)}}
+        rec = {"strength": float(a), **{k: float(g) for k, g in zip(targets, gain)}}
         rec["kept"] = float((us * u).sum(1).mean())
         rows.append(rec)
     return rows

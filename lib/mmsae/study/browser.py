@@ -24,7 +24,9 @@ import numpy as np
 
 from mmsae.data.store import atomic_write
 
-__all__ = ["write_latent_browser", "CATEGORIES"]
+from .palette import CATEGORY_COLORS
+
+__all__ = ["write_latent_browser", "inline_browser", "column_digits", "CATEGORIES"]
 
 CATEGORIES = ("both", "image_only", "text_only", "dead")
 _COLUMNS = (("id", "Latent"), ("category", "Category"), ("modality_score", "Modality score"),
@@ -71,13 +73,34 @@ def _cell(v: Any) -> str:
     return "—" if v is None else str(v)
 
 
+def column_digits(values: list) -> int | None:
+    """One precision for a whole column: None (not numeric), 0 (every value a whole number), 1 (a count averaged
+    over seeds, any value of 10 or more) or 3 (shares, accuracies)."""
+    nums = [float(v) for v in values if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            and math.isfinite(float(v))]
+    if not nums or len(nums) < sum(v is not None for v in values):
+        return None
+    if all(v.is_integer() for v in nums):
+        return 0
+    return 1 if max(abs(v) for v in nums) >= 10 else 3
+
+
 def _compare_html(rows: list[dict] | None, columns: list[tuple[str, str]] | None) -> str:
     if not rows:
         return '<p class="muted">No method comparison was given for this run.</p>'
     columns = columns or [(k, k) for k in rows[0]]
     e = html.escape
+    digits = {k: column_digits([r.get(k) for r in rows]) for k, _ in columns}
+
+    def cell(r: dict, k: str) -> str:
+        v, dg = r.get(k), digits[k]
+        if dg is None or v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return _cell(v)
+        return f"{float(v):.{dg}f}"
+
     head = "".join(f"<th>{e(str(h))}</th>" for _, h in columns)
-    body = "".join("<tr>" + "".join(f"<td>{e(_cell(r.get(k)))}</td>" for k, _ in columns) + "</tr>\n" for r in rows)
+    body = "".join("<tr>" + "".join(f'<td{"" if digits[k] is None else " class=num"}>{e(cell(r, k))}</td>'
+                                    for k, _ in columns) + "</tr>\n" for r in rows)
     return f'<table id="compare-table"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>'
 
 
@@ -97,7 +120,7 @@ def _models_html(model: str, siblings: dict[str, str] | None) -> str:
 
 def write_latent_browser(path, *, title: str, model: str, latents: list[dict], comparison: list[dict] | None = None,
                          comparison_columns: list[tuple[str, str]] | None = None, siblings: dict[str, str] | None = None,
-                         notes: str = "") -> Path:
+                         notes: str = "", shows: str = "", comparison_note: str = "") -> Path:
     """Write the latent browser of ``model`` to ``path`` (atomically) and return the path.
 
     ``latents``: one dict per latent with ``id``, ``category`` (``both``, ``image_only``,
@@ -107,9 +130,12 @@ def write_latent_browser(path, *, title: str, model: str, latents: list[dict], c
     (``[{"act", "text"}]``); missing optional keys are treated as empty.
     ``comparison`` / ``comparison_columns``: rows and ``[(key, header)]`` of the
     "Compare methods" panel; ``siblings``: ``{model name: relative href}`` of the other
-    models' browsers; ``notes``: a plain-text paragraph shown under the title.
+    models' browsers; ``notes``: a plain-text paragraph shown under the title; ``shows``: one
+    sentence on what the examples are (captions standing for images, or the true concepts of
+    synthetic data), shown in the header and above each latent's examples; ``comparison_note``:
+    what the "Compare methods" table aggregates (the page adds this seed's own counts beside it).
     """
-    data = {"model": str(model), "latents": [_latent(d) for d in latents]}
+    data = {"model": str(model), "latents": [_latent(d) for d in latents], "shows": str(shows)}
     if len({d["id"] for d in data["latents"]}) != len(data["latents"]):
         raise ValueError("latents: two latents have the same id")
     js_data = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -119,9 +145,13 @@ def write_latent_browser(path, *, title: str, model: str, latents: list[dict], c
                     for k, h in _COLUMNS)
     options = '<option value="all">all categories</option>' + "".join(
         f'<option value="{c}">{c.replace("_", " ")}</option>' for c in CATEGORIES)
-    parts = {"TITLE": e(title), "NOTES": e(notes), "MODELS": _models_html(model, siblings),
+    parts = {"TITLE": e(title), "NOTES": e(" ".join(t for t in (notes, shows) if t)),
+             "MODELS": _models_html(model, siblings), "CNOTE": e(comparison_note),
              "COMPARE": _compare_html(comparison, comparison_columns), "HEADS": heads, "OPTIONS": options,
              "CSS": _CSS, "JS": _JS, "DATA": js_data}
+    parts["CSS"] = _CSS.replace("%CHIPS%", " ".join(
+        f".chip.{c} {{ background: {CATEGORY_COLORS[c]}; color: {'#1d2128' if c == 'dead' else '#fff'}; }}"
+        for c in CATEGORIES))
     page = re.sub(r"%([A-Z]+)%", lambda m: parts[m.group(1)], _PAGE)  # one pass: inserted text is never rescanned
     return atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
@@ -143,6 +173,7 @@ _PAGE = """<!DOCTYPE html>
 </header>
 <section id="compare" hidden>
 <h2>Compare methods</h2>
+<p id="compare-note" class="muted">%CNOTE% <span id="page-counts"></span></p>
 %COMPARE%
 </section>
 <main id="browser">
@@ -191,8 +222,7 @@ tr.latent { cursor: pointer; }
 tr.latent:hover, tr.latent[aria-expanded="true"] { background: var(--hover); }
 tr.details > td { background: #fbfbfd; padding: .3rem 1rem .6rem; } tr.details p { margin: 0 0 .3rem; }
 .chip { display: inline-block; border-radius: 9px; padding: 0 .5rem; font-size: .8rem; color: #fff; }
-.chip.both { background: #7a4fb5; } .chip.image_only { background: #2f7fc1; }
-.chip.text_only { background: #d07a1f; } .chip.dead { background: #9aa0a6; }
+%CHIPS%
 .muted { color: var(--muted); }
 .act { display: inline-block; min-width: 4.5em; color: var(--muted); font-variant-numeric: tabular-nums; }
 .note { color: var(--muted); font-style: italic; } #more { margin: .6rem 0; }
@@ -208,12 +238,14 @@ const tbody = document.querySelector("#latents tbody"), search = document.getEle
 const catSel = document.getElementById("category"), more = document.getElementById("more");
 const NUMERIC = new Set(["id", "modality_score", "fires_img", "fires_txt"]);
 const isWord = /[\p{L}\p{N}_]/u, open = new Set();
-let sortKey = "id", sortDir = 1, shown = PAGE, matches = ALL;
+let sortKey = "id", sortDir = 1, shown = PAGE, matches = ALL, byRelevance = false;
 
 for (const l of ALL) {
-  const parts = [l.name, ...l.names_img, ...l.names_txt, ...l.top_captions.map(c => c.text)];
-  for (const im of l.top_images) parts.push(...im.captions);
-  l._hay = parts.join("\n").toLowerCase();
+  const ex = l.top_captions.map(c => c.text);
+  for (const im of l.top_images) ex.push(...im.captions);
+  l._name = (l.name || "").toLowerCase();
+  l._words = [...l.names_img, ...l.names_txt].join("\n").toLowerCase();
+  l._hay = ex.join("\n").toLowerCase();
 }
 
 function hasWordPrefix(hay, q) {
@@ -222,14 +254,25 @@ function hasWordPrefix(hay, q) {
   }
   return false;
 }
-function matchesQuery(l, terms) {
-  return terms.every(t => (/^#?\d+$/.test(t) && l.id === Number(t.replace("#", ""))) || hasWordPrefix(l._hay, t));
+// relevance of a latent to the query: each term must occur; it scores 100 as the latent's number, 3 in its name,
+// 2 among its top words, 1 in the captions of its examples only (names rank before caption matches)
+function relevance(l, terms) {
+  let score = 0;
+  for (const t of terms) {
+    if (/^#?\d+$/.test(t) && l.id === Number(t.replace("#", ""))) score += 100;
+    else if (hasWordPrefix(l._name, t)) score += 3;
+    else if (hasWordPrefix(l._words, t)) score += 2;
+    else if (hasWordPrefix(l._hay, t)) score += 1;
+    else return 0;
+  }
+  return terms.length ? score : 1;
 }
 function sortValue(l) {
   const v = l[sortKey];
   return sortKey === "category" ? CATS.indexOf(v) : sortKey === "name" ? (v || null) : v;
 }
 function compare(a, b) {
+  if (byRelevance && a._score !== b._score) return b._score - a._score;
   const x = sortValue(a), y = sortValue(b);
   if (x === null && y === null) return a.id - b.id;
   if (x === null) return 1;   // missing values last, whatever the direction
@@ -268,8 +311,8 @@ function detailsRow(l) {
   const tr = el("tr", "details"), td = el("td"), cols = el("div", "cols");
   tr.dataset.id = l.id; td.colSpan = 6;
   const imgs = el("div"), caps = el("div"), words = el("div");
-  imgs.append(el("h4", "", "Top images"),
-              el("p", "note", "Each image is shown by its captions; the image itself is not included."));
+  imgs.append(el("h4", "", "Top images"));
+  if (DATA.shows) imgs.append(el("p", "note", DATA.shows));
   if (l.top_images.length) imgs.append(list(l.top_images, (li, im) => {
     li.append(el("span", "act", fmt(im.act, 3)), el("span", "muted", "image \u2014 "),
               document.createTextNode(im.captions.length ? im.captions.join(" / ") : "(no captions)"));
@@ -302,8 +345,17 @@ function render() {
     frag.append(latentRow(l));
     if (open.has(l.id)) frag.append(detailsRow(l));
   }
+  if (!matches.length) {
+    const tr = el("tr", "empty"), td = el("td", "muted");
+    td.colSpan = 6;
+    const q = search.value.trim(), c = catSel.value;
+    td.textContent = "No latent matches" + (q ? " \u201c" + q + "\u201d" : "") +
+      (c !== "all" ? " among the " + c.replace("_", " ") + " latents" : "") + ". Try another word or all categories.";
+    tr.append(td); frag.append(tr);
+  }
   tbody.replaceChildren(frag);
-  document.getElementById("count").textContent = matches.length + " of " + ALL.length + " latents";
+  document.getElementById("count").textContent = matches.length + " of " + ALL.length + " latents" +
+    (byRelevance ? ", best matches first (name, then top words, then captions)" : "");
   const left = matches.length - Math.min(shown, matches.length);
   more.hidden = left <= 0;
   more.textContent = "show more (" + left + " more)";
@@ -314,7 +366,9 @@ function render() {
 }
 function update() {
   const terms = search.value.toLowerCase().split(/\s+/).filter(Boolean), cat = catSel.value;
-  matches = ALL.filter(l => (cat === "all" || l.category === cat) && matchesQuery(l, terms));
+  for (const l of ALL) l._score = relevance(l, terms);
+  matches = ALL.filter(l => (cat === "all" || l.category === cat) && l._score > 0);
+  byRelevance = terms.length > 0;
   matches.sort(compare);
   shown = PAGE;
   render();
@@ -326,6 +380,7 @@ more.addEventListener("click", () => { shown += PAGE; render(); });
 for (const th of document.querySelectorAll("#latents th[data-key]")) {
   const sortBy = () => {
     if (sortKey === th.dataset.key) sortDir = -sortDir; else { sortKey = th.dataset.key; sortDir = 1; }
+    byRelevance = false;  // a column the reader sorts by wins over relevance
     matches.sort(compare);
     render();
   };
@@ -333,6 +388,10 @@ for (const th of document.querySelectorAll("#latents th[data-key]")) {
   th.addEventListener("click", sortBy);
   th.addEventListener("keydown", ev => { if (ev.key === "Enter") sortBy(); });
 }
+const counts = {};
+for (const l of ALL) counts[l.category] = (counts[l.category] || 0) + 1;
+document.getElementById("page-counts").textContent = "This page's latents: " +
+  CATS.map(c => c.replace("_", " ") + " " + (counts[c] || 0)).join(", ") + ".";
 const toggleBtn = document.getElementById("compare-toggle"), panel = document.getElementById("compare");
 toggleBtn.addEventListener("click", () => {
   panel.hidden = !panel.hidden;
@@ -340,3 +399,17 @@ toggleBtn.addEventListener("click", () => {
 });
 update();
 """
+
+
+def inline_browser(path: str | Path):
+    """A latent browser shown inside a notebook (an iframe whose ``srcdoc`` is the page: it works from the file,
+    without a server; JupyterLab runs its script when the notebook is trusted)."""
+    import warnings
+
+    from IPython.display import HTML, display
+
+    page = Path(path).read_text(encoding="utf-8")
+    with warnings.catch_warnings():  # IPython suggests IFrame, which needs a served URL
+        warnings.simplefilter("ignore", UserWarning)
+        display(HTML(f'<iframe srcdoc="{html.escape(page)}" style="width:100%;height:520px;border:1px solid #ccc">'
+                     "</iframe>"))

@@ -63,11 +63,10 @@ from ..data.store import PairedEmbeddings, array_digest, atomic_write
 from ..data.synthetic import config_from_profile, make_synthetic
 from ..eval.analysis import analyze, mms_reference
 from ..models.base import CheckpointError, Dictionary, SAEConfig, build_model, load_model
-from ..models.group_sparse import gsae_config, mgsae_config
-from ..models.matryoshka import default_prefixes
+from ..models import registry
 from ..train.loop import TRAIN_SUMMARY, TrainConfig, TrainSummary, seed_everything, train
 from ..train.tb import INSTALL_HINT, tensorboard_missing
-from .plots import PALETTE, model_color
+from .plots import PALETTE, legend_outside, model_color, panel_grid
 from . import methods as M
 from .methods import METHOD_ORDER
 
@@ -83,99 +82,27 @@ _TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 
 
 # --------------------------------------------------------------------------- methods
-def _common(profile: Mapping[str, Any], ov: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(d=int(ov.get("d", profile.get("synthetic_d", 512))), m=int(ov.get("m", profile["m"])),
-                k=int(ov.get("k", profile["k"])), dead_after=int(ov.get("dead_after", profile["dead_after"])))
+class _Configs(Mapping):
+    """name -> ``fn(profile, overrides) -> SAEConfig`` for every method of :data:`mmsae.models.registry.REGISTRY`
+    (a live view: a method registered later is here too)."""
+
+    def __getitem__(self, name: str):
+        return registry.get(name).config if name in registry.REGISTRY else self.__missing(name)
+
+    @staticmethod
+    def __missing(name: str):
+        raise KeyError(name)
+
+    def __iter__(self):
+        return iter(registry.REGISTRY)
+
+    def __len__(self) -> int:
+        return len(registry.REGISTRY)
 
 
-_GENERAL = ("auxk_coef", "k_aux", "prebias_init", "extra")
-
-
-def _rest(ov: Mapping[str, Any], allowed: Sequence[str] = ()) -> dict[str, Any]:
-    """The overrides a method accepts beyond d/m/k/dead_after (settings of other methods,
-    e.g. ``group_lambda`` for the SAE in the width/K sweep, are ignored)."""
-    return {k: v for k, v in ov.items() if k in set(_GENERAL) | set(allowed)}
-
-
-def _sae(profile, ov):
-    return SAEConfig(arch="topk", n_modalities=1, **_common(profile, ov), **_rest(ov))
-
-
-def _batchtopk(profile, ov):
-    return SAEConfig(arch="batchtopk", n_modalities=1, **_common(profile, ov), **_rest(ov))
-
-
-def _prefixes(profile, m: int) -> list[int]:
-    fr = profile.get("matryoshka_fractions")
-    if not fr:
-        return default_prefixes(m)
-    return sorted({max(1, int(round(f * m))) for f in fr} | {m})
-
-
-def _matryoshka(profile, ov):
-    c = _common(profile, ov)
-    extra = dict(ov.get("extra") or {})
-    extra.setdefault("prefixes", _prefixes(profile, c["m"]))
-    rest = {k: v for k, v in _rest(ov).items() if k != "extra"}
-    return SAEConfig(arch="matryoshka", n_modalities=1, extra=extra, **c, **rest)
-
-
-def _gsae(profile, ov):
-    return gsae_config(group_lambda=float(ov.get("group_lambda", profile["group_lambda"])), **_common(profile, ov),
-                       **_rest(ov))
-
-
-def _mgsae(profile, ov):
-    return mgsae_config(group_lambda=float(ov.get("group_lambda", profile["group_lambda"])),
-                        mask_rate=float(ov.get("mask_rate", profile["mask_rate"])),
-                        mask_mode=str(ov.get("mask_mode", profile["mask_mode"])), **_common(profile, ov),
-                        **_rest(ov))
-
-
-def _centred_sae(profile, ov):
-    """The ladder's second rung: the GSAE architecture (one pre-bias per modality, shared encoder and
-    decoder, pairs in each batch) with no group penalty and no mask: a TopK SAE whose only change
-    from the pooled SAE is that each modality is centred by its own pre-bias."""
-    return gsae_config(group_lambda=0.0, **_common(profile, ov), **_rest(ov))
-
-
-def _masked_sae(profile, ov):
-    """MGSAE without its penalty: centring per modality plus the shared cross-modal mask."""
-    return mgsae_config(group_lambda=0.0, mask_rate=float(ov.get("mask_rate", profile["mask_rate"])),
-                        mask_mode=str(ov.get("mask_mode", profile["mask_mode"])), **_common(profile, ov), **_rest(ov))
-
-
-def _modality_specific(profile, ov):
-    """Two TopK SAEs sharing the atom budget: ``m`` atoms in all, ``m // 2`` latents per
-    modality unless an ``extra={"m_per_side": ...}`` override says otherwise (``m`` gives
-    the old full-width SAE per side, ``2m`` atoms); the value is written into ``extra`` so
-    the saved config states it."""
-    c = _common(profile, ov)
-    extra = dict(ov.get("extra") or {})
-    extra.setdefault("m_per_side", c["m"] // 2)
-    rest = {k: v for k, v in _rest(ov).items() if k != "extra"}
-    return SAEConfig(arch="modality_specific", n_modalities=1, extra=extra, **c, **rest)
-
-
-def _shared_support(profile, ov):
-    """GSAE architecture with SPARC's global TopK (ReLU and TopK of the summed raw
-    pre-activations of a pair; :mod:`mmsae.models.shared_support`)."""
-    return SAEConfig(arch="shared_support", n_modalities=2, **_common(profile, ov), **_rest(ov))
-
-
-METHODS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], SAEConfig]] = {
-    M.SAE: _sae,
-    M.CENTRED_SAE: _centred_sae,
-    M.GSAE: _gsae,
-    M.MGSAE: _mgsae,
-    M.MASKED_SAE: _masked_sae,
-    M.BATCHTOPK: _batchtopk,
-    M.MATRYOSHKA: _matryoshka,
-    M.MODALITY_SPECIFIC: _modality_specific,
-    M.SHARED_SUPPORT: _shared_support,
-}
-if list(METHODS) != METHOD_ORDER:  # pragma: no cover - a registry edit that forgot one side
-    raise RuntimeError("every method of METHOD_ORDER needs its config builder, in that order")
+METHODS: Mapping[str, Callable[[Mapping[str, Any], Mapping[str, Any]], SAEConfig]] = _Configs()
+if list(METHODS)[: len(METHOD_ORDER)] != METHOD_ORDER:  # pragma: no cover - a registry edit that forgot one side
+    raise RuntimeError("the method registry must start with METHOD_ORDER, in that order")
 
 
 def method_config(name: str, profile: Mapping[str, Any], **overrides: Any) -> SAEConfig:
@@ -218,6 +145,10 @@ def _train_config(profile: Mapping[str, Any], seed: int, tr: Mapping[str, Any]) 
     return TrainConfig(**base)
 
 
+#: files of ``models/`` that do not decide what training produces (format conversion)
+_NOT_TRAINING_CODE = {"interop.py"}
+
+
 @functools.lru_cache(maxsize=None)
 def training_code_version() -> str:
     """Digest of the source files that decide what training produces (the models, losses,
@@ -225,7 +156,8 @@ def training_code_version() -> str:
     is retrained instead of silently reused after the objective or the loop changed.
     Computed once per process: the code a process runs does not change under it."""
     here = Path(__file__).resolve().parents[1]
-    files = sorted((here / "models").glob("*.py")) + sorted((here / "train").glob("*.py"))
+    files = sorted(f for f in (here / "models").glob("*.py") if f.name not in _NOT_TRAINING_CODE) \
+        + sorted((here / "train").glob("*.py"))
     h = hashlib.sha256(b"code-v1")
     for f in files:
         if f.exists():
@@ -415,7 +347,7 @@ COMPARISON_COLUMNS = [
     "image_only", "text_only", "both", "dead", "dead_train",
     "mms_img_img_mean_alive", "mms_txt_txt_mean_alive", "mms_img_txt_mean_alive", "mms_img_txt_mean_all",
     "mms_img_txt_auc", "unimodal_share",
-    "explained_variance_x", "explained_variance_y",
+    "explained_variance_x", "explained_variance_y", "shrinkage_x", "shrinkage_y", "dense_latents",
     "recon_x2y_R@1", "recon_x2y_R@10", "recon_x2y_MRR", "recon_y2x_R@1", "recon_y2x_R@10", "recon_y2x_MRR",
     "code_x2y_R@1", "code_x2y_R@10", "code_x2y_MRR", "code_y2x_R@1", "code_y2x_R@10", "code_y2x_MRR",
 ]
@@ -467,6 +399,9 @@ SWEEPS: dict[str, dict[str, Any]] = {
     "mask_mode": {"param": "mask_mode", "methods_key": "mask_methods", "default_methods": [M.MGSAE],
                   "grid": lambda P: P.get("mask_modes", ["pair", "batch"]),
                   "overrides": lambda v, P, d: {"mask_mode": str(v)}},
+    "k": {"param": "k", "methods_key": "pareto_methods", "default_methods": list(M.LADDER[:4]),
+          "grid": lambda P: P.get("pareto_k_grid", [2, 3, 6, 12, 24]),
+          "overrides": lambda v, P, d: {"k": int(v)}},
     "width_k": {"param": ("expansion", "k"), "methods_key": "width_k_methods",
                 "default_methods": list(M.PAPER_METHODS),
                 "grid": lambda P: [(e, k) for e in P.get("expansion_grid", [4, 8, 16])
@@ -759,11 +694,11 @@ def plot_sweep(agg: pd.DataFrame, x: str, metrics: Mapping[str, str] | None = No
     metrics = {k: v for k, v in (metrics or SWEEP_METRICS).items() if k in agg.columns}
     if not metrics:
         raise ValueError(f"none of the metrics are columns of the table: {list(agg.columns)}")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.1 * len(metrics), 2.8), squeeze=False)
+    fig, axes = panel_grid(len(metrics), 2.9, 2.5, max_cols=3, legend_w=1.4)
     numeric = pd.api.types.is_numeric_dtype(agg[x])
     groups = list(agg.groupby(hue, sort=False)) if hue in agg else [("", agg)]
     xs = list(dict.fromkeys(agg[x]))
-    for ax, (col, label) in zip(axes[0], metrics.items()):
+    for ax, (col, label) in zip(axes, metrics.items()):
         for i, (name, g) in enumerate(groups):
             color = model_color(str(name)) if hue == "model" else PALETTE[i % len(PALETTE)]
             err = g[f"{col}_std"].to_numpy(float) if f"{col}_std" in g else None
@@ -779,12 +714,12 @@ def plot_sweep(agg: pd.DataFrame, x: str, metrics: Mapping[str, str] | None = No
                 ax.bar(pos, g[col].to_numpy(float), width=w, yerr=err, capsize=2, color=color, label=lab)
         if not numeric:
             ax.set_xticks(range(len(xs)), [str(v) for v in xs])
-        ax.set_title(label)
+        ax.set_title(label, fontsize=9)
         ax.set_xlabel(xlabel or x)
-    axes[0, -1].legend(loc="best", fontsize="small")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    legend_outside(fig, axes[0], fontsize="small")
     return fig
 
 

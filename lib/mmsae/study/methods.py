@@ -1,10 +1,10 @@
-"""The names of the methods compared, typed once.
+"""The names of the methods compared.
 
-``METHOD_ORDER`` is the one list of the methods and the order of every table, figure and
+``METHOD_ORDER`` is the list of the built-in methods and the order of every table, figure and
 profile; the constants below are its entries (for the few places that name one method or
-a subset). Everything else (profiles, the method registry of
-:mod:`mmsae.study.experiments`, the figure colours, the notebooks) reads the names from
-here; ``tests/test_layout.py`` fails on a literal list of three or more of them elsewhere.
+a subset), typed once in :mod:`mmsae.models.registry`, whose records hold each method's
+settings, colour and description. Everything else (profiles, the comparison of
+:mod:`mmsae.study.experiments`, the figures, the notebooks) reads the names from here; ``tests/test_layout.py`` fails on a literal list of three or more of them elsewhere.
 The paper's own rows in :mod:`mmsae.study.paper` are facts about the paper and keep its names.
 """
 
@@ -15,9 +15,10 @@ __all__ = ["METHOD_ORDER", "SAE", "CENTRED_SAE", "GSAE", "MGSAE", "MASKED_SAE", 
 
 #: The first five are the ladder that takes the paper's recipe apart (:data:`LADDER`), then the
 #: other baselines and the competing designs.
-METHOD_ORDER = ["SAE", "CentredSAE", "GSAE", "MGSAE", "MaskedSAE", "BatchTopK", "Matryoshka", "ModalitySpecific",
-                "SharedSupport"]
-SAE, CENTRED_SAE, GSAE, MGSAE, MASKED_SAE, BATCHTOPK, MATRYOSHKA, MODALITY_SPECIFIC, SHARED_SUPPORT = METHOD_ORDER
+from ..models.registry import (BATCHTOPK, CENTRED_SAE, GSAE, MASKED_SAE, MATRYOSHKA, MGSAE, MODALITY_SPECIFIC, SAE,
+                               SHARED_SUPPORT)
+
+METHOD_ORDER = [SAE, CENTRED_SAE, GSAE, MGSAE, MASKED_SAE, BATCHTOPK, MATRYOSHKA, MODALITY_SPECIFIC, SHARED_SUPPORT]
 
 #: the three methods of the paper's first version (its Tables 1-3 and the width/K sweep)
 PAPER_METHODS = [SAE, GSAE, MGSAE]

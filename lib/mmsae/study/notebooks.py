@@ -205,17 +205,49 @@ def publish_executed(executed_dir: str | os.PathLike, dest_dir: str | os.PathLik
     return written
 
 
+#: What a reader should not see in an output (stdout or a text/plain result), with why: a timing (it changes from
+#: machine to machine, so a rerun would change the notebook), a path or a raw Python repr (code talking, not a
+#: result), or an unrounded number.
+READER_PROBLEMS = [
+    (re.compile(r"PosixPath\(|WindowsPath\("), "a path repr"),
+    (re.compile(r"(?<![\w.])/(?:home|tmp|Users|work|root|private)/"), "an absolute path"),
+    (re.compile(r"\b(?:wall[ _]?time|wall_s|elapsed|seconds?|took)\b|\bin \d+(?:\.\d+)? ?(?:s|ms|min)\b|"
+                r"\d+(?:\.\d+)? ?(?:s|ms)/(?:step|it)\b", re.I), "a timing"),
+    (re.compile(r"^\s*\{'|^\s*\[\{'|\w+Config\(\w+="), "a raw dict or dataclass repr"),
+    (re.compile(r"\d\.\d{6,}"), "an unrounded number"),
+    (re.compile(r"\d+ rows × \d+ columns"), "a truncated frame"),
+]
+
+
+def reader_problems(text: str) -> list[str]:
+    """Why one output text would not read as a result (empty list: it does); :data:`READER_PROBLEMS`."""
+    return [why for rx, why in READER_PROBLEMS if rx.search(text)]
+
+
 def notebook_problems(nb: dict) -> list[str]:
-    """What a reader should not find in an executed notebook: error outputs and anything on stderr
-    (a warning the reader did not cause), one line each naming the cell."""
+    """What a reader should not find in an executed notebook: error outputs, anything on stderr (a warning the
+    reader did not cause), and in what it prints or returns as text a timing, a path, a raw repr or an unrounded
+    number (:func:`reader_problems`); one line each naming the cell. Rich outputs (HTML tables, images,
+    Markdown) are what a result should be; their text/plain twin is not read."""
     out = []
     for i, cell in enumerate(nb.get("cells", [])):
         for o in cell.get("outputs", []):
-            if o.get("output_type") == "error":
+            kind = o.get("output_type")
+            if kind == "error":
                 out.append(f"cell {i}: error {o.get('ename', '')}: {o.get('evalue', '')}")
-            elif o.get("output_type") == "stream" and o.get("name") == "stderr":
+            elif kind == "stream" and o.get("name") == "stderr":
                 first = next((line for line in _text(o.get("text", "")).splitlines() if line.strip()), "")
                 out.append(f"cell {i}: stderr: {first[:200]}")
+            else:
+                data = o.get("data", {})
+                if kind == "stream":
+                    text = _text(o.get("text", ""))
+                elif set(data) <= {"text/plain"}:  # only a repr: what the reader sees
+                    text = _text(data.get("text/plain", ""))
+                else:
+                    text = ""
+                for why in reader_problems(text):
+                    out.append(f"cell {i}: {why}: {text.strip().splitlines()[0][:120] if text.strip() else ''}")
     return out
 
 

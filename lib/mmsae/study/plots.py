@@ -30,8 +30,16 @@ import seaborn as sns
 
 from . import methods as M
 from . import paper
+from ..models import registry
+from .palette import CATEGORY_COLORS, CATEGORY_LABELS, MODALITY_COLORS, PALETTE
+
+#: each method's colour, from its record (:mod:`mmsae.models.registry`), and the paper's rows in black
+MODEL_COLORS = {**registry.model_colors(), "paper": "#000000"}
 
 __all__ = [
+    "MAX_ASPECT",
+    "panel_grid",
+    "legend_outside",
     "PALETTE",
     "MODEL_COLORS",
     "CATEGORY_COLORS",
@@ -48,46 +56,12 @@ __all__ = [
     "plot_umap_grid",
     "plot_steering",
     "plot_metric_vs_param",
+    "plot_pareto",
     "plot_split_vs_sample_size",
     "plot_zero_shot_vs_paper",
 ]
 
-# Okabe & Ito (2008) colour-blind-safe palette, plus two neutral greys.
-PALETTE = [
-    "#0072B2",  # blue
-    "#D55E00",  # vermillion
-    "#009E73",  # bluish green
-    "#CC79A7",  # reddish purple
-    "#E69F00",  # orange
-    "#56B4E9",  # sky blue
-    "#F0E442",  # yellow
-    "#000000",  # black
-    "#999999",  # grey
-    "#666666",  # dark grey
-]
-
-MODEL_COLORS = {
-    M.SAE: "#999999",
-    M.CENTRED_SAE: "#6A3D9A",
-    M.MASKED_SAE: "#B15928",
-    M.BATCHTOPK: "#56B4E9",
-    M.MATRYOSHKA: "#F0E442",
-    M.GSAE: "#0072B2",
-    M.MGSAE: "#D55E00",
-    M.MODALITY_SPECIFIC: "#009E73",
-    M.SHARED_SUPPORT: "#CC79A7",
-    "paper": "#000000",
-}
-
-CATEGORY_COLORS = {
-    "image_only": "#E69F00",
-    "text_only": "#56B4E9",
-    "both": "#009E73",
-    "dead": "#999999",
-}
 CATEGORIES = ("image_only", "text_only", "both", "dead")
-CATEGORY_LABELS = {"image_only": "image-only", "text_only": "text-only", "both": "both",
-                   "dead": "dead"}
 MMS_TITLES = {"img_img": "image-image", "txt_txt": "text-text", "img_txt": "image-text"}
 MODALITY_LINESTYLES = ["-", "--", ":", "-."]
 
@@ -125,10 +99,45 @@ def set_style(context: str = "paper", font_scale: float = 1.0) -> None:
 def model_color(name: str) -> str:
     """Fixed colour of a model; unknown names map deterministically (md5 of the name) onto
     :data:`PALETTE`."""
+    if name in registry.REGISTRY:  # live: a method registered after import has its colour too
+        return registry.REGISTRY[name].color
     if name in MODEL_COLORS:
         return MODEL_COLORS[name]
     h = int(hashlib.md5(str(name).encode("utf-8")).hexdigest(), 16)
     return PALETTE[h % len(PALETTE)]
+
+
+#: the widest a figure may be against its height (slides and paper columns): every figure keeps to it
+MAX_ASPECT = 3.0
+
+
+def panel_grid(n: int, panel_w: float = 3.2, panel_h: float = 2.8, max_cols: int = 3, legend_w: float = 0.0,
+               **kw):
+    """``n`` panels on a grid of at most ``max_cols`` columns (rows as needed), so that a figure of many panels
+    stays within :data:`MAX_ASPECT`; unused cells are hidden. ``legend_w``: inches kept on the right for a legend
+    outside the data. Returns ``(fig, axes)`` with ``axes`` flat (length ``n``)."""
+    cols = max(1, min(n, max_cols))
+    while cols > 1 and (panel_w * cols + legend_w) / (panel_h * -(-n // cols)) > MAX_ASPECT:
+        cols -= 1  # one row of many panels would be a strip: wrap onto more rows
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_w * cols + legend_w, panel_h * rows), squeeze=False, **kw)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def legend_outside(fig, ax=None, **kw):
+    """One legend for the figure, right of the panels (never over the data)."""
+    handles, labels = (ax or fig.axes[0]).get_legend_handles_labels()
+    if ax is None:
+        seen = {}
+        for a in fig.axes:
+            for h, lab in zip(*a.get_legend_handles_labels()):
+                seen.setdefault(lab, h)
+        handles, labels = list(seen.values()), list(seen)
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, **kw)
 
 
 def save_figure(fig, name: str, figures_dir="figures") -> list[Path]:
@@ -176,6 +185,15 @@ def _category_bars(ax, df: pd.DataFrame, title: str | None, fraction: bool) -> N
                yerr=err, capsize=2 if err is not None else 0,
                color=CATEGORY_COLORS[cat], label=CATEGORY_LABELS[cat],
                edgecolor="white", linewidth=0.5)
+    if "both_rule" in df:  # "both" true by construction (the modality-specific SAEs' matched pairs): hatched
+        for i, rule in enumerate(df["both_rule"]):
+            if str(rule).startswith("matched"):
+                j = CATEGORIES.index("both")
+                v = df["both"].to_numpy(dtype=float)[i] / (total[i] if fraction else 1.0)
+                ax.bar(x[i] + (j - (len(CATEGORIES) - 1) / 2) * width, v, width, color=CATEGORY_COLORS["both"],
+                       edgecolor="white", hatch="///", linewidth=0, label="both by construction (matched pairs)")
+                ax.annotate("†", (x[i] + (j - (len(CATEGORIES) - 1) / 2) * width, v), ha="center", va="bottom",
+                            fontsize=9)
     ax.set_xticks(x)
     ax.set_xticklabels(models, rotation=30 if len(models) > 4 else 0, ha="right" if len(models) > 4 else "center")
     ax.set_ylabel("fraction of latents" if fraction else "number of latents")
@@ -196,14 +214,14 @@ def plot_neuron_categories(df: pd.DataFrame, paper_df: pd.DataFrame | None = Non
     """
     ncols = 1 if paper_df is None else 2
     widths = [max(len(df), 2)] + ([max(len(paper_df), 2)] if paper_df is not None else [])
-    fig, axes = plt.subplots(1, ncols, figsize=(1.0 * sum(widths) + 2.2, 3.4), sharey=fraction, squeeze=False,
+    fig, axes = plt.subplots(1, ncols, figsize=(0.55 * sum(widths) + 1.2, 4.3), sharey=fraction, squeeze=False,
                              gridspec_kw={"width_ratios": widths})
     _category_bars(axes[0, 0], df, title if paper_df is not None else None, fraction)
     if paper_df is not None:
         _category_bars(axes[0, 1], paper_df, paper_title, fraction)
         axes[0, 1].set_ylabel("")
-    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
+    legend_outside(fig)
     return fig
 
 
@@ -281,7 +299,7 @@ def plot_mms_curves(curves: Mapping[str, Mapping[str, object]],
     seeds the line is the mean over seeds at each rank and the band +-1 std
     (``band="std"``) or min-max (``band="minmax"``).
     """
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), sharey=True,
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.5 * len(keys), 3.6), sharey=True,
                              squeeze=False)
     for ax, key in zip(axes[0], keys):
         for model, d in curves.items():
@@ -303,8 +321,8 @@ def plot_mms_curves(curves: Mapping[str, Mapping[str, object]],
         ax.set_title(MMS_TITLES.get(key, key))
         ax.set_xlabel("latent rank")
     axes[0, 0].set_ylabel("MMS")
-    axes[0, -1].legend(loc="upper right")
     fig.tight_layout()
+    legend_outside(fig, axes[0, -1])
     return fig
 
 
@@ -345,7 +363,7 @@ def _umap_scatter(ax, emb, categories, title) -> None:
     order = [c for c in CATEGORIES if c in set(cats)] + sorted(set(cats) - set(CATEGORIES))
     for c in order:
         sel = cats == c
-        ax.scatter(emb[sel, 0], emb[sel, 1], s=3, alpha=0.7, linewidths=0,
+        ax.scatter(emb[sel, 0], emb[sel, 1], s=6, alpha=0.75, linewidths=0,
                    color=CATEGORY_COLORS.get(c, model_color(c)),
                    label=CATEGORY_LABELS.get(c, c))
     ax.set_title(title)
@@ -368,37 +386,77 @@ def plot_umap(atoms, categories, title: str = "", seed: int = 0, n_neighbors: in
 def plot_umap_grid(panels: Mapping[str, tuple], seed: int = 0, n_neighbors: int = 15):
     """Row of UMAP panels: ``panels[model] = (atoms, categories)``, titled by model."""
     n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.8), squeeze=False)
-    for ax, (model, (atoms, cats)) in zip(axes[0], panels.items()):
+    fig, axes = panel_grid(n, 2.8, 2.8, max_cols=3 if n <= 9 else 4, legend_w=1.2)
+    for ax, (model, (atoms, cats)) in zip(axes, panels.items()):
         _umap_scatter(ax, _umap_embed(atoms, seed, n_neighbors), cats, model)
-    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), markerscale=3)
+        ax.set_box_aspect(1)
     fig.tight_layout()
+    legend_outside(fig, markerscale=4)
     return fig
 
 
-def plot_steering(df: pd.DataFrame):
-    """Steering curves: panel 1 ``toward`` vs ``alpha`` (mean cosine move toward the concept),
-    panel 2 ``kept`` vs ``alpha`` (similarity kept to the original).  One colour per model,
-    one line style per modality; optional ``toward_std`` / ``kept_std`` shaded bands."""
-    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.0))
-    modalities = list(dict.fromkeys(df["modality"])) if "modality" in df else [None]
-    for model, g in df.groupby("model", sort=False):
-        for mod, h in (g.groupby("modality", sort=False) if "modality" in g else [(None, g)]):
-            h = h.sort_values("alpha")
-            ls = MODALITY_LINESTYLES[modalities.index(mod) % len(MODALITY_LINESTYLES)]
-            label = model if mod is None else f"{model} ({mod})"
-            for ax, col in zip(axes, ("toward", "kept")):
-                x, y = h["alpha"].to_numpy(float), h[col].to_numpy(float)
-                ax.plot(x, y, ls=ls, marker="o", ms=3, color=model_color(model), label=label)
-                if f"{col}_std" in h:
-                    s = h[f"{col}_std"].to_numpy(float)
-                    ax.fill_between(x, y - s, y + s, color=model_color(model), alpha=0.2, lw=0)
-    axes[0].set_ylabel("cosine move toward concept")
-    axes[1].set_ylabel("similarity to original")
-    for ax in axes:
-        ax.set_xlabel(r"steering strength $\alpha$")
-    axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+def plot_steering(df: pd.DataFrame, title: str | None = None):
+    """Steering as small multiples: one panel per model with the cosine move toward the concept against the
+    steering strength, image and text codes in the modality colours (:data:`MODALITY_COLORS`), shaded +-1 std
+    over seeds (``toward_std``); a last panel gives the similarity each model keeps to the original
+    (``kept``, the image side solid, the text side dashed), in the model colours."""
+    models = list(dict.fromkeys(df["model"]))
+    n = len(models) + 1
+    fig, axes = panel_grid(n, 2.5, 2.3, max_cols=4 if n > 6 else 3, sharex=True, legend_w=1.3)
+    lo = np.nanmin(df["toward"] - df.get("toward_std", 0).fillna(0) if "toward_std" in df else df["toward"])
+    hi = np.nanmax(df["toward"] + df.get("toward_std", 0).fillna(0) if "toward_std" in df else df["toward"])
+    pad = 0.05 * max(hi - lo, 1e-6)
+    mods = list(dict.fromkeys(df["modality"])) if "modality" in df else [None]
+    for ax, model in zip(axes, models):
+        g = df[df["model"] == model]
+        for mod in mods:
+            h = (g[g["modality"] == mod] if mod is not None else g).sort_values("strength")
+            color = MODALITY_COLORS.get(str(mod), model_color(model))
+            x, y = h["strength"].to_numpy(float), h["toward"].to_numpy(float)
+            ax.plot(x, y, marker="o", ms=2.5, color=color, label=f"{mod} codes" if mod else "toward")
+            if "toward_std" in h:
+                sd = h["toward_std"].to_numpy(float)
+                ax.fill_between(x, y - sd, y + sd, color=color, alpha=0.2, lw=0)
+        ax.set_title(model, color=model_color(model), fontsize=9)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.axhline(0, color="0.6", lw=0.6)
+    ax = axes[-1]
+    for model in models:
+        g = df[df["model"] == model]
+        for k, mod in enumerate(mods):
+            h = (g[g["modality"] == mod] if mod is not None else g).sort_values("strength")
+            ax.plot(h["strength"], h["kept"], ls="-" if k == 0 else "--", color=model_color(model), lw=1,
+                    label=model if k == 0 else None)
+    ax.set_title("similarity kept to the original", fontsize=9)
+    for i, a in enumerate(axes):
+        if i % (4 if n > 6 else 3) == 0:
+            a.set_ylabel("move toward concept" if a is not axes[-1] else "cosine")
+        a.set_xlabel(r"strength (latent std)")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    h1, l1 = axes[0].get_legend_handles_labels()
+    h2, l2 = axes[-1].get_legend_handles_labels()
+    fig.legend(h1 + h2, l1 + l2, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    return fig
+
+
+def plot_pareto(tab: pd.DataFrame, title: str | None = None):
+    """The sparsity-fidelity trade-off (:func:`mmsae.study.tables.pareto`): explained variance against L0 (log),
+    one line per method with +-1 std over seeds, the PCA baseline dashed black. Up and to the left is better."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for model, g in tab.groupby("model", sort=False):
+        g = g.sort_values("l0")
+        pca = model == "PCA"
+        ax.errorbar(g["l0"], g["ev"], yerr=None if pca or "ev_std" not in g else g["ev_std"], marker="" if pca else "o",
+                    ms=3, capsize=2, ls="--" if pca else "-", color="black" if pca else model_color(model),
+                    label="PCA (dense, L0 directions)" if pca else model)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="L0: active latents per input", ylabel="explained variance")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    legend_outside(fig, ax, fontsize=8)
     return fig
 
 
@@ -430,8 +488,7 @@ def plot_metric_vs_param(df: pd.DataFrame, x: str, y: str, hue: str = "model",
 def plot_training_logs(models_dir, names, seeds, metrics=("loss", "ev_x", "ev_y", "dead")):
     """Training curves from ``<models_dir>/<name>/seed<k>/**/train_log.csv`` (one line per model and seed)."""
     models_dir = Path(models_dir)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 2.8))
-    axes = np.atleast_1d(axes)
+    fig, axes = panel_grid(len(metrics), 3.2, 2.6, max_cols=2, legend_w=1.3)
     found = 0
     for name in names:
         for s in seeds:
@@ -452,8 +509,8 @@ def plot_training_logs(models_dir, names, seeds, metrics=("loss", "ev_x", "ev_y"
     for ax, key in zip(axes, metrics):
         ax.set(title=titles.get(key, key), xlabel="step")
     axes[0].set_yscale("log")
-    axes[-1].legend(frameon=False)
     fig.tight_layout()
+    legend_outside(fig, axes[0])
     return fig
 
 
@@ -493,8 +550,8 @@ def plot_zero_shot_vs_paper(tab: pd.DataFrame, title: str = "this work"):
     """
     models = [m for m in tab["model"] if m != "dense"]
     ours = tab.set_index("model")
-    fig, axes = plt.subplots(1, 2, figsize=(1.0 * len(models) + 4.8, 3.4), sharey=True,
-                             gridspec_kw={"width_ratios": [max(len(models), 2), 5]})
+    fig, axes = plt.subplots(1, 2, figsize=(0.55 * len(models) + 3.6, 3.8), sharey=True,
+                             gridspec_kw={"width_ratios": [max(len(models), 2), 4]})
     ax = axes[0]
     x = np.arange(len(models))
     err = np.sqrt(np.nan_to_num(ours.loc[models, "code_std"].to_numpy(float)) ** 2
@@ -506,9 +563,9 @@ def plot_zero_shot_vs_paper(tab: pd.DataFrame, title: str = "this work"):
     ax.set_xticks(x)
     ax.set_xticklabels(models, rotation=30 if len(models) > 4 else 0, ha="right" if len(models) > 4 else "center")
     ax.set_ylabel("zero-shot accuracy (codes)")
-    ax.set_title(f"{title}: {tab['set'].iloc[0]} (n = {int(tab['n_test'].iloc[0])})")
+    ax.set_title(f"{title}\n{str(tab['set'].iloc[0]).replace('_', ' ')}, {int(tab['n_test'].iloc[0])} items",
+                 fontsize=9)
     ax.grid(axis="x", visible=False)
-    ax.legend(loc="upper left", bbox_to_anchor=(0.0, 0.94), fontsize="small")
     p = paper.zero_shot_clip()
     pm = [m for m in p["model"] if m != "dense CLIP"]
     ax = axes[1]
@@ -518,8 +575,9 @@ def plot_zero_shot_vs_paper(tab: pd.DataFrame, title: str = "this work"):
     ax.axhline(0.1, ls=":", color="0.5", lw=1)
     ax.set_xticks(np.arange(len(pm)))
     ax.set_xticklabels(pm, rotation=30, ha="right")
-    ax.set_title("paper: CIFAR-10, CLIP ViT-B/16")
+    ax.set_title("the paper\nCIFAR-10, CLIP ViT-B/16", fontsize=9)
     ax.grid(axis="x", visible=False)
     ax.set_ylim(0, 1.02)
     fig.tight_layout()
+    legend_outside(fig, axes[0], fontsize="small")
     return fig

@@ -13,7 +13,7 @@ from __future__ import annotations
 from copy import deepcopy
 from typing import Any
 
-from .methods import GROUP_SPARSE_METHODS, GSAE, METHOD_ORDER, MGSAE, PAPER_METHODS
+from .methods import BATCHTOPK, CENTRED_SAE, GROUP_SPARSE_METHODS, GSAE, METHOD_ORDER, MGSAE, PAPER_METHODS, SAE
 
 __all__ = ["PROFILES", "get_profile"]
 
@@ -41,6 +41,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "atom_decay": 0.0,  # isotropic concept directions (frame layout)
         "modality_rank": 0,
         "offset_jitter": 0.0,
+        "class_alpha": None,  # class concepts like the other shared ones
+        "class_isotropic": False,
+        "jitter": 0.3,
         # probe-decomposition experiment only (not the main data): pairs of class 0 ("woman")
         # also carry shared concept 127 ("blond hair", otherwise rare: ~5% of pairs) with probability 0.8;
         # [class, concept, p]: class 0 pairs also carry a concept with probability p (probe decomposition in
@@ -64,7 +67,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "tensorboard": False,
         # analysis
         "umap_max_atoms": 256,
-        "steer_alphas": [0.0, 1.0, 2.0, 4.0, 8.0],
+        "steer_strengths": [0.0, 1.0, 2.0, 4.0, 8.0],
         "steer_samples": 256,
         # method comparison and sweeps (mmsae.study.experiments; notebooks 03/04). Sized so the whole
         # chain fits the smoke time budget on 2 CPU cores (see README "Time budget").
@@ -82,6 +85,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "expansion_grid": [1, 2, 4],  # m = expansion * d (d = 128: 128, 256, 512 latents; main run m = 256)
         "k_grid": [3, 6, 12],  # paper's 16/32/64 scaled by K_smoke / K_paper
         "width_k_methods": [MGSAE],
+        "pareto_k_grid": [1, 2, 3, 6, 12, 24],  # the sparsity-fidelity sweep (K), with a PCA baseline
+        "pareto_methods": [SAE, CENTRED_SAE, GSAE, MGSAE, BATCHTOPK],
         "width_k_lambda": 0.01,  # the paper's lambda in its width/K sweep
         "alpha_grid": [0.0, 0.25, 0.5, 0.75, 1.0],
         "alpha_methods": list(METHOD_ORDER),
@@ -91,31 +96,35 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {
         # synthetic data at the encoder's width in CLIP's regime for an 8192-latent SAE: far more concepts than
         # latents (24,576), ~27 of them in an embedding (K = 32 fills with them, not with noise), concept directions with a
-        # decaying spectrum per modality, spread along the mean directions as real CLIP has; calibrated on the
-        # pooled SAE (scripts/calibrate_generator.py, docs/calibration.md) and, on 500 pairs, to real CLIP's
-        # geometry (tests/test_synthetic.py)
+        # decaying spectrum per modality, spread along the mean directions as real CLIP has, image-only and text-only
+        # concepts in subspaces of their own, class concepts off the crowded directions with a lower image-text
+        # cosine; calibrated on the pooled SAE (candidate k8 of scripts/calibrate_generator.py, docs/calibration.md)
+        # and, on 500 pairs, to real CLIP's geometry (tests/test_synthetic.py)
         "n_pairs": 200_000,
         "synthetic_d": 512,
         "n_shared": 12288,
         "n_image_only": 6144,
         "n_text_only": 6144,
-        "alpha": 0.5,
+        "alpha": 0.6,
         "mean_shared": 16,
-        "mean_image_only": 10,
-        "mean_text_only": 10,
+        "mean_image_only": 12,
+        "mean_text_only": 7,
         "n_classes": 10,
-        "class_boost": 2.0,
+        "class_boost": 3.0,
         "offset_scale": 0.945,
         "mean_cos": 0.30,
         "private_rank": 10,
-        "private_scale": 2.7,
-        "noise": 1.6,
+        "private_scale": 3.0,
+        "noise": 2.0,
         # uniform concept frequencies within each pool: with Zipfian ones (1.0, 0.5) and 190,000 training pairs the
         # SAE's latents specialise on concepts too rare to fire on 10,000 held-out pairs (docs/calibration.md)
         "concept_zipf": 0.0,
         "atom_decay": 1.15,  # concept directions with covariance eigenvalues (1 + i)^-1.15, one basis per modality
-        "modality_rank": 0,
-        "offset_jitter": 0.05,  # real CLIP: std 0.05 of the projection on the gap direction
+        "modality_rank": 48,  # image-only / text-only concepts in subspaces of rank 48 the other modality never excites
+        "offset_jitter": 0.06,  # real CLIP: std 0.05 of the projection on the gap direction (0.03 here after normalising)
+        "class_alpha": 0.35,  # a class concept's image-text cosine (CLIP's zero-shot: codes below dense)
+        "class_isotropic": True,  # class directions spread over the whole space: dense zero-shot ~0.88 at a modest boost
+        "jitter": 0.45,  # log-normal sigma of a shared concept's per-modality coefficient jitter
         # probe-decomposition experiment only: class 0 ("woman") with the last shared concept, among the
         # rarest ("blond hair"), with probability 0.8
         "correlated_concept": [0, -1, 0.8],
@@ -132,7 +141,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0],
         "tensorboard": True,
         "umap_max_atoms": 8192,
-        "steer_alphas": [0.0, 1.0, 2.0, 4.0, 8.0, 16.0],
+        "steer_strengths": [0.0, 1.0, 2.0, 4.0, 8.0, 16.0],
         "steer_samples": 2048,
         "methods": list(METHOD_ORDER),
         "comparison_seeds": [0, 1, 2],
@@ -148,6 +157,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "expansion_grid": [4, 8, 16],  # m = expansion * d (d = 512: 2048, 4096, 8192 latents)
         "k_grid": [16, 32, 64],
         "width_k_methods": list(PAPER_METHODS),
+        "pareto_k_grid": [8, 16, 32, 64, 128],
+        "pareto_methods": [SAE, CENTRED_SAE, GSAE, MGSAE, BATCHTOPK],
         "width_k_lambda": 0.01,
         "alpha_grid": [0.0, 0.25, 0.5, 0.75, 1.0],
         "alpha_methods": list(METHOD_ORDER),

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.load import load_paired
-from ..models import SAEConfig, build_model, gsae_config, mgsae_config
+from ..models import build_model, registry
 from . import distributed as ddp
 from .loop import TrainConfig, train
 
@@ -19,20 +19,17 @@ __all__ = ["main"]
 
 
 def _build(args: argparse.Namespace):
-    if args.preset == "topk":
-        cfg = SAEConfig(d=args.d, m=args.m, k=args.k)
-    elif args.preset == "gsae":
-        cfg = gsae_config(d=args.d, m=args.m, k=args.k)
-    else:
-        cfg = mgsae_config(d=args.d, m=args.m, k=args.k)
-    return build_model(cfg)
+    """The model of ``--preset`` (a method's command-line name, :mod:`mmsae.models.registry`) at the paper's
+    lambda and mask rate."""
+    return build_model(registry.config_for(registry.by_cli(args.preset).name, d=args.d, m=args.m, k=args.k))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mmsae.train",
                                 description="Train one SAE on all torchrun processes (data-parallel).")
     p.add_argument("--data", required=True, help="paired embeddings (.npy (2,N,d) is memory-mapped)")
-    p.add_argument("--preset", choices=["topk", "gsae", "mgsae"], default="mgsae")
+    p.add_argument("--preset", choices=[m.cli_name for m in registry.REGISTRY.values()], default="mgsae",
+                   help="the method (its record in mmsae.models.registry)")
     p.add_argument("--d", type=int, default=None)
     p.add_argument("--m", type=int, default=8192)
     p.add_argument("--k", type=int, default=32)
