@@ -100,6 +100,7 @@ plots.save_figure(fig, "training_group_sparse", paths.figures);
 # | Matryoshka | nothing (pooled BatchTopK; nested prefixes of the dictionary each reconstruct) |
 # | ModalitySpecific | one TopK SAE per modality, latents matched after training (Pearson correlation on the training pairs, Hungarian algorithm) |
 # | SharedSupport | one TopK over the summed pre-activations: both members use the same K latents |
+# | USAE | an encoder and a decoder per modality around one code; each member's code decodes into both (Thasarathan et al. 2025) |
 #
 # Every method is trained with `comparison_seeds` seeds (mean and spread in every table).
 # Models already on disk with the same settings (the SAE of notebook 02, GSAE/MGSAE

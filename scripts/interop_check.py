@@ -73,7 +73,7 @@ def main() -> int:
         res = out / "results"
         rec = {"date": time.strftime("%Y-%m-%d %H:%M"), "saelens_class": "sae_lens.saes.topk_sae.TopKSAE",
                "d_in": int(u.shape[1]), "d_sae": int(P["m"]), "k": int(P["k"]), "steps": int(P["steps"]),
-               "final_loss": round(float(loss), 4), "notebook_04_exit": nb.returncode,
+               "final_loss": round(float(loss.detach()), 4), "notebook_04_exit": nb.returncode,
                "command": "./run_all.sh --only 04 --param 'models=[SAELensTopK]' --param 'comparison_seeds=[0]'",
                "wall_s": round(time.time() - t0, 1)}
         if nb.returncode == 0:

@@ -340,7 +340,11 @@ def comparison_section() -> str:
     return (head + ".\n\n" + tabs[0] + "\n\nWhat SAE evaluation reports beside them (SAEBench): explained variance "
             "about the mean, shrinkage (relative reconstruction bias, 1 = none), dense latents (firing on more than a "
             "tenth of the inputs), seed stability (two seeds' decoder atoms matched one to one: mean cosine, share "
-            "above 0.9) and, on synthetic data, recovery of the true atoms.\n\n" + tabs[1] + _disagreement(df))
+            "above 0.9) and, on synthetic data, recovery of the true atoms.\n\n" + tabs[1] + _disagreement(df)
+            + ("\n\nThe sparsity-fidelity trade-off (synthetic study, K sweep, `results/pareto_k.csv`): explained "
+               "variance against the active latents per input, beside a PCA with as many directions.\n\n"
+               "![explained variance against L0, with the PCA baseline](../figures/pareto_k.png)"
+               if (ROOT / "figures" / "pareto_k.png").exists() else ""))
 
 
 def _disagreement(df: pd.DataFrame) -> str:

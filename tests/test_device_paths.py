@@ -38,7 +38,8 @@ import mmsae.models.topk as topk_model
 from mmsae.engine import force_device_paths, set_device_paths, uses_device_paths
 from mmsae.models import GroupSparseSAE, SAEConfig, build_model, gsae_config, mgsae_config
 from mmsae.study.experiments import method_config
-from mmsae.study.methods import BATCHTOPK, GSAE, MATRYOSHKA, METHOD_ORDER, MGSAE, MODALITY_SPECIFIC, SAE, SHARED_SUPPORT
+from mmsae.study.methods import (BATCHTOPK, GSAE, MATRYOSHKA, METHOD_ORDER, MGSAE, MODALITY_SPECIFIC, SAE, SHARED_SUPPORT,
+                                 USAE)
 from mmsae.study.profiles import get_profile
 from mmsae.train import TrainConfig, train
 from mmsae.train.optim import RowAdam
@@ -619,7 +620,7 @@ def test_training_on_the_device_paths_matches_the_compiled_paths(name):
     within 3% (1.4% at most here): at a near-tie of the bfloat16 pre-activations another latent
     of almost the same value may be chosen, and from then on the two runs are two runs of the
     same objective that drift apart, not one run in two roundings. BatchTopK and Matryoshka do
-    not select with ``select_dtype``: the same losses either way."""
+    not select with ``select_dtype``, nor does USAE (its dense reference step): the same losses either way."""
     compiled, m_compiled = _train(name, forced=False)
     torch_fp32, m_fp32 = _train(name, select_dtype=None)
     torch_bf16, _ = _train(name, select_dtype=torch.bfloat16)
@@ -631,7 +632,7 @@ def test_training_on_the_device_paths_matches_the_compiled_paths(name):
         else:
             assert torch.equal(a, b), n  # the same latents fired
     np.testing.assert_allclose(torch_bf16, compiled, rtol=0.03)
-    if name in (BATCHTOPK, MATRYOSHKA):
+    if name in (BATCHTOPK, MATRYOSHKA, USAE):
         assert np.array_equal(torch_bf16, torch_fp32)
     else:  # the switch's dtype reached the loop's model: another selection somewhere
         assert not np.array_equal(torch_bf16, torch_fp32)

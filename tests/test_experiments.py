@@ -1,10 +1,13 @@
 """mmsae.study.experiments: method table, train/evaluate, seed aggregation, tables, sweeps."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from mmsae.study import methods as M
 
 from mmsae.study import experiments as ex
 from mmsae.models import load_model
@@ -22,12 +25,11 @@ def tiny():
 
 def test_methods_table_names_and_archs(tiny):
     P = tiny[0]
-    assert list(ex.METHODS) == ["SAE", "CentredSAE", "GSAE", "MGSAE", "MaskedSAE", "BatchTopK", "Matryoshka",
-                                "ModalitySpecific", "SharedSupport"]
+    assert list(ex.METHODS) == M.METHOD_ORDER
     archs = {n: ex.method_config(n, P, d=32).arch for n in ex.METHODS}
     assert archs == {"SAE": "topk", "CentredSAE": "group_sparse", "BatchTopK": "batchtopk", "Matryoshka": "matryoshka",
                      "GSAE": "group_sparse", "MGSAE": "group_sparse", "MaskedSAE": "group_sparse",
-                     "ModalitySpecific": "modality_specific", "SharedSupport": "shared_support"}
+                     "ModalitySpecific": "modality_specific", "SharedSupport": "shared_support", "USAE": "usae"}
     assert ex.method_config("CentredSAE", P, d=32).group_lambda == 0.0
     assert (ex.method_config("MaskedSAE", P, d=32).group_lambda, ex.method_config("MaskedSAE", P, d=32).mask_rate) == \
         (0.0, P["mask_rate"])
@@ -162,9 +164,11 @@ def test_reuse_is_keyed_on_the_training_code(tiny, tmp_path, monkeypatch):
     first = ex.train_method("SAE", tr, P, seed=0, out_dir=tmp_path, steps=5, progress=False)
     again = ex.train_method("SAE", tr, P, seed=0, out_dir=tmp_path, steps=5, progress=False)
     assert again.train_info["wall_time_s"] == first.train_info["wall_time_s"]  # same code: reused
-    assert first.train_info["train_key"]["code"] == ex.training_code_version()
+    assert first.train_info["train_key"]["code"] == ex.training_code_version("topk")
+    # another method's model file, the command line or the method records do not enter the SAE's key
+    assert ex.training_code_version("topk") != ex.training_code_version("batchtopk")
     # a model saved by other training code (another objective, another loop) is retrained, not reused
-    monkeypatch.setattr(ex, "training_code_version", lambda: "0" * 16)
+    monkeypatch.setattr(ex, "training_code_version", lambda arch="topk": "0" * 16)
     newer = ex.train_method("SAE", tr, P, seed=0, out_dir=tmp_path, steps=5, progress=False)
     assert newer.train_info["train_key"]["code"] == "0" * 16
     assert newer.train_info["wall_time_s"] != first.train_info["wall_time_s"]
@@ -220,3 +224,15 @@ def test_train_summary_has_one_schema(tiny, tmp_path):
     assert by_loop["method"] is None and by_loop["train_key"] is None  # the study's fields
     assert by_study["method"] == "ModalitySpecific" and by_study["train_key"]["steps"] == 5
     assert by_study["data_fingerprint"] and by_study["alignment"]["wall_time_s"] >= 0
+
+
+def test_the_training_code_of_an_arch_is_its_own_files(tmp_path, monkeypatch):
+    """The key of a group-sparse model covers its module and the TopK SAE it extends, not BatchTopK's file."""
+    import inspect
+
+    from mmsae.models import BatchTopKSAE, GroupSparseSAE, TopKSAE
+
+    ex.training_code_version.cache_clear()
+    files = {Path(inspect.getfile(c)).name for c in GroupSparseSAE.__mro__ if c.__module__.startswith("mmsae.models")}
+    assert {"group_sparse.py", "topk.py", "base.py"} <= files and "batchtopk.py" not in files
+    assert Path(inspect.getfile(BatchTopKSAE)).name == "batchtopk.py" and TopKSAE in BatchTopKSAE.__mro__

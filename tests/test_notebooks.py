@@ -15,11 +15,11 @@ from mmsae.study.methods import METHOD_ORDER
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
 
-SWEEPS = ["ablation_lambda", "ablation_mask_rate", "ablation_mask_mode", "ablation_width_k", "alpha_sweep"]
+SWEEPS = ["ablation_lambda", "ablation_mask_rate", "ablation_mask_mode", "ablation_width_k", "ablation_k", "alpha_sweep"]
 TABLES = ["neuron_categories", "ladder", "ladder_steps", "split_measures", "firing_profile", "split_vs_sample_size", "concept_naming", "probe_decomposition", "geometry", "reconstruction", "retrieval", "mms_summary", "zero_shot", "ground_truth", "steering",
-          "comparison"] + SWEEPS
+          "comparison", "seed_stability", "pareto_k"] + SWEEPS
 FIGURES = ["data_overview", "ladder", "split_vs_sample_size", "training_SAE", "training_group_sparse", "training_all_methods", "neuron_categories",
-           "mms_curves", "modality_score_hist", "umap_decoder_atoms", "steering"] + SWEEPS
+           "mms_curves", "modality_score_hist", "umap_decoder_atoms", "steering", "pareto_k"] + SWEEPS
 METHODS = set(METHOD_ORDER)
 
 

@@ -153,6 +153,8 @@ def test_tables_from_trained_models(trained):
     assert fp.frame.shape[0] == 2 and "never" in fp.frame
     vs_n, tab = tables.split_vs_sample_size(t.analyses, [M.SAE], 0, [50, 200])
     assert set(tab.frame["n_pairs"]) == {50, 200} and tab.mean_std is False
+    _, other = tables.split_vs_sample_size(t.analyses, [], 0, [50])  # none of the paper's: the models analysed
+    assert list(dict.fromkeys(other.frame["model"])) == [M.SAE, M.GSAE]
     ret = tables.retrieval(t.per_seed, t.val)
     assert ret.frame["model"].iloc[-1] == "dense" and 0 <= ret.frame["code_x2y_R@1"].iloc[-1] <= 1
     records, agreement, source = tables.latents_in_words(t.analyses, [M.SAE, M.GSAE], (0, 1), t.val, t.truth)

@@ -8,9 +8,10 @@ from .batchtopk import BatchTopKSAE
 from .matryoshka import MatryoshkaSAE
 from .modality_specific import ModalitySpecificSAE
 from .shared_support import SharedSupportSAE
+from .usae import UniversalSAE
 
 __all__ = [
     "MODEL_REGISTRY", "CheckpointError", "CheckpointMismatchError", "Dictionary", "LossOutput", "SAEConfig", "build_model", "load_model",
     "register", "TopKSAE", "GroupSparseSAE", "gsae_config", "mgsae_config",
-    "BatchTopKSAE", "MatryoshkaSAE", "ModalitySpecificSAE", "SharedSupportSAE",
+    "BatchTopKSAE", "MatryoshkaSAE", "ModalitySpecificSAE", "SharedSupportSAE", "UniversalSAE",
 ]

@@ -30,11 +30,12 @@ from .matryoshka import default_prefixes
 
 __all__ = ["Method", "REGISTRY", "register", "get", "names", "config_for", "by_cli", "model_colors",
            "SAE", "CENTRED_SAE", "GSAE", "MGSAE", "MASKED_SAE", "BATCHTOPK", "MATRYOSHKA", "MODALITY_SPECIFIC",
-           "SHARED_SUPPORT"]
+           "SHARED_SUPPORT", "USAE"]
 
 # the names, typed once here for the models package (mmsae.study.methods re-exports them in the same order)
 SAE, CENTRED_SAE, GSAE, MGSAE, MASKED_SAE = "SAE", "CentredSAE", "GSAE", "MGSAE", "MaskedSAE"
 BATCHTOPK, MATRYOSHKA, MODALITY_SPECIFIC, SHARED_SUPPORT = "BatchTopK", "Matryoshka", "ModalitySpecific", "SharedSupport"
+USAE = "USAE"
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,11 @@ def _modality_specific(profile, ov):
     return SAEConfig(arch="modality_specific", n_modalities=1, extra=extra, **c, **rest)
 
 
+def _usae(profile, ov):
+    """The Universal SAE (:mod:`mmsae.models.usae`): an encoder, a decoder and a pre-bias per modality, one code."""
+    return SAEConfig(arch="usae", n_modalities=2, **_common(profile, ov), **_rest(ov))
+
+
 def _shared_support(profile, ov):
     """GSAE architecture with SPARC's global TopK (ReLU and TopK of the summed raw
     pre-activations of a pair; :mod:`mmsae.models.shared_support`)."""
@@ -163,6 +169,8 @@ for _m in (
            cli="modality_specific"),
     Method(SHARED_SUPPORT, _shared_support, "#CC79A7", "one TopK over the summed pre-activations of a pair",
            cli="shared_support"),
+    Method(USAE, _usae, "#882255", "an encoder and a decoder per modality around one code; each code decoded into "
+           "both modalities (Thasarathan et al. 2025)"),
 ):
     register(_m)
 

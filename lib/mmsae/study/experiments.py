@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 from ..data.store import PairedEmbeddings, array_digest, atomic_write
 from ..data.synthetic import config_from_profile, make_synthetic
 from ..eval.analysis import analyze, mms_reference
-from ..models.base import CheckpointError, Dictionary, SAEConfig, build_model, load_model
+from ..models.base import MODEL_REGISTRY, CheckpointError, Dictionary, SAEConfig, build_model, load_model
 from ..models import registry
 from ..train.loop import TRAIN_SUMMARY, TrainConfig, TrainSummary, seed_everything, train
 from ..train.tb import INSTALL_HINT, tensorboard_missing
@@ -145,20 +145,24 @@ def _train_config(profile: Mapping[str, Any], seed: int, tr: Mapping[str, Any]) 
     return TrainConfig(**base)
 
 
-#: files of ``models/`` that do not decide what training produces (format conversion)
-_NOT_TRAINING_CODE = {"interop.py"}
-
-
 @functools.lru_cache(maxsize=None)
-def training_code_version() -> str:
-    """Digest of the source files that decide what training produces (the models, losses,
-    sparse path and training loop): part of the reuse key, so a model saved by older code
-    is retrained instead of silently reused after the objective or the loop changed.
-    Computed once per process: the code a process runs does not change under it."""
+def training_code_version(arch: str = "topk") -> str:
+    """Digest of the source files that decide what training ``arch`` produces: the model files its class is built
+    from (the modules of its class and of every base class in ``mmsae.models``), the losses, the K-sparse engine
+    and the training loop. Part of the reuse key, so a model saved by older code is retrained instead of silently
+    reused after its objective or the loop changed, while adding another method's file (or the command line,
+    the method records, format conversion) retrains nothing. Computed once per process and arch."""
+    import inspect
+
     here = Path(__file__).resolve().parents[1]
-    files = sorted(f for f in (here / "models").glob("*.py") if f.name not in _NOT_TRAINING_CODE) \
-        + sorted((here / "train").glob("*.py"))
-    h = hashlib.sha256(b"code-v1")
+    cls = MODEL_REGISTRY.get(arch)
+    model_files = {Path(inspect.getfile(c)).resolve() for c in (cls.__mro__ if cls else ())
+                   if c.__module__.startswith("mmsae.models")}
+    model_files |= {here / "models" / "base.py", here / "models" / "losses.py"}
+    files = sorted(model_files) + sorted((here / "engine").glob("*.py")) \
+        + sorted(f for f in (here / "train").glob("*.py") if f.name not in ("cli.py", "__main__.py"))
+    h = hashlib.sha256(b"code-v2")
+    h.update(arch.encode())
     for f in files:
         if f.exists():
             h.update(f.name.encode())
@@ -166,13 +170,13 @@ def training_code_version() -> str:
     return h.hexdigest()[:16]
 
 
-def _train_key(tc: TrainConfig) -> dict[str, Any]:
+def _train_key(tc: TrainConfig, arch: str = "topk") -> dict[str, Any]:
     """Training settings that change the result (not device/progress/logging), and the
-    version of the training code (:func:`training_code_version`)."""
+    version of the training code of ``arch`` (:func:`training_code_version`)."""
     d = tc.to_dict()
     key = {k: d[k] for k in ("steps", "batch_size", "lr", "betas", "eps", "warmup_steps", "decay_fraction",
                              "grad_clip", "seed")}
-    key["code"] = training_code_version()
+    key["code"] = training_code_version(arch)
     return key
 
 
@@ -202,7 +206,7 @@ def _fit(name: str, cfg: SAEConfig, data, tc: TrainConfig, path: Path | None, re
     not on disk raises :class:`CheckpointError` with this hint (the notebook to run).
     ``callback(step, record)``: passed to :func:`mmsae.train.train` (not called on a reuse)."""
     fp = _fingerprint(data)
-    key = _train_key(tc)
+    key = _train_key(tc, cfg.arch)
     if path is not None and (reuse or missing):
         model = _try_reuse(path, cfg, key, fp)
         if model is not None:
@@ -372,7 +376,7 @@ def comparison_table(per_seed: pd.DataFrame, by: str = "model", columns: Sequenc
 def _sweep_path(models_dir: Path | None, data_tag: str, cfg: SAEConfig, tc: TrainConfig) -> Path | None:
     if models_dir is None:
         return None
-    blob = json.dumps({"cfg": cfg.to_dict(), "train": _train_key(tc)}, sort_keys=True, default=str)
+    blob = json.dumps({"cfg": cfg.to_dict(), "train": _train_key(tc, cfg.arch)}, sort_keys=True, default=str)
     h = hashlib.sha1(blob.encode()).hexdigest()[:10]
     return Path(models_dir) / "sweeps" / data_tag / f"{cfg.arch}-{h}" / f"seed{tc.seed}"
 

@@ -208,7 +208,10 @@ def firing_profile(analyses: Mapping, names: Sequence[str], seeds: Sequence[int]
 def split_vs_sample_size(analyses: Mapping, names: Sequence[str], seed: int, sizes: Sequence[int],
                          threshold: float = 0.0, min_frac: float = 0.2) -> tuple[pd.DataFrame, Table]:
     """"Both" and the unimodal share on random subsets of the held-out pairs, per rule (the raw rows for the
-    figure, and their mean per size)."""
+    figure, and their mean per size). With no ``names`` (none of the paper's three among the models analysed:
+    a user's or another library's SAE), the first three models analysed."""
+    if not names:
+        names = list(dict.fromkeys(n for n, _ in analyses))[:3]
     vs_n = pd.concat([split_vs_sample_size_rows(analyses[(n, seed)].z_x, analyses[(n, seed)].z_y, sizes, seed=seed, threshold=threshold,
                           min_frac=min_frac).assign(model=n) for n in names], ignore_index=True)
     tab = vs_n.groupby(["model", "rule", "n_pairs"], sort=False)[["frac_both", "unimodal_share", "min_count"]] \
