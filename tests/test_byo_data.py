@@ -58,7 +58,8 @@ def test_unlabelled_user_embeddings_complete_every_notebook(real, tmp_path, n, d
     text = "\n".join(p.read_text() for p in log)
     if n == 100:
         assert "batch_size 128 exceeds the 80 training pairs" in text  # clamped, with a note
-    assert "zero-shot through the SAE is skipped" in text
+    executed = "\n".join(p.read_text() for p in (run / "notebooks" / "executed").glob("*.ipynb"))
+    assert "Zero-shot is skipped: this run's data have no labels or class prompts" in executed  # said, in a line
     for t in ("neuron_categories", "split_measures", "firing_profile", "mms_summary", "reconstruction", "retrieval", "comparison",
               "steering", "geometry"):
         assert (res / f"{t}.csv").stat().st_size > 0, t
