@@ -433,11 +433,7 @@ def _firing_text(big_res: Path, big: dict) -> str:
             f"K = {int(round(b['firings_per_sample'].max()))} latents firing on each, and has "
             f"{int(b['n_true_concepts'].iloc[0])} true concepts for {int(b['m'].iloc[0])} latents (`firing_profile.csv`).")
     if sae is not None and "image_only_min1" in sae:  # (a run from before the any-firing columns has none)
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("calibrate_generator", ROOT / "scripts" / "calibrate_generator.py")
-        cg = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(cg)
+        cg = _calibration()
         m = sae["m"]
         vals = {"never_fires": sae["dead_min1"] / m, "both_any": sae["both_min1"] / m,
                 "image_only_any": sae["image_only_min1"] / m, "text_only_any": sae["text_only_min1"] / m}
@@ -449,14 +445,14 @@ def _firing_text(big_res: Path, big: dict) -> str:
                     "image_only_any": pp.loc["SAE", "image_only"] / 8192, "text_only_any": pp.loc["SAE", "text_only"] / 8192,
                     "zs_dense": paper.zero_shot_clip().set_index("model").loc["dense CLIP", "cifar10"]}
         met, missed = [], []
-        for k, (lo, hi) in cg.TARGETS.items():
-            if k not in vals:
-                continue
-            (met if lo <= vals[k] <= hi else missed).append(
-                f"{k.replace('_any', '').replace('_', ' ')} {vals[k]:.2f} (target {lo:g}-{hi:g}; paper {paper_of[k]:.2f})")
-        if zsd is not None and zsc is not None:
-            (met if zsc < zsd else missed).append(f"codes {'below' if zsc < zsd else 'above'} dense in zero-shot "
-                                                  f"({zsc:.2f} vs {zsd:.2f})")
+        for k, v, ok in cg.target_verdicts({**vals, **({"zs_code": zsc} if zsc is not None and zsd is not None
+                                                        else {})}):
+            if k in cg.TARGETS:
+                lo, hi = cg.TARGETS[k]
+                item = f"{k.replace('_any', '').replace('_', ' ')} {v:.2f} (target {lo:g}-{hi:g}; paper {paper_of[k]:.2f})"
+            else:
+                item = f"codes {'below' if ok else 'above'} dense in zero-shot ({zsc:.2f} vs {zsd:.2f})"
+            (met if ok else missed).append(item)
         text += (" The SAE against the calibration targets (the paper's SAE row; [docs/calibration.md]"
                  "(calibration.md)): " + ("met: " + "; ".join(met) if met else "none met")
                  + (". Missed: " + "; ".join(missed) if missed else "") + ".")
@@ -669,25 +665,32 @@ def paperbrief_section() -> str:
             + _md(pd.DataFrame(rows)) + "\n\nMore: [docs/results.md](docs/results.md#the-papers-scale-run-here).")
 
 
+def _calibration():
+    """scripts/calibrate_generator.py as a module (its targets, verdicts and judge records)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("calibrate_generator", ROOT / "scripts" / "calibrate_generator.py")
+    cg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cg)
+    return cg
+
+
 def _calibration_verdict() -> str:
-    """Which of the calibration targets the judged SAE meets, from docs/calibration/judge-*.json."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from calibrate_generator import TARGETS
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
-    judges = sorted((ROOT / "docs" / "calibration").glob("judge-*.json"))
+    """Which of the calibration targets the judged SAE meets, from the newest judge record."""
+    cg = _calibration()
+    judges = cg._judge_files()
     if not judges:
         return "[docs/calibration.md](docs/calibration.md) has how it was calibrated."
     j = json.loads(judges[-1].read_text())
-    last = {**j["curve"][-1], "zs_dense": j["zs_dense"]}
     words = {"never_fires": "never fires", "both_any": "both", "image_only_any": "image-only",
              "text_only_any": "text-only", "zs_dense": "dense zero-shot"}
-    met = [words[k] for k, (lo, hi) in TARGETS.items() if lo <= last[k] <= hi]
-    missed = [f"{words[k]} {last[k]:.2f} (target {lo:g}-{hi:g})" for k, (lo, hi) in TARGETS.items()
-              if not lo <= last[k] <= hi]
-    codes = j["zs_code"] < j["zs_dense"]
-    (met if codes else missed).append("codes below dense" if codes else f"codes {j['zs_code']:.2f} above dense")
+    met, missed = [], []
+    for k, v, ok in cg.target_verdicts({**j["curve"][-1], "zs_dense": j["zs_dense"], "zs_code": j["zs_code"]}):
+        if k in cg.TARGETS:
+            lo, hi = cg.TARGETS[k]
+            (met if ok else missed).append(words[k] if ok else f"{words[k]} {v:.2f} (target {lo:g}-{hi:g})")
+        else:
+            (met if ok else missed).append(k if ok else f"codes {v:.2f} above dense")
     return (f"Its SAE, judged at {j['steps']:,} steps, meets {len(met)} of {len(met) + len(missed)} targets"
             + (f" (missed: {'; '.join(missed)})" if missed else "") + ": [docs/calibration.md](docs/calibration.md).")
 

@@ -27,12 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..data.store import make_temp_dir, replace_dir
 from .base import Dictionary, SAEConfig, build_model, load_model
 
 __all__ = ["InteropError", "export_saelens", "import_saelens", "export_sparsify", "import_sparsify", "main"]
@@ -56,17 +56,16 @@ def _check_exportable(model: Dictionary, fmt: str) -> SAEConfig:
 
 
 def _atomic_dir(dest: Path, write) -> Path:
-    """Write a folder under a temporary name beside ``dest`` and move it in place: a failure leaves nothing."""
+    """Write a folder under a temporary name beside ``dest`` and move it in place (the store's
+    :func:`~mmsae.data.store.make_temp_dir` / :func:`~mmsae.data.store.replace_dir`): a failure leaves nothing. A
+    ``dest`` that holds files is refused, so nothing a user had is replaced."""
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise InteropError(f"{dest}: exists and is not empty; choose a new folder")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = make_temp_dir(dest.parent, f".{dest.name}.")
     try:
         write(tmp)
-        if dest.exists():
-            dest.rmdir()
-        tmp.rename(dest)
+        replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -75,6 +74,13 @@ def _atomic_dir(dest: Path, write) -> Path:
 
 def _weights(model: Dictionary) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def _save_new(model: Dictionary, dest: Path) -> None:
+    """``model.save`` (atomic itself) into a folder that is new or empty."""
+    if dest.exists() and any(dest.iterdir()):
+        raise InteropError(f"{dest}: exists and is not empty; choose a new folder")
+    model.save(dest)
 
 
 def export_saelens(model: Dictionary | str | Path, dest: str | Path, model_name: str = "mmsae") -> list[Path]:
@@ -175,7 +181,7 @@ def import_saelens(src: str | Path, dest: str | Path | None = None) -> Dictionar
         b_enc = b_enc + b_dec @ W_enc
     model = _topk_model(d, m, k, W_enc.t(), b_enc, w["W_dec"].float(), b_dec, src / SAELENS_WEIGHTS)
     if dest is not None:
-        _atomic_dir(Path(dest), lambda tmp: model.save(tmp))
+        _save_new(model, Path(dest))
     return model
 
 
@@ -227,7 +233,7 @@ def import_sparsify(src: str | Path, dest: str | Path | None = None) -> Dictiona
     model = _topk_model(d, m, k, w["encoder.weight"].float(), w["encoder.bias"].float(), w["W_dec"].float(),
                         w["b_dec"].float(), src / SPARSIFY_WEIGHTS)
     if dest is not None:
-        _atomic_dir(Path(dest), lambda tmp: model.save(tmp))
+        _save_new(model, Path(dest))
     return model
 
 

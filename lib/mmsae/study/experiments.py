@@ -87,11 +87,9 @@ class _Configs(Mapping):
     (a live view: a method registered later is here too)."""
 
     def __getitem__(self, name: str):
-        return registry.get(name).config if name in registry.REGISTRY else self.__missing(name)
-
-    @staticmethod
-    def __missing(name: str):
-        raise KeyError(name)
+        if name not in registry.REGISTRY:
+            raise KeyError(name)
+        return registry.REGISTRY[name].config
 
     def __iter__(self):
         return iter(registry.REGISTRY)

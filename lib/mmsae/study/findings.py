@@ -15,6 +15,7 @@ import pandas as pd
 
 from . import methods as M
 from .claims import zero_shot_column
+from .ladder import pct
 
 __all__ = ["describe_data", "short_data_name", "browser_shows", "skipped_sweeps", "analysis", "extract", "training", "steering"]
 
@@ -72,10 +73,6 @@ def _mean(per_seed: pd.DataFrame, model: str, col: str, share: bool = False) -> 
     return float((v / g["m"]).mean() if share else v.mean())
 
 
-def _pct(x: float) -> str:
-    return "n/a" if not np.isfinite(x) else f"{100 * x:.0f}%"
-
-
 def analysis(per_seed: pd.DataFrame, run, zero_shot_vs_paper: pd.DataFrame | None = None) -> str:
     """Notebook 04's closing cell: the split of the pooled SAE, what each rung of the ladder changes, zero-shot and
     retrieval through the codes, and the ground truth where there is one."""
@@ -89,8 +86,8 @@ def analysis(per_seed: pd.DataFrame, run, zero_shot_vs_paper: pd.DataFrame | Non
         both = {n: _mean(per_seed, n, "both_min1", share=True) for n in ladder}
         never = {n: _mean(per_seed, n, "dead_min1", share=True) for n in ladder}
         lines.append("* **Latents firing on both modalities** (any firing, share of the dictionary): "
-                     + ", ".join(f"{n} {_pct(both[n])}" for n in ladder)
-                     + "; never firing: " + ", ".join(f"{n} {_pct(never[n])}" for n in ladder) + ".")
+                     + ", ".join(f"{n} {pct(both[n])}" for n in ladder)
+                     + "; never firing: " + ", ".join(f"{n} {pct(never[n])}" for n in ladder) + ".")
         if {M.SAE, M.CENTRED_SAE, M.MGSAE} <= set(ladder):
             total = both[M.MGSAE] - both[M.SAE]
             part = both[M.CENTRED_SAE] - both[M.SAE]
@@ -98,9 +95,9 @@ def analysis(per_seed: pd.DataFrame, run, zero_shot_vs_paper: pd.DataFrame | Non
                 share = part / total
                 rest = ("little is left for the penalty and the mask" if share >= 0.9 else
                         "the penalty and the mask add the rest" if share >= 0 else "the penalty and the mask do all")
-                lines.append(f"* Centring each modality alone (CentredSAE) takes \"both\" from {_pct(both[M.SAE])} "
-                             f"to {_pct(both[M.CENTRED_SAE])}: {_pct(share)} of the way from the SAE to "
-                             f"MGSAE ({_pct(both[M.MGSAE])}); {rest}.")
+                lines.append(f"* Centring each modality alone (CentredSAE) takes \"both\" from {pct(both[M.SAE])} "
+                             f"to {pct(both[M.CENTRED_SAE])}: {pct(share)} of the way from the SAE to "
+                             f"MGSAE ({pct(both[M.MGSAE])}); {rest}.")
     zs = zero_shot_column(per_seed)
     if zs is not None:
         names = [n for n in (M.SAE, M.CENTRED_SAE, M.GSAE, M.MGSAE) if n in have] or have[:4]

@@ -24,7 +24,7 @@ import pandas as pd
 
 from .methods import LADDER, LADDER_STEPS, MASKED_SAE, MGSAE, SAE
 
-__all__ = ["LADDER_METRICS", "ladder_metrics", "ladder_rungs", "ladder_steps", "ladder_sentences"]
+__all__ = ["LADDER_METRICS", "ladder_metrics", "ladder_rungs", "ladder_steps", "ladder_sentences", "pct"]
 
 #: per-seed column -> label, in the order of the tables; counts of latents are divided by ``m``.
 #: ``zs_<set>_code`` columns (zero-shot through the codes) are added by :func:`ladder_metrics`.
@@ -106,7 +106,8 @@ def ladder_steps(per_seed: pd.DataFrame, steps=LADDER_STEPS) -> tuple[pd.DataFra
     return pd.DataFrame(rows), caption
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
+    """A share as a whole percentage (n/a when undefined)."""
     return "n/a" if not np.isfinite(x) else f"{100 * x:.0f}%"
 
 
@@ -118,5 +119,5 @@ def ladder_sentences(steps: pd.DataFrame, metric: str = "both, any firing") -> l
     for rec in steps.to_dict("records"):
         share = rec.get(f"{metric}_share", float("nan")) if rec["to"] != MASKED_SAE else float("nan")
         out.append(f"{rec['adds']}: {rec[metric]:+.2f} ± {rec[f'{metric}_std']:.2f}"
-                   + (f" ({_pct(share)} of MGSAE's change over the SAE)" if np.isfinite(share) else ""))
+                   + (f" ({pct(share)} of MGSAE's change over the SAE)" if np.isfinite(share) else ""))
     return out
