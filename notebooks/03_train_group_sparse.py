@@ -101,6 +101,7 @@ plots.save_figure(fig, "training_group_sparse", paths.figures);
 # | ModalitySpecific | one TopK SAE per modality, latents matched after training (Pearson correlation on the training pairs, Hungarian algorithm) |
 # | SharedSupport | one TopK over the summed pre-activations: both members use the same K latents |
 # | USAE | an encoder and a decoder per modality around one code; each member's code decodes into both (Thasarathan et al. 2025) |
+# | Crosscoder | one code per pair read from both members, each latent penalised by the sum of its two decoder norms (Lindsey et al. 2024); it needs both members to encode, so the single-modality metrics of notebook 04 are n/a for it |
 #
 # Every method is trained with `comparison_seeds` seeds (mean and spread in every table).
 # Models already on disk with the same settings (the SAE of notebook 02, GSAE/MGSAE

@@ -52,6 +52,7 @@ from IPython.display import HTML, Markdown, display
 from mmsae.data import load_paired
 from mmsae.eval.analysis import mms_reference
 from mmsae.models import load_model
+from mmsae.models.registry import encodes_pairs
 from mmsae.study import experiments as ex, findings, paper, plots, tables
 from mmsae.study.methods import PAPER_METHODS
 from mmsae.study.profiles import get_profile
@@ -145,10 +146,11 @@ plots.save_figure(plots.plot_split_vs_sample_size(vs_n), "split_vs_sample_size",
 # E_txt[z]) is 1 for image-only, 0 for text-only; the UMAP places the decoder atoms (first seed).
 
 # %%
-curves = {n: {k: [analyses[(n, s)].mms[k] for s in SEEDS] for k in tables.MMS_KEYS} for n in names}
+one_side = [n for n in names if not encodes_pairs(n)]  # MMS and the modality score need codes of one modality
+curves = {n: {k: [analyses[(n, s)].mms[k] for s in SEEDS] for k in tables.MMS_KEYS} for n in one_side}
 plots.save_figure(plots.plot_mms_curves(curves), "mms_curves", paths.figures);
 s0 = SEEDS[0]
-plots.save_figure(plots.plot_modality_histogram({n: analyses[(n, s0)].modality_score for n in names}),
+plots.save_figure(plots.plot_modality_histogram({n: analyses[(n, s0)].modality_score for n in one_side}),
                   "modality_score_hist", paths.figures);
 panels = {n: (atoms(n, s0, 0)[: P["umap_max_atoms"]], analyses[(n, s0)].categories[: P["umap_max_atoms"]])
           for n in names}
@@ -227,7 +229,10 @@ inline_browser(browser_dir / f"{'MGSAE' if 'MGSAE' in names else names[0]}.html"
 # The same held-out pairs and metrics for every method of notebook 03, mean ± std over the
 # seeds. Codes of one modality throughout (SharedSupport encodes a lone image or caption by its
 # own pre-activations; the modality-specific SAEs use the text code re-indexed by their Hungarian
-# matching, built once on training data). Every metric is in `comparison_full.csv`.
+# matching, built once on training data). The crosscoder is the exception: it encodes an image and
+# its caption together, so every metric built on the code of one modality is *n/a* for it; its own
+# split, by the norms of its two decoder rows, is in `comparison_full.csv` (`decoder_*`). Every
+# metric is in `comparison_full.csv`.
 
 # %%
 stability = tables.seed_stability(names, SEEDS, atoms)

@@ -60,6 +60,7 @@ from IPython.display import Markdown, display
 from mmsae.study import findings, plots
 from mmsae.eval import steering
 from mmsae.models import load_model
+from mmsae.models.registry import encodes_pairs
 from mmsae.study.profiles import get_profile
 from mmsae.study.runs import RunPaths, load_run_data, write_json, write_table
 
@@ -69,6 +70,8 @@ paths = RunPaths(Path(out_dir).resolve(), profile, data).ensure()
 train, val, truth, zero_shot = load_run_data(paths)
 plots.set_style()
 names = list(models or P["methods"])
+pair_only = [n for n in names if encodes_pairs(n)]  # a crosscoder has no code of a lone image or caption
+names = [n for n in names if n not in pair_only]
 missing = [f"{n} (seed {s})" for n in names for s in SEEDS if not (paths.model_dir(n, s) / "config.json").exists()]
 if missing:
     raise FileNotFoundError(f"not trained in {paths.root / 'models'}: {', '.join(missing)}. Run notebooks "
@@ -88,6 +91,9 @@ x, y = np.asarray(val.x), np.asarray(val.y)
 # held-out caption embeddings (after removing their mean).
 
 # %%
+if pair_only:
+    display(Markdown(f"*Not steered: {', '.join(pair_only)} (it encodes an image and its caption together, so a "
+                     "lone embedding has no code to steer).*"))
 C = steering.choose_concept(x, y, truth=truth, zero_shot=zero_shot, concept=concept, n_clusters=n_clusters,
                             seed=SEEDS[0], captions=val.caption_lists())
 Markdown(f"The concept: **{C.name}** ({C.source}).")

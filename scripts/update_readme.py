@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -79,6 +80,8 @@ def _cell(h: dict | None, model: str, col: str, digits: int = 2, frac_of_m: bool
     if h is None or model not in h["models"] or col not in h["models"][model]:
         return "–"
     v = h["models"][model][col]
+    if v is None or (isinstance(v, float) and math.isnan(v)):  # a metric the model cannot have (a crosscoder's)
+        return "n/a"
     if frac_of_m:
         v = v / h["models"][model]["m"]
     mark = "†" if col == "both" and h["models"][model].get("both_rule") == "matched" else ""
@@ -207,11 +210,14 @@ def zeroshot_section() -> str:
     rows = []
     for _, r in t.iterrows():
         sd = "" if r["code_std"] != r["code_std"] else f" ± {r['code_std']:.3f}"
-        row = {"model": r["model"], "real CLIP, codes (± seeds; ± binomial)": f"{r['code']:.3f}{sd} (± {r['code_binomial_se']:.3f})",
-               "real CLIP, reconstructions": _fmt(float(r["recon"]))}
+        na = r["code"] != r["code"]  # no codes of one modality (the crosscoder encodes pairs): n/a
+        row = {"model": r["model"], "real CLIP, codes (± seeds; ± binomial)":
+               "n/a" if na else f"{r['code']:.3f}{sd} (± {r['code_binomial_se']:.3f})",
+               "real CLIP, reconstructions": "n/a" if na else _fmt(float(r["recon"]))}
         if syn_t is not None:
             srow = syn_t[syn_t.model == r["model"]]
-            row["synthetic classes, codes"] = _fmt(float(srow["code"].iloc[0])) if len(srow) else "–"
+            row["synthetic classes, codes"] = ("n/a" if na else _fmt(float(srow["code"].iloc[0])) if len(srow)
+                                               else "–")
         for c, lab in (("paper_cifar10", "paper CIFAR-10"), ("paper_cifar100", "paper CIFAR-100"),
                        ("paper_imagenet", "paper ImageNet")):
             row[lab] = _fmt(float(r[c]))

@@ -39,7 +39,7 @@ from mmsae.engine import force_device_paths, set_device_paths, uses_device_paths
 from mmsae.models import GroupSparseSAE, SAEConfig, build_model, gsae_config, mgsae_config
 from mmsae.study.experiments import method_config
 from mmsae.study.methods import (BATCHTOPK, GSAE, MATRYOSHKA, METHOD_ORDER, MGSAE, MODALITY_SPECIFIC, SAE, SHARED_SUPPORT,
-                                 USAE)
+                                 USAE, CROSSCODER)
 from mmsae.study.profiles import get_profile
 from mmsae.train import TrainConfig, train
 from mmsae.train.optim import RowAdam
@@ -620,7 +620,8 @@ def test_training_on_the_device_paths_matches_the_compiled_paths(name):
     within 3% (1.4% at most here): at a near-tie of the bfloat16 pre-activations another latent
     of almost the same value may be chosen, and from then on the two runs are two runs of the
     same objective that drift apart, not one run in two roundings. BatchTopK and Matryoshka do
-    not select with ``select_dtype``, nor does USAE (its dense reference step): the same losses either way."""
+    not select with ``select_dtype``, nor does the crosscoder (its dense reference step): the same losses either
+    way."""
     compiled, m_compiled = _train(name, forced=False)
     torch_fp32, m_fp32 = _train(name, select_dtype=None)
     torch_bf16, _ = _train(name, select_dtype=torch.bfloat16)
@@ -632,7 +633,7 @@ def test_training_on_the_device_paths_matches_the_compiled_paths(name):
         else:
             assert torch.equal(a, b), n  # the same latents fired
     np.testing.assert_allclose(torch_bf16, compiled, rtol=0.03)
-    if name in (BATCHTOPK, MATRYOSHKA, USAE):
+    if name in (BATCHTOPK, MATRYOSHKA, CROSSCODER):
         assert np.array_equal(torch_bf16, torch_fp32)
     else:  # the switch's dtype reached the loop's model: another selection somewhere
         assert not np.array_equal(torch_bf16, torch_fp32)

@@ -29,7 +29,8 @@ def test_methods_table_names_and_archs(tiny):
     archs = {n: ex.method_config(n, P, d=32).arch for n in ex.METHODS}
     assert archs == {"SAE": "topk", "CentredSAE": "group_sparse", "BatchTopK": "batchtopk", "Matryoshka": "matryoshka",
                      "GSAE": "group_sparse", "MGSAE": "group_sparse", "MaskedSAE": "group_sparse",
-                     "ModalitySpecific": "modality_specific", "SharedSupport": "shared_support", "USAE": "usae"}
+                     "ModalitySpecific": "modality_specific", "SharedSupport": "shared_support", "USAE": "usae",
+                     "Crosscoder": "crosscoder"}
     assert ex.method_config("CentredSAE", P, d=32).group_lambda == 0.0
     assert (ex.method_config("MaskedSAE", P, d=32).group_lambda, ex.method_config("MaskedSAE", P, d=32).mask_rate) == \
         (0.0, P["mask_rate"])

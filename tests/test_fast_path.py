@@ -59,16 +59,16 @@ def _dense_branch(model, u, modality, keep=None):
     return pre, vals, idx, z, z @ model.W_dec + b_pre
 
 
-def _dense_auxk(model, pre, residual, inputs, n_blocks=2):
+def _dense_auxk(model, pre, residual, inputs, n_blocks=2, W_dec=None):
     """Top-k_aux of the dead latents' dense pre-activations decode the residual (``n_blocks``
-    stacked modalities; 1: a single modality)."""
+    stacked modalities; 1: a single modality) with ``W_dec`` (default the model's)."""
     dead = model.dead_mask()
     n_dead = int(dead.sum())
     if model.config.auxk_coef <= 0 or n_dead == 0:
         return pre.new_zeros(())
     k_aux = min(model.config.k_aux or model.config.d // 2, n_dead)
     v, j = pre.masked_fill(~dead, 0.0).topk(k_aux, dim=-1, sorted=False)
-    e_hat = torch.zeros_like(pre).scatter(1, j, v) @ model.W_dec
+    e_hat = torch.zeros_like(pre).scatter(1, j, v) @ (model.W_dec if W_dec is None else W_dec)
     return auxk_loss(residual.detach(), e_hat, inputs, n_blocks=n_blocks)
 
 
@@ -492,8 +492,30 @@ def dense_shared_support_loss(model, x, y):
     return type("Out", (), {"loss": loss, "stats": step_stats(x, y, rec_x, rec_y, aux=aux)})
 
 
+def dense_usae_loss(model, x, y):
+    """Dense form of ``UniversalSAE.training_loss``: each member's full ``(B, m)`` code from its own encoder,
+    decoded by both decoders; AuxK per encoder with its own decoder."""
+    out, zs = {}, []
+    for mod, u in ((0, x), (1, y)):
+        W, b = model._enc(mod)
+        pre = torch.relu((u - model.b_pre[mod]) @ W.t() + b)
+        v, i = pre.topk(model.config.k, dim=-1, sorted=False)
+        z = torch.zeros_like(pre).scatter(1, i, v)
+        u_hat = z @ model._dec(mod) + model.b_pre[mod]
+        out[mod] = (reconstruction_loss(u, u_hat),
+                    reconstruction_loss(y if mod == 0 else x, z @ model._dec(1 - mod) + model.b_pre[1 - mod]),
+                    _dense_auxk(model, pre, u - u_hat, u, 1, W_dec=model._dec(mod)))
+        zs.append((v, i))
+    rec_x, rec_y = out[0][0], out[1][0]
+    cross, aux = out[0][1] + out[1][1], out[0][2] + out[1][2]
+    model._update_firing(*zs, n_samples=2 * x.shape[0])
+    return type("Out", (), {"loss": rec_x + rec_y + cross + model.config.auxk_coef * aux,
+                            "stats": step_stats(x, y, rec_x, rec_y, cross=cross, aux=aux)})
+
+
 _DENSE_FORMS = {"batchtopk": dense_batchtopk_loss, "matryoshka": dense_matryoshka_loss,
-                "modality_specific": dense_modality_specific_loss, "shared_support": dense_shared_support_loss}
+                "modality_specific": dense_modality_specific_loss, "shared_support": dense_shared_support_loss,
+                "usae": dense_usae_loss}
 
 
 def _model_with_dead(cfg, x, y):
@@ -556,11 +578,13 @@ _EQUIV_CONFIGS = {
                           SAEConfig(arch="modality_specific", d=32, m=32, k=4)),
     "shared_support": (SAEConfig(arch="shared_support", d=32, m=256, k=8, k_aux=16, n_modalities=2),
                        SAEConfig(arch="shared_support", d=32, m=16, k=4, n_modalities=2)),
+    "usae": (SAEConfig(arch="usae", d=32, m=256, k=8, k_aux=16, n_modalities=2),
+             SAEConfig(arch="usae", d=32, m=16, k=4, n_modalities=2)),
 }
 
 
 @pytest.mark.parametrize("size", ["m256", "m16"])
-@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka", "modality_specific", "shared_support"])
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka", "modality_specific", "shared_support", "usae"])
 def test_every_method_sparse_matches_dense(arch, size):
     batch = arch in ("batchtopk", "matryoshka")
     # BatchTopK / Matryoshka take the dead set after this step's firing update: with 16 latents

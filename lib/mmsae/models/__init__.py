@@ -9,9 +9,10 @@ from .matryoshka import MatryoshkaSAE
 from .modality_specific import ModalitySpecificSAE
 from .shared_support import SharedSupportSAE
 from .usae import UniversalSAE
+from .crosscoder import Crosscoder
 
 __all__ = [
     "MODEL_REGISTRY", "CheckpointError", "CheckpointMismatchError", "Dictionary", "LossOutput", "SAEConfig", "build_model", "load_model",
     "register", "TopKSAE", "GroupSparseSAE", "gsae_config", "mgsae_config",
-    "BatchTopKSAE", "MatryoshkaSAE", "ModalitySpecificSAE", "SharedSupportSAE", "UniversalSAE",
+    "BatchTopKSAE", "MatryoshkaSAE", "ModalitySpecificSAE", "SharedSupportSAE", "UniversalSAE", "Crosscoder",
 ]

@@ -28,14 +28,14 @@ from .base import SAEConfig
 from .group_sparse import gsae_config, mgsae_config
 from .matryoshka import default_prefixes
 
-__all__ = ["Method", "REGISTRY", "register", "get", "names", "config_for", "by_cli", "model_colors",
+__all__ = ["Method", "REGISTRY", "register", "get", "names", "config_for", "by_cli", "model_colors", "encodes_pairs",
            "SAE", "CENTRED_SAE", "GSAE", "MGSAE", "MASKED_SAE", "BATCHTOPK", "MATRYOSHKA", "MODALITY_SPECIFIC",
-           "SHARED_SUPPORT", "USAE"]
+           "SHARED_SUPPORT", "USAE", "CROSSCODER"]
 
 # the names, typed once here for the models package (mmsae.study.methods re-exports them in the same order)
 SAE, CENTRED_SAE, GSAE, MGSAE, MASKED_SAE = "SAE", "CentredSAE", "GSAE", "MGSAE", "MaskedSAE"
 BATCHTOPK, MATRYOSHKA, MODALITY_SPECIFIC, SHARED_SUPPORT = "BatchTopK", "Matryoshka", "ModalitySpecific", "SharedSupport"
-USAE = "USAE"
+USAE, CROSSCODER = "USAE", "Crosscoder"
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,14 @@ def _usae(profile, ov):
     return SAEConfig(arch="usae", n_modalities=2, **_common(profile, ov), **_rest(ov))
 
 
+def _crosscoder(profile, ov):
+    """The sparse crosscoder (:mod:`mmsae.models.crosscoder`): one code per pair, an encoder, a decoder and a
+    pre-bias per modality, its decoder-norm penalty weighted by the profile's ``group_lambda``."""
+    return SAEConfig(arch="crosscoder", n_modalities=2,
+                     group_lambda=float(ov.get("group_lambda", profile["group_lambda"])), **_common(profile, ov),
+                     **_rest(ov))
+
+
 def _shared_support(profile, ov):
     """GSAE architecture with SPARC's global TopK (ReLU and TopK of the summed raw
     pre-activations of a pair; :mod:`mmsae.models.shared_support`)."""
@@ -171,6 +179,8 @@ for _m in (
            cli="shared_support"),
     Method(USAE, _usae, "#882255", "an encoder and a decoder per modality around one code; each code decoded into "
            "both modalities (Thasarathan et al. 2025)"),
+    Method(CROSSCODER, _crosscoder, "#44AA99", "one code per pair read from both members, penalised by the sum of its "
+           "per-modality decoder norms (Lindsey et al. 2024)", needs="a pair"),
 ):
     register(_m)
 
@@ -202,6 +212,13 @@ def config_for(name: str, d: int, m: int, k: int, **settings: Any) -> SAEConfig:
     unless ``settings`` say otherwise (``dead_after`` too)."""
     prof = {**PAPER_DEFAULTS, **settings, "synthetic_d": d, "m": m, "k": k}
     return get(name).config(prof, {})
+
+
+def encodes_pairs(name: str) -> bool:
+    """Whether the method ``name`` needs a pair to encode (its single-modality metrics do not apply); False for
+    a name that is not registered (a user's or another library's SAE encodes one modality)."""
+    m = REGISTRY.get(name)
+    return m is not None and m.needs == "a pair"
 
 
 def model_colors() -> dict[str, str]:

@@ -78,7 +78,8 @@ def column_digits(values: list) -> int | None:
     over seeds, any value of 10 or more) or 3 (shares, accuracies)."""
     nums = [float(v) for v in values if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
             and math.isfinite(float(v))]
-    if not nums or len(nums) < sum(v is not None for v in values):
+    given = [v for v in values if v is not None and not (isinstance(v, (float, np.floating)) and math.isnan(v))]
+    if not nums or len(nums) < len(given):  # NaN (a metric a model cannot have) is shown as "—"
         return None
     if all(v.is_integer() for v in nums):
         return 0

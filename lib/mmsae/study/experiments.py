@@ -738,6 +738,9 @@ def markdown_table(agg: pd.DataFrame, columns: Sequence[str], by: str = "model",
             v, s = r[c], r.get(f"{c}_std", np.nan)
             count = c in ("image_only", "text_only", "both", "dead", "dead_train")
             fm, fs = ("{:.0f}", "{:.1f}") if count else (f"{{:.{digits}f}}", f"{{:.{digits}f}}")
+            if pd.isna(v):  # a metric the model cannot have (a crosscoder's codes of one modality)
+                cells.append("n/a")
+                continue
             cells.append(fm.format(v) if pd.isna(s) else f"{fm.format(v)} ± {fs.format(s)}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

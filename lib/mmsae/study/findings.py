@@ -111,6 +111,14 @@ def analysis(per_seed: pd.DataFrame, run, zero_shot_vs_paper: pd.DataFrame | Non
         names = [n for n in (M.SAE, M.GSAE, M.MGSAE) if n in have] or have[:3]
         lines.append("* **Retrieval through the codes** (R@1 image→text): "
                      + ", ".join(f"{n} {_mean(per_seed, n, 'code_x2y_R@1'):.2f}" for n in names) + ".")
+    if M.CROSSCODER in have and "decoder_both" in per_seed:
+        n = M.CROSSCODER
+        split = ", ".join(f"{pct(_mean(per_seed, n, f'decoder_{c}', share=True))} {w}" for c, w in
+                          (("both", "into both"), ("image_only", "into images only"), ("text_only", "into captions only")))
+        lines.append(f"* **The crosscoder** reads an image and its caption together, so the firing categories, "
+                     "retrieval and zero-shot through its codes do not apply. By its decoder norms, its latents write "
+                     f"{split}; from the pair's code it explains {_mean(per_seed, n, 'explained_variance_x'):.2f} of "
+                     f"the images' variance and {_mean(per_seed, n, 'explained_variance_y'):.2f} of the captions'.")
     if "gt_recovery_mean" in per_seed:
         rec = {n: _mean(per_seed, n, "gt_recovery_mean") for n in have}
         best = max(rec, key=lambda n: rec[n])

@@ -11,15 +11,15 @@ The paper's own rows in :mod:`mmsae.study.paper` are facts about the paper and k
 from __future__ import annotations
 
 __all__ = ["METHOD_ORDER", "SAE", "CENTRED_SAE", "GSAE", "MGSAE", "MASKED_SAE", "BATCHTOPK", "MATRYOSHKA",
-           "MODALITY_SPECIFIC", "SHARED_SUPPORT", "USAE", "PAPER_METHODS", "GROUP_SPARSE_METHODS", "LADDER", "LADDER_STEPS"]
+           "MODALITY_SPECIFIC", "SHARED_SUPPORT", "USAE", "CROSSCODER", "PAPER_METHODS", "GROUP_SPARSE_METHODS", "LADDER", "LADDER_STEPS"]
 
 #: The first five are the ladder that takes the paper's recipe apart (:data:`LADDER`), then the
 #: other baselines and the competing designs.
-from ..models.registry import (BATCHTOPK, CENTRED_SAE, GSAE, MASKED_SAE, MATRYOSHKA, MGSAE, MODALITY_SPECIFIC, SAE,
+from ..models.registry import (BATCHTOPK, CENTRED_SAE, CROSSCODER, GSAE, MASKED_SAE, MATRYOSHKA, MGSAE, MODALITY_SPECIFIC, SAE,
                                SHARED_SUPPORT, USAE)
 
 METHOD_ORDER = [SAE, CENTRED_SAE, GSAE, MGSAE, MASKED_SAE, BATCHTOPK, MATRYOSHKA, MODALITY_SPECIFIC, SHARED_SUPPORT,
-                USAE]
+                USAE, CROSSCODER]
 
 #: the three methods of the paper's first version (its Tables 1-3 and the width/K sweep)
 PAPER_METHODS = [SAE, GSAE, MGSAE]

@@ -194,6 +194,9 @@ def _category_bars(ax, df: pd.DataFrame, title: str | None, fraction: bool) -> N
                        edgecolor="white", hatch="///", linewidth=0, label="both by construction (matched pairs)")
                 ax.annotate("†", (x[i] + (j - (len(CATEGORIES) - 1) / 2) * width, v), ha="center", va="bottom",
                             fontsize=9)
+    for i, cat_vals in enumerate(zip(*(df[c].to_numpy(dtype=float) for c in ("both", "image_only", "text_only")))):
+        if all(np.isnan(cat_vals)):  # a model that encodes pairs only: it has no categories by firing
+            ax.annotate("n/a\n(pairs)", (x[i], 0), ha="center", va="bottom", fontsize=7, color="0.35")
     ax.set_xticks(x)
     ax.set_xticklabels(models, rotation=30 if len(models) > 4 else 0, ha="right" if len(models) > 4 else "center")
     ax.set_ylabel("fraction of latents" if fraction else "number of latents")

@@ -29,6 +29,7 @@ from ..eval import names as ln
 from ..eval.analysis import headline_summary
 from ..eval.analysis import split_vs_sample_size as split_vs_sample_size_rows
 from ..models import load_model
+from ..models.registry import encodes_pairs
 from . import experiments as ex
 from .ladder import ladder_rungs, ladder_steps
 from .runs import write_table
@@ -197,6 +198,9 @@ def firing_profile(analyses: Mapping, names: Sequence[str], seeds: Sequence[int]
     rows = [{"model": n, "seed": s, **eval_metrics.firing_profile(analyses[(n, s)].codes_x, analyses[(n, s)].codes_y, threshold=threshold,
                                          true_codes_x=true_x, true_codes_y=true_y)}
             for n in names for s in seeds]
+    for r in rows:  # a pair code has no side: its one-sided shares do not exist
+        if encodes_pairs(r["model"]):
+            r.update(frequent_unimodal=np.nan, firings_frequent_unimodal=np.nan)
     cols = [c for c in rows[0] if c not in ("model", "seed")]
     cap = (f"Where each dictionary's firings go on {run.n_val} held-out pairs: fractions of the latents that never "
            "fire, fire less than the average latent (rare) or more (frequent), frequent latents with under 20\\% of "
@@ -305,8 +309,9 @@ def browser_summary(per_seed: pd.DataFrame, names: Sequence[str], zero_shot_name
         row = {"model": n, **{k: round(float(g[k].mean()), 3) for k, _ in cols[1:]}}
         for z in zero_shot_names:
             row[f"zs_{z}_code"] = round(float(g[f"zs_{z}_code"].mean()), 3)
-        if agreement is not None:
-            row["agreement_mean"] = round(float(agreement.frame.set_index("model").loc[n, "agreement_mean"]), 3)
+        if agreement is not None:  # a crosscoder has none: its two sides name the same pairs
+            agree = agreement.frame.set_index("model")["agreement_mean"]
+            row["agreement_mean"] = round(float(agree[n]), 3) if n in agree.index else float("nan")
         rows.append(row)
     cols += [(f"zs_{z}_code", f"zero-shot {z} (codes)") for z in zero_shot_names]
     if agreement is not None:
@@ -361,6 +366,10 @@ def comparison(per_seed: pd.DataFrame, zero_shot_names: Sequence[str], run: RunI
            "shrinkage (relative reconstruction bias; 1: none), the share of dense latents (firing on more than a "
            "tenth of the inputs) and seed stability (matched decoder atoms of two seeds); retrieval from "
            "reconstructions; zero-shot through the SAE.")
+    pairs = [n for n in full["model"] if encodes_pairs(n)]
+    if pairs:
+        cap += (f" {', '.join(pairs)} encodes a pair, not one modality: n/a (a dash in LaTeX) marks the metrics built on the code of one "
+                "modality.")
     md = ex.markdown_table(full, cols, headers=COMPARISON_HEADERS)
     shown = ["both", "image_only", "text_only", "dead", "mms_img_txt_mean_alive", "recon_x2y_R@1"] + \
         [f"zs_{z}_code" for z in zero_shot_names] + ["shrinkage_x", "dense_latents", "seed_stability_cos"]
@@ -526,7 +535,7 @@ def latents_in_words(analyses: Mapping, names: Sequence[str], seeds: Sequence[in
         for s in seeds:
             a = analyses[(n, s)]
             nm = ln.name_latents(a.z_x, a.z_y, docs_x, docs_y, threshold=threshold) if docs_x is not None else None
-            if nm is not None:
+            if nm is not None and not encodes_pairs(n):  # a pair code's two sides name the same pairs
                 agree_rows.append({"model": n, "seed": s, **ln.agreement_summary(nm, a.categories, seed=s)})
             if s == seeds[0]:
                 records[n] = ln.latent_records(a.categories, a.modality_score, a.z_x, a.z_y, nm, image_texts,
