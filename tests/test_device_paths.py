@@ -474,8 +474,10 @@ def test_sparse_encoder_values_backward_torch_form():
         _, g_kernel = kt._grads(fn, W, b_enc, b_pre)
     _, g_dense = kt._grads(dense, W, b_enc, b_pre)
     for a, b, c in zip(g_torch, g_kernel, g_dense):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+        # the pre-bias gradient sums R K / 2 = 4096 float32 terms per row, gathered (embedding_bag) where the dense
+        # form multiplies: another order of the sum, about 3e-5 apart at values near 1
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("R,flat", [(64, False), (64, True), (1100, False)])

@@ -32,6 +32,9 @@ its work over threads.
   (gradient projection, renormalisation), one row at a time while it is in cache.
 * ``adam_rows(P, G, M, V, ...)``: torch's Adam update of a matrix, row by row, with (``unit``)
   the two decoder-norm hooks in the same pass (:class:`mmsae.train.optim.RowAdam`).
+* ``decoder_value_grads(...)`` and ``adam_entries(...)``: the deferred weight gradients of
+  :mod:`mmsae.engine.deferred`: the backward of a K-sparse decode for its values alone, and the
+  Adam update of a matrix whose gradient rows are summed from their entries in the same pass.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ except ImportError:  # pragma: no cover - a numba without it: a loop
         return n
 
 __all__ = ["scan_rows", "entries_by_latent", "decode_rows", "decoder_backward", "encoder_backward", "project_rows",
-           "renorm_rows", "adam_rows", "group_l21_rows"]
+           "renorm_rows", "adam_rows", "adam_entries", "decoder_value_grads", "group_l21_rows"]
 
 #: fast-math flags for the dot products and sums (reassociation lets them vectorise); no
 #: ``nnan``/``ninf``, so NaN and infinity propagate as in torch
@@ -511,6 +514,65 @@ def adam_rows(P, G, M, V, step_size, beta1, beta2, eps, bc2_sqrt, unit, lo, hi):
                 p[c] = p[c] / nrm
 
 
+@numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False)
+def decoder_value_grads(G, W, rows, K, idx, gvals, lo, hi):
+    """Entries ``lo <= e < hi`` of a K-sparse decode: ``gvals[e] = G[row(e)] . W[idx[e]]`` (the gradient of the
+    values alone; the weight gradient is left to the optimiser, :mod:`mmsae.engine.deferred`). ``row(e)`` as in
+    :func:`decoder_backward`."""
+    d = G.shape[1]
+    for e in range(lo, hi):
+        r = e // K if K > 0 else rows[e]
+        g = G[r]
+        w = W[idx[e]]
+        s = np.float32(0.0)
+        for c in range(d):
+            s += g[c] * w[c]
+        gvals[e] = s
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False, error_model="numpy")
+def adam_entries(P, M, V, S, rows, coef, order, ptr, step_size, beta1, beta2, eps, bc2_sqrt, unit, lo, hi):
+    """:func:`adam_rows` of a matrix whose gradient is given as entries (:mod:`mmsae.engine.deferred`): row ``i``'s
+    gradient ``sum_e coef[e] S[rows[e]]`` over its entries ``order[ptr[i]:ptr[i + 1]]`` (in that order, as
+    :func:`decoder_backward` and :func:`encoder_backward` sum it) is built in a row buffer and used at once, so
+    the dense gradient is never written or read; a row without entries takes Adam's step with a zero gradient."""
+    d = P.shape[1]
+    one = np.float32(1.0)
+    a1 = one - beta1
+    a2 = one - beta2
+    g = np.empty(d, np.float32)
+    for i in range(lo, hi):
+        for c in range(d):
+            g[c] = 0.0
+        for q in range(ptr[i], ptr[i + 1]):
+            e = order[q]
+            a = coef[e]
+            src = S[rows[e]]
+            for c in range(d):
+                g[c] += a * src[c]
+        p = P[i]
+        m = M[i]
+        v = V[i]
+        s = np.float32(0.0)
+        if unit:
+            for c in range(d):
+                s += g[c] * p[c]
+        n2 = np.float32(0.0)
+        for c in range(d):
+            gc = g[c] - s * p[c]
+            mc = beta1 * m[c] + a1 * gc
+            vc = beta2 * v[c] + a2 * gc * gc
+            m[c] = mc
+            v[c] = vc
+            pc = p[c] - step_size * mc / (_sqrt_f32(vc) / bc2_sqrt + eps)
+            p[c] = pc
+            n2 += pc * pc
+        if unit:
+            nrm = max(_sqrt_f32(n2), np.float32(1e-8))
+            for c in range(d):
+                p[c] = p[c] / nrm
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False, fastmath=_FM, error_model="numpy")
 def group_l21_rows(v_x, i_x, v_y, i_y, d_x, d_y, per_pair, lo, hi):
     """Pairs ``lo <= b < hi`` of the l2,1 penalty of :func:`mmsae.models.losses.group_l21` on
@@ -724,6 +786,30 @@ def group_l21_rows_task(block):
         r = _next_range(block)
 
 
+@numba.cfunc(_TASK, cache=True)
+def decoder_value_grads_task(block):
+    a, f, cuts, n = _block(block, 13)
+    G, W, rows, idx, gvals = _f32_2d(a, 3), _f32_2d(a, 6), _i64_1d(a, 9), _i64_1d(a, 12), _f32_1d(a, 14)
+    r = _next_range(block)
+    while r < n:
+        decoder_value_grads(G, W, rows, a[11], idx, gvals, cuts[r], cuts[r + 1])
+        r = _next_range(block)
+
+
+@numba.cfunc(_TASK, cache=True)
+def adam_entries_task(block):
+    a, f, cuts, n = _block(block, 26)
+    P, M, V, S = _f32_2d(a, 3), _f32_2d(a, 6), _f32_2d(a, 9), _f32_2d(a, 12)
+    rows, coef, order, ptr = _i64_1d(a, 15), _f32_1d(a, 17), _i64_1d(a, 19), _i64_1d(a, 21)
+    step_size, beta1, beta2 = np.float32(f[23]), np.float32(f[24]), np.float32(f[25])
+    eps, bc2_sqrt = np.float32(f[26]), np.float32(f[27])
+    r = _next_range(block)
+    while r < n:
+        adam_entries(P, M, V, S, rows, coef, order, ptr, step_size, beta1, beta2, eps, bc2_sqrt, a[28] != 0,
+                     cuts[r], cuts[r + 1])
+        r = _next_range(block)
+
+
 #: per range kernel: its task and the kernel's arguments before ``lo, hi`` as the task reads
 #: them (``"f4", "i8"`` with the rank: an array of that dtype, C-contiguous; ``"int"``,
 #: ``"bool"``, ``"float"``: a scalar)
@@ -738,6 +824,9 @@ TASK_ARGS = {
     renorm_rows: (renorm_rows_task, (("f4", 2),)),
     adam_rows: (adam_rows_task, (("f4", 2),) * 4 + ("float",) * 5 + ("bool",)),
     decode_rows: (decode_rows_task, (("f4", 2), ("f4", 2), ("i8", 2), ("f4", 2))),
+    decoder_value_grads: (decoder_value_grads_task, (("f4", 2), ("f4", 2), ("i8", 1), "int", ("i8", 1), ("f4", 1))),
+    adam_entries: (adam_entries_task, (("f4", 2),) * 4 + (("i8", 1), ("f4", 1), ("i8", 1), ("i8", 1))
+                   + ("float",) * 5 + ("bool",)),
     group_l21_rows: (group_l21_rows_task, (("f4", 2), ("i8", 2), ("f4", 2), ("i8", 2), ("f4", 2), ("f4", 2),
                                            ("f8", 1))),
 }

@@ -39,6 +39,7 @@ with a printed note (fewer than 2 pairs is an error).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -55,6 +56,7 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..data.store import PairedEmbeddings, atomic_write, make_temp_dir, replace_dir
+from ..engine import deferred
 from ..models.base import CheckpointError, CheckpointMismatchError, Dictionary, load_model
 from . import distributed as ddp
 from .optim import RowAdam
@@ -94,6 +96,7 @@ class TrainConfig:
     # --- performance (see docs/performance.md) ---
     bf16_select: bool | str = "auto"  # CUDA: bf16 encoder matmul for top-K *selection* (values stay fp32)
     fused_adam: bool | str = "auto"  # CPU: RowAdam (decoder-norm hooks fused in); CUDA: torch's fused Adam; False: foreach
+    defer_grads: bool = True  # CPU RowAdam: K-sparse weight gradients summed inside the update (engine/deferred.py)
     stream: bool | None = None  # None: stream batches from a np.memmap / data over stream_threshold_gb
     stream_threshold_gb: float = 4.0
     prefetch: int = 8  # batches read ahead by the streaming thread
@@ -203,18 +206,20 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     return f
 
 
-def _make_adam(model: Dictionary, cfg: TrainConfig, device: torch.device):
+def _make_adam(model: Dictionary, cfg: TrainConfig, device: torch.device, defer: bool = False):
     """Adam over the model's parameters: on CPU :class:`~mmsae.train.optim.RowAdam` (the decoder's
     update with the decoder-norm hooks fused in, one compiled pass; torch's fused Adam for the
-    rest), elsewhere torch's fused kernel when available; ``fused_adam=False``: torch's foreach
-    Adam (and the model's hooks)."""
+    rest; with ``defer``, every matrix through the compiled pass, which then takes the deferred
+    K-sparse gradients, :mod:`mmsae.engine.deferred`), elsewhere torch's fused kernel when
+    available; ``fused_adam=False``: torch's foreach Adam (and the model's hooks)."""
     opt_kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     params = list(model.parameters())
     if cfg.fused_adam is True or cfg.fused_adam == "auto":
         unit = getattr(model, "unit_norm_rows", list)() if device.type == "cpu" else None
         try:
             if unit is not None:
-                return RowAdam(params, unit_rows=unit, fused=True, **opt_kw)
+                return RowAdam(params, unit_rows=unit, rows=[p for p in params if p.dim() == 2] if defer else (),
+                               fused=True, **opt_kw)
             return torch.optim.Adam(params, fused=True, **opt_kw)
         except (RuntimeError, TypeError, ValueError):
             if cfg.fused_adam is True:
@@ -502,7 +507,11 @@ def train(
     start, history = 0, []
     torch.manual_seed(cfg.seed)
     sampler = _Sampler(len(x), cfg.batch_size, cfg.seed, torch.device("cpu") if stream else device)
-    opt = _make_adam(model, cfg, device)
+    # the K-sparse weight gradients go to the optimiser as entries (one process, no clipping: both need them dense)
+    defer = cfg.defer_grads and device.type == "cpu" and world == 1 and not cfg.grad_clip
+    opt = _make_adam(model, cfg, device, defer)
+    deferral = (deferred.defer_gradients(opt.compiled_params) if defer and isinstance(opt, RowAdam)
+                else contextlib.nullcontext())
     # the decoder-norm hooks' work that the optimiser does (models without unit_norm_rows: none)
     hook_kw = {"skip": opt.fused_unit_rows} if getattr(opt, "fused_unit_rows", None) else {}
 
@@ -544,7 +553,7 @@ def train(
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (cfg.progress and is_main),
                desc=cfg.desc or model.arch, dynamic_ncols=True, mininterval=0.5)
-    with _deterministic_cpu(device), tensorboard_log(tb_dir, start) as tb:
+    with _deterministic_cpu(device), deferral, tensorboard_log(tb_dir, start) as tb:
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * _lr_factor(step, cfg)

@@ -11,6 +11,12 @@ through torch's Adam step: for a plain matrix the compiled pass is no faster tha
 fused kernel (measured in the step, MGSAE at batch 128: about equal on one thread, about 1%
 slower on two; see docs/performance.md).
 
+With ``rows`` (the training loop passes every matrix when it defers the K-sparse weight gradients,
+:mod:`mmsae.engine.deferred`), those matrices go through the compiled pass too, without the hooks;
+a matrix whose gradient arrives as entries is updated by :func:`mmsae.engine.kernels.adam_entries`,
+which sums each gradient row from its entries in the same pass as the update (same sums, same
+update; no dense gradient written or read).
+
 The state is torch's (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter), so checkpoints
 load into ``torch.optim.Adam`` and back.
 """
@@ -24,7 +30,8 @@ import numpy as np
 import torch
 
 from ..engine.device_paths import uses_device_paths
-from ..engine.kernels import adam_rows
+from ..engine import deferred
+from ..engine.kernels import adam_entries, adam_rows
 from ..engine.parallel import split_rows
 
 __all__ = ["RowAdam"]
@@ -51,11 +58,21 @@ class RowAdam(torch.optim.Adam):
     model's hooks do the projection and renormalisation as usual (on the device paths: all of
     them, as on CUDA, where the loop uses torch's Adam)."""
 
-    def __init__(self, params, unit_rows: Iterable[torch.Tensor] = (), **kwargs):
+    def __init__(self, params, unit_rows: Iterable[torch.Tensor] = (), rows: Iterable[torch.Tensor] = (), **kwargs):
         super().__init__(params, **kwargs)
         self._unit = {id(p) for p in unit_rows}
+        extra = {id(p) for p in rows}
         self._mine = {id(p) for group in self.param_groups for p in group["params"]
-                      if id(p) in self._unit and self._takes(p, group)}
+                      if (id(p) in self._unit or id(p) in extra) and self._takes(p, group)}
+
+    @property
+    def compiled_params(self) -> list[torch.Tensor]:
+        """The matrices the compiled pass updates (those whose K-sparse gradients may be deferred)."""
+        return [p for group in self.param_groups for p in group["params"] if id(p) in self._mine]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        deferred.clear(self.compiled_params)
 
     @staticmethod
     def _takes(p: torch.Tensor, group: dict) -> bool:
@@ -80,14 +97,22 @@ class RowAdam(torch.optim.Adam):
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         m, v = state["exp_avg"], state["exp_avg_sq"]  # float32 and contiguous like p (torch's load keeps them so)
-        g = p.grad.contiguous()
+        parts = deferred.take(p)
         state["step"] += 1
         t = float(state["step"])
         beta1, beta2 = group["betas"]
         f = np.float32
-        split_rows(adam_rows, p.shape[0], p.detach().numpy(), g.numpy(), m.numpy(), v.numpy(),
-                   f(group["lr"] / (1.0 - beta1 ** t)), f(beta1), f(beta2), f(group["eps"]),
-                   f(math.sqrt(1.0 - beta2 ** t)), True)
+        hyper = (f(group["lr"] / (1.0 - beta1 ** t)), f(beta1), f(beta2), f(group["eps"]),
+                 f(math.sqrt(1.0 - beta2 ** t)), id(p) in self._unit)
+        if parts and p.grad is None:  # the gradient as entries: summed row by row inside the update
+            e = deferred.grouped(parts, p.shape[0])
+            split_rows(adam_entries, p.shape[0], p.detach().numpy(), m.numpy(), v.numpy(), e.S, e.rows, e.coef,
+                       e.order, e.ptr, *hyper)
+            return
+        g = p.grad.contiguous()
+        if parts:  # entries and a dense gradient (another use of the matrix in the step): both
+            g = g + deferred.materialize(parts, p)
+        split_rows(adam_rows, p.shape[0], p.detach().numpy(), g.numpy(), m.numpy(), v.numpy(), *hyper)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -101,7 +126,7 @@ class RowAdam(torch.optim.Adam):
             left = []
             for p in group["params"]:
                 if id(p) in self._mine:
-                    if p.grad is not None:
+                    if p.grad is not None or deferred.pending(p):
                         self._update(p, group)
                 else:
                     left.append(p)
