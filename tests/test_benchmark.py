@@ -43,8 +43,31 @@ def test_quick_run_writes_floor_ratios_and_markdown(bench, tmp_path, monkeypatch
     assert {"load_avg_start", "load_avg_end", "foreign_cores"} <= set(df.columns)
     text = md.read_text()
     assert text.startswith("# P\n\nbefore\n") and text.endswith("after\n") and "old" not in text
-    assert "step / floor" in text and "load average" in text
+    assert "step / GEMM + Adam" in text and "load average" in text
     assert (tmp_path / "benchmark_throughput.pdf").exists() and (tmp_path / "benchmark_throughput.png").exists()
+
+
+def test_targets_hold_each_step_to_its_floor(bench):
+    """Batch 128: every step of STEP_TARGETS against GEMM + Adam (1.2x), AuxK on from the profile (1.5x); batch
+    4096: against the GEMM alone (1.2x); met or NOT met as the numbers say."""
+    rows = [dict(threads=1, batch_pairs=128, kind="floor", method="floor", ms_per_step=30.0)]
+    rows += [dict(threads=1, batch_pairs=128, kind="mmsae", method=m, ms_per_step=v, ratio_to_floor=v / 30.0,
+                  ratio_to_gemm=v / 25.0) for m, v in zip(bench.STEP_TARGETS, (33.0, 37.0, 35.0, 36.1, 35.9))]
+    rows += [dict(threads=1, batch_pairs=4096, kind="mmsae", method=m, ms_per_step=v, ratio_to_floor=v / 800,
+                  ratio_to_gemm=v / 790) for m, v in zip(bench.STEP_TARGETS, (900.0, 1000.0, 940.0, 948.0, 949.0))]
+    pf = pd.DataFrame([dict(threads=1, batch_pairs=128, method="topk", latents="a third dead (AuxK on)",
+                            step_ms_profiled=44.0, part="x"),
+                       dict(threads=1, batch_pairs=128, method="mgsae", latents="a third dead (AuxK on)",
+                            step_ms_profiled=46.0, part="x")])
+    lines = bench.targets(pd.DataFrame(rows), pf)
+    text = "\n".join(lines)
+    assert "batch 128: topk step / GEMM + Adam = **1.10x** (target <= 1.2x: met)" in text
+    assert "batch 128: gsae step / GEMM + Adam = **1.23x** (target <= 1.2x: NOT met)" in text
+    assert "batch 4096: topk step / GEMM = **1.14x** (target <= 1.2x: met)" in text
+    assert "batch 4096: gsae step / GEMM = **1.27x** (target <= 1.2x: NOT met)" in text
+    assert "AuxK on, profiled step): topk step / GEMM + Adam = **1.47x** (target <= 1.5x: met)" in text
+    assert "mgsae step / GEMM + Adam = **1.53x** (target <= 1.5x: NOT met)" in text
+    assert len(lines) == 12
 
 
 def test_refuses_on_a_busy_machine(bench, tmp_path, monkeypatch):
