@@ -568,6 +568,49 @@ def targets(df, pf=None) -> list[str]:
     return out
 
 
+def target_table(df, pf=None) -> list[str]:
+    """:func:`targets` at a glance (the README's speed section): one row per thread count and batch, each step of
+    :data:`STEP_TARGETS` as a ratio to its floor, the target, how many meet it; then our TopK against each peer."""
+    cols = list(STEP_TARGETS)
+    out = ["| threads | batch | against | " + " | ".join(cols) + " | target | met |",
+           "|---:|---|---|" + "---:|" * len(cols) + "---|---|"]
+    peer_rows = []
+    for th in sorted(df.threads.dropna().unique()):
+        d = df[(df.threads == th) & (df.batch_pairs > 0)]
+        for B in sorted(d.batch_pairs.unique()):
+            g = d[d.batch_pairs == B]
+            col, what = ("ratio_to_floor", "GEMM + Adam") if B <= 128 else ("ratio_to_gemm", "GEMM")
+            vals = {}
+            for meth in cols:
+                r = g[(g.kind == "mmsae") & (g.method == meth)]
+                if len(r) and col in r and r[col].notna().all():
+                    vals[meth] = float(r[col].iloc[0])
+            if vals:
+                out.append(f"| {int(th)} | {int(B)} | {what} | " + " | ".join(
+                    f"{vals[c]:.2f}x" if c in vals else "–" for c in cols)
+                    + f" | ≤ 1.2x | {sum(v <= 1.2 for v in vals.values())} of {len(vals)} |")
+            fl = g[(g.kind == "floor") & (g.method == "floor")]
+            if pf is not None and len(pf) and B <= 128 and len(fl):
+                prof = pf[(pf.threads == th) & (pf.batch_pairs == B) & (pf.latents.str.startswith("a third dead"))]
+                aux = {m: float(r.step_ms_profiled.iloc[0]) / float(fl.ms_per_step.iloc[0])
+                       for m, r in prof.groupby("method", sort=False)}
+                if aux:
+                    out.append(f"| {int(th)} | {int(B)}, a third dead (AuxK on; profiled step) | GEMM + Adam | "
+                               + " | ".join(f"{aux[c]:.2f}x" if c in aux else "–" for c in cols)
+                               + f" | ≤ 1.5x | {sum(v <= 1.5 for v in aux.values())} of {len(aux)} |")
+            peers_here = {r.method: r.get("speedup_of_topk", np.nan) for _, r in g[g.kind == "peer"].iterrows()}
+            peers_here = {k: v for k, v in peers_here.items() if v == v}
+            if peers_here:
+                peer_rows.append((int(th), int(B), peers_here))
+    if peer_rows:
+        names = list(dict.fromkeys(n for _, _, p in peer_rows for n in p))
+        out += ["", "Our TopK step against each peer's (how many times faster; same shape, same data):", "",
+                "| threads | batch | " + " | ".join(names) + " |", "|---:|---:|" + "---:|" * len(names)]
+        out += [f"| {th} | {B} | " + " | ".join(f"{p[n]:.1f}x" if n in p else "–" for n in names) + " |"
+                for th, B, p in peer_rows]
+    return out
+
+
 def paper_scale(sc) -> list[str]:
     out = []
     for th in sorted(sc.threads.dropna().unique()):
@@ -675,14 +718,20 @@ def main(argv=None) -> int:
                    help="update this file's benchmark section with the short form: the targets and the paper-scale "
                         "estimate, no tables (e.g. README.md; repeatable)")
     p.add_argument("--redraw", action="store_true",
-                   help="only redraw the figures from the recorded results/benchmarks.csv and benchmark_scaling.csv")
+                   help="only redraw the figures (and, with --summary, the short form) from the recorded "
+                        "results/benchmarks.csv, benchmark_scaling.csv and benchmark_profile.csv")
     args = p.parse_args(argv)
     if args.redraw:
         import pandas as pd
 
         res = Path(args.results)
-        sc_path = res / "benchmark_scaling.csv"
-        figure(pd.read_csv(res / "benchmarks.csv"), pd.read_csv(sc_path) if sc_path.exists() else None, args.figures)
+        sc_path, pf_path = res / "benchmark_scaling.csv", res / "benchmark_profile.csv"
+        df = pd.read_csv(res / "benchmarks.csv")
+        sc = pd.read_csv(sc_path) if sc_path.exists() else None
+        figure(df, sc, args.figures)
+        if args.summary:  # the short form again, from the recorded run (nothing is measured)
+            write_summaries(args.summary, recorded_header(df), df, pd.read_csv(pf_path) if pf_path.exists() else None,
+                            sc)
         return 0
     if args.quick:
         args.d, args.m, args.k, args.repeats = 64, 512, 8, 1
@@ -761,10 +810,29 @@ def main(argv=None) -> int:
         return EXIT_BUSY
     for md in args.markdown:
         write_markdown(Path(md), body)
-    short = [header, "", *targets(df, pf)] + (["", *paper_scale(sc)] if sc is not None and len(sc) else [])
-    for md in args.summary:
-        write_markdown(Path(md), "\n".join(short))
+    write_summaries(args.summary, header, df, pf, sc)
     return 0
+
+
+def write_summaries(paths, header: str, df, pf, sc) -> None:
+    """The short form (``--summary``): the header, the targets at a glance and the paper-scale extrapolation."""
+    short = [header, "", *target_table(df, pf)] + (["", *paper_scale(sc)] if sc is not None and len(sc) else [])
+    for md in paths:
+        write_markdown(Path(md), "\n".join(short))
+
+
+def recorded_header(df) -> str:
+    """The header of a summary rebuilt from the recorded run (``--redraw``): its machine, torch, sgemm peaks and
+    load average, as the run printed them."""
+    r = df.iloc[0]
+    pk = df[df.method == "sgemm-peak"]
+    peaks = ", ".join(f"{float(q.gflops):.0f} GFLOP/s on {int(q.threads)} thread(s)" for q in pk.itertuples())
+    return (f"From the run recorded in `results/benchmarks.csv` on: {r.device_desc}"
+            + (f" (sgemm peak {peaks}: every ratio below depends on the machine)" if peaks else "")
+            + f"; torch {r.torch}; shape d={int(r.d)}, m={int(r.m)}, K={int(r.k)}. 1-minute load average "
+            f"{float(r.load_avg_start):.2f} before the run; other processes used at most "
+            f"{np.nanmax(df.foreign_cores.astype(float)):.2f} cores during any timing. Medians of "
+            f"{int(df.repeats.max())} timed repeats after a warm-up; every table in docs/performance.md.")
 
 
 if __name__ == "__main__":

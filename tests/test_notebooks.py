@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mmsae.study.methods import METHOD_ORDER
+from mmsae.study.methods import CROSSCODER, METHOD_ORDER
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
@@ -67,12 +67,20 @@ def test_tables_and_figures_written(smoke_run):
     cats = pd.read_csv(out / "results" / "neuron_categories.csv")
     assert {"model", "image_only", "text_only", "both", "dead"} <= set(cats.columns)
     assert set(cats["model"]) == METHODS
-    # the four categories partition the dictionary of every model
+    # the four categories partition the dictionary of every model that encodes one modality; the crosscoder
+    # (one code per pair) has none by firing (n/a), and its split by decoder norms partitions it instead
     per_seed = pd.read_csv(out / "results" / "per_seed_metrics.csv")
-    assert (per_seed[["image_only", "text_only", "both", "dead"]].sum(axis=1) == per_seed["m"]).all()
+    pair = per_seed["model"] == CROSSCODER
+    one = per_seed[~pair]
+    assert (one[["image_only", "text_only", "both", "dead"]].sum(axis=1) == one["m"]).all()
+    xc = per_seed[pair]
+    assert len(xc) and xc[["image_only", "text_only", "both"]].isna().all().all()
+    assert (xc[["decoder_image_only", "decoder_text_only", "decoder_both", "dead"]].sum(axis=1) == xc["m"]).all()
     assert per_seed.groupby("model")["seed"].nunique().min() == 2  # mean and spread over seeds (CI: 2 of them)
     comparison = pd.read_csv(out / "results" / "comparison.csv")
-    assert set(comparison["model"]) == METHODS and comparison["both_std"].notna().all()
+    assert set(comparison["model"]) == METHODS
+    assert comparison.loc[comparison.model != CROSSCODER, "both_std"].notna().all()
+    assert comparison.loc[comparison.model == CROSSCODER, "both"].isna().all()
     m = json.loads((out / "results" / "headline.json").read_text())
     assert m["profile"] == "smoke" and set(m["models"]) == METHODS
 
