@@ -532,82 +532,77 @@ def markdown_tables(df, sc, pf, meta: dict) -> str:
 STEP_TARGETS = ("topk", "gsae", "mgsae", "batchtopk", "matryoshka")
 
 
-def targets(df, pf=None) -> list[str]:
-    """The speed targets against the run's own floors: at batch 128 each step of :data:`STEP_TARGETS` within 1.2x
-    of GEMM + Adam update, and (from the profile, ``pf``: the profiled step, a little slower than an unprofiled
-    one) with a third of the latents dead (AuxK on) within 1.5x; at batch 4096 within 1.2x of the GEMM alone; and
-    the peers against our topk."""
+def target_checks(df, pf=None) -> list[dict]:
+    """The speed targets against the run's own floors, one record per thread count, batch and kind of check:
+    ``{threads, batch, auxk, against, limit, values: {method: ratio}}`` for the steps of :data:`STEP_TARGETS` (at
+    batch 128 within 1.2x of GEMM + Adam, and, from the profile ``pf``, the profiled step with a third of the
+    latents dead, AuxK on, within 1.5x; at batch 4096 within 1.2x of the GEMM alone), and ``{..., peers:
+    {peer: speed-up of our topk}}`` for the peers."""
     out = []
     for th in sorted(df.threads.dropna().unique()):
         d = df[(df.threads == th) & (df.batch_pairs > 0)]
         for B in sorted(d.batch_pairs.unique()):
             g = d[d.batch_pairs == B]
-            col, lim, what = (("ratio_to_floor", 1.2, "GEMM + Adam") if B <= 128 else
-                              ("ratio_to_gemm", 1.2, "GEMM") if B >= 4096 else (None, None, ""))
-            for meth in STEP_TARGETS if col else ():
-                r = g[(g.kind == "mmsae") & (g.method == meth)]
-                if len(r) and col in r and r[col].notna().all():
-                    v = float(r[col].iloc[0])
-                    out.append(f"- {int(th)} thread(s), batch {int(B)}: {meth} step / {what} = **{v:.2f}x** "
-                               f"(target <= {lim}x: {'met' if v <= lim else 'NOT met'})")
-            if pf is not None and len(pf) and B <= 128:
-                fl = g[(g.kind == "floor") & (g.method == "floor")]
-                prof = pf[(pf.threads == th) & (pf.batch_pairs == B) & (pf.latents.str.startswith("a third dead"))]
-                for meth, r in prof.groupby("method", sort=False):
-                    if len(fl):
-                        v = float(r.step_ms_profiled.iloc[0]) / float(fl.ms_per_step.iloc[0])
-                        out.append(f"- {int(th)} thread(s), batch {int(B)}, a third of the latents dead (AuxK on, "
-                                   f"profiled step): {meth} step / GEMM + Adam = **{v:.2f}x** "
-                                   f"(target <= 1.5x: {'met' if v <= 1.5 else 'NOT met'})")
-            for _, r in g[(g.kind == "peer")].iterrows():
-                sp = r.get("speedup_of_topk", np.nan)
-                if sp == sp:
-                    want = 1.5 if r.method == "sparsify" else 3.0
-                    out.append(f"- {int(th)} thread(s), batch {int(B)}: our topk is **{sp:.2f}x** faster than "
-                               f"{r.method} (target >= {want}x: {'met' if sp >= want else 'NOT met'})")
-    return out
-
-
-def target_table(df, pf=None) -> list[str]:
-    """:func:`targets` at a glance (the README's speed section): one row per thread count and batch, each step of
-    :data:`STEP_TARGETS` as a ratio to its floor, the target, how many meet it; then our TopK against each peer."""
-    cols = list(STEP_TARGETS)
-    out = ["| threads | batch | against | " + " | ".join(cols) + " | target | met |",
-           "|---:|---|---|" + "---:|" * len(cols) + "---|---|"]
-    peer_rows = []
-    for th in sorted(df.threads.dropna().unique()):
-        d = df[(df.threads == th) & (df.batch_pairs > 0)]
-        for B in sorted(d.batch_pairs.unique()):
-            g = d[d.batch_pairs == B]
+            base = {"threads": int(th), "batch": int(B)}
             col, what = ("ratio_to_floor", "GEMM + Adam") if B <= 128 else ("ratio_to_gemm", "GEMM")
             vals = {}
-            for meth in cols:
+            for meth in STEP_TARGETS:
                 r = g[(g.kind == "mmsae") & (g.method == meth)]
                 if len(r) and col in r and r[col].notna().all():
                     vals[meth] = float(r[col].iloc[0])
-            if vals:
-                out.append(f"| {int(th)} | {int(B)} | {what} | " + " | ".join(
-                    f"{vals[c]:.2f}x" if c in vals else "–" for c in cols)
-                    + f" | ≤ 1.2x | {sum(v <= 1.2 for v in vals.values())} of {len(vals)} |")
+            if vals and (B <= 128 or B >= 4096):
+                out.append({**base, "auxk": False, "against": what, "limit": 1.2, "values": vals})
             fl = g[(g.kind == "floor") & (g.method == "floor")]
             if pf is not None and len(pf) and B <= 128 and len(fl):
                 prof = pf[(pf.threads == th) & (pf.batch_pairs == B) & (pf.latents.str.startswith("a third dead"))]
                 aux = {m: float(r.step_ms_profiled.iloc[0]) / float(fl.ms_per_step.iloc[0])
                        for m, r in prof.groupby("method", sort=False)}
                 if aux:
-                    out.append(f"| {int(th)} | {int(B)}, a third dead (AuxK on; profiled step) | GEMM + Adam | "
-                               + " | ".join(f"{aux[c]:.2f}x" if c in aux else "–" for c in cols)
-                               + f" | ≤ 1.5x | {sum(v <= 1.5 for v in aux.values())} of {len(aux)} |")
+                    out.append({**base, "auxk": True, "against": "GEMM + Adam", "limit": 1.5, "values": aux})
             peers_here = {r.method: r.get("speedup_of_topk", np.nan) for _, r in g[g.kind == "peer"].iterrows()}
-            peers_here = {k: v for k, v in peers_here.items() if v == v}
+            peers_here = {k: float(v) for k, v in peers_here.items() if v == v}
             if peers_here:
-                peer_rows.append((int(th), int(B), peers_here))
+                out.append({**base, "peers": peers_here})
+    return out
+
+
+def targets(df, pf=None) -> list[str]:
+    """:func:`target_checks` as a list, one line per step or peer, met or NOT met."""
+    out = []
+    for c in target_checks(df, pf):
+        head = (f"- {c['threads']} thread(s), batch {c['batch']}"
+                + (", a third of the latents dead (AuxK on, profiled step):" if c.get("auxk") else ":"))
+        if "peers" in c:
+            out += [f"{head} our topk is **{sp:.2f}x** faster than {peer} (target >= {1.5 if peer == 'sparsify' else 3.0}x:"
+                    f" {'met' if sp >= (1.5 if peer == 'sparsify' else 3.0) else 'NOT met'})"
+                    for peer, sp in c["peers"].items()]
+        else:
+            out += [f"{head} {meth} step / {c['against']} = **{v:.2f}x** (target <= {c['limit']}x: "
+                    f"{'met' if v <= c['limit'] else 'NOT met'})" for meth, v in c["values"].items()]
+    return out
+
+
+def target_table(df, pf=None) -> list[str]:
+    """:func:`target_checks` at a glance (the README's speed section): one row per thread count and batch, each
+    step of :data:`STEP_TARGETS` as a ratio to its floor, the target, how many meet it; then our TopK against each
+    peer."""
+    cols = list(STEP_TARGETS)
+    checks = target_checks(df, pf)
+    out = ["| threads | batch | against | " + " | ".join(cols) + " | target | met |",
+           "|---:|---|---|" + "---:|" * len(cols) + "---|---|"]
+    for c in (c for c in checks if "values" in c):
+        v = c["values"]
+        label = f"{c['batch']}, a third dead (AuxK on; profiled step)" if c["auxk"] else str(c["batch"])
+        out.append(f"| {c['threads']} | {label} | {c['against']} | "
+                   + " | ".join(f"{v[m]:.2f}x" if m in v else "–" for m in cols)
+                   + f" | ≤ {c['limit']}x | {sum(x <= c['limit'] for x in v.values())} of {len(v)} |")
+    peer_rows = [c for c in checks if "peers" in c]
     if peer_rows:
-        names = list(dict.fromkeys(n for _, _, p in peer_rows for n in p))
+        names = list(dict.fromkeys(n for c in peer_rows for n in c["peers"]))
         out += ["", "Our TopK step against each peer's (how many times faster; same shape, same data):", "",
                 "| threads | batch | " + " | ".join(names) + " |", "|---:|---:|" + "---:|" * len(names)]
-        out += [f"| {th} | {B} | " + " | ".join(f"{p[n]:.1f}x" if n in p else "–" for n in names) + " |"
-                for th, B, p in peer_rows]
+        out += [f"| {c['threads']} | {c['batch']} | " + " | ".join(f"{c['peers'][n]:.1f}x" if n in c["peers"] else "–"
+                                                            for n in names) + " |" for c in peer_rows]
     return out
 
 

@@ -163,7 +163,7 @@ def analyze_pair(model: Dictionary, val: PairedEmbeddings, zero_shot_sets: Mappi
     fires = (z > threshold).sum(0)
     cats = decoder_norm_split(nx, ny)
     cats[fires == 0] = "dead"
-    nan = float("nan")  # noqa: F841
+    nan = float("nan")
     s: dict[str, Any] = {"m": m, "n_val": int(len(x)), "category_rule": rule, "category_min_count": nan,
                          **{k: nan for k in PAIR_UNAVAILABLE}}
     s["dead"] = s["dead_min1"] = int((fires == 0).sum())

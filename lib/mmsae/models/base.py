@@ -162,11 +162,15 @@ class Dictionary(nn.Module):
 
     @torch.no_grad()
     def _map_numpy(self, fn, u, width: int, batch_size: int):
+        """``fn`` over row batches of ``u`` (an ``(N, ...)`` array, or a tuple of arrays with the same rows, passed
+        to ``fn`` as as many tensors), concatenated as float32 numpy ``(N, width)``."""
         import numpy as np
 
         dev = next(self.parameters()).device
-        out = [fn(torch.as_tensor(np.asarray(u[i:i + batch_size], np.float32), device=dev)).float().cpu().numpy()
-               for i in range(0, len(u), batch_size)]
+        arrays = u if isinstance(u, tuple) else (u,)
+        n = len(arrays[0])
+        out = [fn(*(torch.as_tensor(np.asarray(a[i:i + batch_size], np.float32), device=dev) for a in arrays))
+               .float().cpu().numpy() for i in range(0, n, batch_size)]
         return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
     def encode_numpy(self, u, modality: int = 0, batch_size: int = 4096):

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..engine.sparse import dead_latents, select_dead
 from .base import LossOutput, SAEConfig, register, step_stats
 from .losses import auxk_loss
 from .topk import TopKSAE
@@ -88,12 +89,13 @@ class Crosscoder(TopKSAE):
         """``W_enc (x - b_0) + W_enc_t (y - b_1) + b_enc`` before the ReLU, ``(B, m)``."""
         return (x - self.b_pre[0]) @ self.W_enc.t() + (y - self.b_pre[1]) @ self.W_enc_t.t() + self.b_enc
 
-    def select(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(self, pre: torch.Tensor, norms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(values, indices)`` of the K latents of largest ``pre_i (||D_x,i|| + ||D_y,i||)`` per row of the
-        ReLU'd pre-activations ``pre`` (the values are ``pre``'s)."""
+        ReLU'd pre-activations ``pre`` (the values are ``pre``'s); ``norms``: those summed norms, if at hand."""
         with torch.no_grad():
-            nx, ny = self.decoder_norms()
-            idx = (pre.detach() * (nx + ny)).topk(self.config.k, dim=-1, sorted=False).indices
+            if norms is None:
+                norms = sum(self.decoder_norms())
+            idx = (pre.detach() * norms.detach()).topk(self.config.k, dim=-1, sorted=False).indices
         return pre.gather(1, idx), idx
 
     def encode_pair_sparse(self, x: torch.Tensor, y: torch.Tensor):
@@ -112,16 +114,10 @@ class Crosscoder(TopKSAE):
     def raw_pre_activations(self, u: torch.Tensor, modality: int = 0) -> torch.Tensor:
         return self.encode(u, modality)  # refuses, as encode does
 
-    @torch.no_grad()
     def encode_pair_numpy(self, x, y, batch_size: int = 4096) -> np.ndarray:
         """Codes of paired ``(N, d)`` arrays, batched, as float32 numpy."""
-        dev = next(self.parameters()).device
-        out = [self.encode_pair(torch.as_tensor(np.asarray(x[i:i + batch_size], np.float32), device=dev),
-                                torch.as_tensor(np.asarray(y[i:i + batch_size], np.float32), device=dev)).cpu().numpy()
-               for i in range(0, len(x), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.config.m), np.float32)
+        return self._map_numpy(self.encode_pair, (x, y), self.config.m, batch_size)
 
-    @torch.no_grad()
     def decode_numpy(self, z, modality: int = 0, batch_size: int = 4096) -> np.ndarray:
         """Reconstructions of one modality from pair codes ``(N, m)``, as float32 numpy."""
         return self._map_numpy(lambda zb: self.decode(zb, modality), z, self.config.d, batch_size)
@@ -157,11 +153,11 @@ class Crosscoder(TopKSAE):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> LossOutput:
         """Both reconstructions from the pair's code, the decoder-norm penalty and AuxK (see the module)."""
         raw = self.raw_pre_activations_pair(x, y)
-        v, i = self.select(torch.relu(raw))
+        norms = sum(self.decoder_norms())  # once a step: the selection's weights and the penalty's
+        v, i = self.select(torch.relu(raw), norms)
         x_hat, y_hat = self.decode_sparse(v, i, 0), self.decode_sparse(v, i, 1)
         rec_x, rec_y = ((x - x_hat) ** 2).sum(1).mean(), ((y - y_hat) ** 2).sum(1).mean()
-        nx, ny = self.decoder_norms()
-        penalty = (v * (nx + ny)[i]).sum(1).mean()
+        penalty = (v * norms[i]).sum(1).mean()
         loss = rec_x + rec_y + self.config.group_lambda * penalty
         aux = self._auxk(raw, x, y, x_hat, y_hat)
         if aux is not None:
@@ -171,12 +167,14 @@ class Crosscoder(TopKSAE):
                                            aux=aux if aux is not None else 0.0))
 
     def _auxk(self, raw, x, y, x_hat, y_hat):
-        """AuxK on the pair code: the dead latents' top ``k_aux`` pre-activations decode both residuals."""
-        dead = self.dead_mask()
-        if self.config.auxk_coef <= 0 or not bool(dead.any()):
+        """AuxK on the pair code: the dead latents' top ``k_aux`` pre-activations (the engine's choice,
+        :func:`mmsae.engine.sparse.select_dead`) decode both residuals."""
+        dead_idx, k_aux = dead_latents(self)
+        sel = select_dead(raw, dead_idx, k_aux)
+        if sel is None:
             return None
-        k_aux = min(int(self.config.k_aux or self.config.d // 2), int(dead.sum()))
-        va, ia = torch.relu(raw.masked_fill(~dead, float("-inf"))).topk(k_aux, dim=-1, sorted=False)
+        ia = sel[1]
+        va = torch.relu(raw.gather(1, ia))
         res = torch.cat([x - x_hat, y - y_hat]).detach()
         rec = torch.cat([torch.einsum("bk,bkd->bd", va, self.W_dec[ia]),
                          torch.einsum("bk,bkd->bd", va, self.W_dec_t[ia])])
