@@ -152,8 +152,8 @@ plots.save_figure(plots.plot_mms_curves(curves), "mms_curves", paths.figures);
 s0 = SEEDS[0]
 plots.save_figure(plots.plot_modality_histogram({n: analyses[(n, s0)].modality_score for n in one_side}),
                   "modality_score_hist", paths.figures);
-panels = {n: (atoms(n, s0, 0)[: P["umap_max_atoms"]], analyses[(n, s0)].categories[: P["umap_max_atoms"]])
-          for n in names}
+panels = {f"{n} (by decoder norms)" if encodes_pairs(n) else n:  # a pair code has no categories by firing
+          (atoms(n, s0, 0)[: P["umap_max_atoms"]], analyses[(n, s0)].categories[: P["umap_max_atoms"]]) for n in names}
 plots.save_figure(plots.plot_umap_grid(panels, seed=umap_seed), "umap_decoder_atoms", paths.figures);
 tables.publish(paths.results, tables.mms_summary(per_seed, run))
 
