@@ -804,6 +804,23 @@ def test_flat_topk_bound_matches_torch_topk():
             assert torch.equal(flat[i], v) and i.unique().numel() == n
 
 
+def test_flat_topk_ties_go_to_the_lowest_indices_and_infinity_is_kept():
+    """The compiled flat top-n (kernels.flat_topn): among entries equal to the n-th value the lowest indices are
+    taken; +inf is a value like any other (only NaN sends the vector to torch.topk)."""
+    from mmsae.engine.sparse import _flat_topk
+
+    g = torch.Generator().manual_seed(3)
+    flat = torch.randint(0, 6, (64 * 512,), generator=g).float()  # many ties at every value
+    flat[77] = float("inf")
+    for n in (100, 1500):
+        v, i = _flat_topk(flat, n)
+        kth = flat.topk(n).values[-1]
+        above = (flat > kth).nonzero().squeeze(1)
+        ties = (flat == kth).nonzero().squeeze(1)[: n - above.numel()]
+        assert torch.equal(i.sort().values, torch.cat([above, ties]).sort().values)
+        assert torch.equal(flat[i], v) and 77 in i.tolist()
+
+
 def test_flat_topk_with_nan_falls_back_to_torch_topk():
     from mmsae.engine.sparse import _flat_topk
 

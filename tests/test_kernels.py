@@ -336,3 +336,78 @@ def test_blocked_decode_matches_embedding_bag(R, threads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
     threads(2)
     assert torch.equal(sp.sparse_decode(W, vals, idx, b_pre=b_pre, mod=mod), out)
+
+
+def _decode_case(R=40, K=10, m=300, d=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(m, d, generator=g)
+    idx = torch.stack([torch.randperm(m, generator=g)[:K] for _ in range(R)])
+    vals = torch.rand(R, K, generator=g)
+    b_pre = torch.randn(2, d, generator=g)
+    u = torch.randn(R, d, generator=g)
+    return W, idx, vals, b_pre, u
+
+
+@pytest.mark.parametrize("with_out_grad", [False, True])
+def test_decode_with_errors_matches_decode_then_squared_errors(with_out_grad):
+    """SparseDecodeErrors (kernels.decode_errors): the decode, the squared errors and every gradient (values, W,
+    pre-bias, u) equal those of embedding_bag plus the pre-bias rows and ||u_hat - u||^2, also when the
+    reconstruction itself receives a gradient."""
+    W, idx, vals, b_pre, u = _decode_case()
+    R = idx.shape[0]
+    mod = [(slice(0, R // 2), 0), (slice(R // 2, R), 1)]
+    w_out = torch.randn(R, W.shape[1], generator=torch.Generator().manual_seed(9))
+
+    def run(fused):
+        leaves = [t.clone().requires_grad_() for t in (vals, W, b_pre, u)]
+        v, Wl, bl, ul = leaves
+        if fused:
+            u_hat, se = sp.SparseDecodeErrors.apply(v, idx, Wl, bl, mod, ul)
+        else:
+            u_hat = F.embedding_bag(idx, Wl, per_sample_weights=v, mode="sum") + torch.cat(
+                [bl[0].expand(R // 2, -1), bl[1].expand(R - R // 2, -1)])
+            se = (u_hat - ul).pow(2).sum(-1)
+        loss = (se * torch.arange(1.0, R + 1)).sum() + ((u_hat * w_out).sum() if with_out_grad else 0)
+        loss.backward()
+        return [u_hat.detach(), se.detach()] + [t.grad for t in leaves]
+
+    for a, b in zip(run(True), run(False)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_decode_errors_match_the_cumulative_decodes():
+    """PrefixDecodeErrors (kernels.prefix_errors, prefix_suffix_sums): each prefix's squared errors, the full
+    reconstruction and every gradient equal the cumulative torch form, with a gradient on the full reconstruction
+    too."""
+    W, idx, vals, b_pre, u = _decode_case(R=30, K=12, m=64)
+    R, K = idx.shape
+    prefixes = [8, 16, 32, 64]
+    rows = torch.arange(R).repeat_interleave(K)
+    cols, _ = idx.sort(dim=1)
+    cols = cols.reshape(-1)
+    v = vals.reshape(-1)
+    group = torch.bucketize(cols, torch.tensor(prefixes), right=True)
+    mod = [(slice(0, R // 2), 0), (slice(R // 2, R), 1)]
+    bias = torch.cat([torch.zeros(R // 2, dtype=torch.long), torch.ones(R - R // 2, dtype=torch.long)])
+    w_last = torch.randn(R, W.shape[1], generator=torch.Generator().manual_seed(4))
+    w_per = torch.rand(len(prefixes), R, generator=torch.Generator().manual_seed(5))
+
+    def run(fused):
+        leaves = [t.clone().requires_grad_() for t in (v, W, b_pre, u)]
+        vl, Wl, bl, ul = leaves
+        if fused:
+            per, last = sp.prefix_decode_errors(Wl, vl, rows, cols, group, len(prefixes), ul, bl, mod)
+        else:
+            recs, acc = [], bl[bias]
+            for gi in range(len(prefixes)):
+                sel = group == gi
+                part = torch.zeros(R, W.shape[1]).index_add(0, rows[sel], vl[sel, None] * Wl[cols[sel]])
+                acc = acc + part
+                recs.append(acc)
+            per = torch.stack([(r - ul).pow(2).sum(-1) for r in recs])
+            last = recs[-1]
+        ((per * w_per).sum() + (last * w_last).sum()).backward()
+        return [per.detach(), last.detach()] + [t.grad for t in leaves]
+
+    for a, b in zip(run(True), run(False)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -38,6 +38,7 @@ def _cases(rng):
     pairs = rng.integers(0, 1000, R).astype(np.int64)
     idx_y = np.concatenate([idx[:, :K // 2], (idx[:, K // 2:] + 1) % m], axis=1)  # half shared with x
     no_rows = np.empty(0, np.int64)
+    pgroup = np.sort(rng.integers(0, 3, (R, K)), axis=1).reshape(-1).astype(np.int64)  # by group within a row
     f32 = np.float32
     return [
         (kernels.adam_rows, m, lambda: (W.copy(), G, Mo.copy(), Vo.copy(), f32(1e-3), f32(0.9), f32(0.999),
@@ -53,10 +54,18 @@ def _cases(rng):
         (kernels.scan_rows, R, lambda: (pre, np.empty(0, np.float32), 16, K, K, False, np.uint64(0), np.uint64(0),
                                         False, no_rows, np.zeros((R, K), np.float32), np.full((R, K), -7, np.int64))),
         (kernels.decode_rows, R, lambda: (W, vals.reshape(R, K), idx, np.full((R, d), np.nan, np.float32))),
+        (kernels.prefix_errors, R, lambda: (W, vals, idx.reshape(-1), pgroup, np.arange(0, R * K + 1, K), 3,
+                                            Gd[:2].copy(), rowmod, U, np.full((3 * R, d), np.nan, np.float32),
+                                            np.full(3 * R, np.nan, np.float32), np.full((R, d), np.nan, np.float32))),
+        (kernels.prefix_suffix_sums, R, lambda: (np.concatenate([Gd, Gd, Gd]), np.abs(g[:3 * R]).copy(), 3)),
+        (kernels.decode_errors, R, lambda: (W, vals.reshape(R, K), idx, Gd[:2].copy(), rowmod, U, np.full((R, d), np.nan, np.float32),
+                                            np.full((R, d), np.nan, np.float32), np.full(R, np.nan, np.float32),
+                                            np.full((R, K), np.nan, np.float32))),
         (kernels.decoder_value_grads, R * K, lambda: (Gd, W, no_rows, K, idx.reshape(-1),
                                                       np.full(R * K, np.nan, np.float32))),
         (kernels.adam_entries, m, lambda: (W.copy(), Mo.copy(), Vo.copy(), Gd, np.repeat(np.arange(R), K), vals, order,
-                                           ptr, f32(1e-3), f32(0.9), f32(0.999), f32(1e-8), f32(0.3), True)),
+                                           ptr, f32(1e-3), f32(0.9), f32(0.999), f32(1e-8), f32(0.3), True,
+                                           no_rows, np.empty((0, 0), np.float32), 0, 1)),
         (kernels.group_l21_rows, R, lambda: (np.abs(vals.reshape(R, K)), idx, np.abs(g.reshape(R, K)), idx_y,
                                              np.zeros((R, K), np.float32), np.zeros((R, K), np.float32),
                                              np.zeros(R, np.float64))),

@@ -29,7 +29,8 @@ import torch
 
 from . import kernels
 
-__all__ = ["Entries", "defer_gradients", "deferring", "record", "pending", "take", "clear", "grouped", "materialize"]
+__all__ = ["Entries", "defer_gradients", "deferring", "record", "pending", "take", "clear", "grouped", "materialize",
+           "prebias_grads", "add_grad"]
 
 _ATTR = "_mmsae_deferred_entries"
 
@@ -38,7 +39,13 @@ _ATTR = "_mmsae_deferred_entries"
 class Entries:
     """One contribution to a matrix's gradient: row ``latents[e]`` gets ``coef[e] * S[rows[e]]`` for every entry
     ``e``; ``order``/``ptr``: the entries grouped by latent (:func:`mmsae.engine.kernels.entries_by_latent`), or
-    None. ``keep``: tensors whose memory ``S`` and the arrays view."""
+    None. ``keep``: tensors whose memory ``S`` and the arrays view.
+
+    An encoder's entries may carry its pre-bias gradient too: ``prebias`` (the pre-bias parameter, shape
+    ``(n_pre, d)`` or ``(d,)``) gets ``-coef[e] * W[latents[e]]`` in row ``rowmod[rows[e]]`` for every entry (-1:
+    none), with ``W`` the matrix before its update. The optimiser adds it to ``prebias.grad`` while it has each row
+    of ``W`` in cache (:func:`mmsae.engine.kernels.adam_entries`), before it updates ``prebias``; :func:`prebias_grads`
+    computes it from the entries where they are materialised instead."""
     S: np.ndarray
     rows: np.ndarray
     coef: np.ndarray
@@ -46,6 +53,8 @@ class Entries:
     order: np.ndarray | None = None
     ptr: np.ndarray | None = None
     keep: tuple = ()
+    rowmod: np.ndarray | None = None
+    prebias: torch.Tensor | None = None
 
 
 def deferring(W: torch.Tensor) -> bool:
@@ -103,14 +112,43 @@ def grouped(parts: list[Entries], m: int) -> Entries:
     if len(parts) == 1:
         e = parts[0]
         order, ptr = kernels.entries_by_latent(e.latents, m)
-        return Entries(e.S, e.rows, e.coef, e.latents, order, ptr, e.keep)
+        return Entries(e.S, e.rows, e.coef, e.latents, order, ptr, e.keep, e.rowmod, e.prebias)
     offsets = np.cumsum([0] + [e.S.shape[0] for e in parts[:-1]])
     S = np.ascontiguousarray(np.concatenate([e.S for e in parts]))
     rows = np.concatenate([e.rows + o for e, o in zip(parts, offsets)])
     coef = np.ascontiguousarray(np.concatenate([e.coef for e in parts]))
     latents = np.concatenate([e.latents for e in parts])
     order, ptr = kernels.entries_by_latent(latents, m)
-    return Entries(S, rows, coef, latents, order, ptr)
+    targets = {id(e.prebias): e.prebias for e in parts if e.prebias is not None}
+    if len(targets) != 1:  # none, or (never in the library's models) several pre-biases: added by the caller
+        return Entries(S, rows, coef, latents, order, ptr)
+    rowmod = np.concatenate([e.rowmod if e.prebias is not None else np.full(e.S.shape[0], -1, np.int64)
+                             for e in parts])
+    return Entries(S, rows, coef, latents, order, ptr, rowmod=rowmod, prebias=next(iter(targets.values())))
+
+
+def prebias_grads(parts: list[Entries], W: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``[(pre-bias, its gradient from the entries)]`` (see :class:`Entries`), computed from ``W`` as it is now: for a
+    matrix whose entries are materialised (:func:`materialize`) rather than summed inside the update."""
+    out = []
+    for e in parts:
+        if e.prebias is None:
+            continue
+        gp = torch.zeros(e.prebias.shape, dtype=W.dtype).reshape(-1, W.shape[1])
+        q = torch.from_numpy(e.rowmod[e.rows])
+        keep = q >= 0
+        src = W.detach()[torch.from_numpy(e.latents)] * torch.from_numpy(e.coef)[:, None]
+        gp.index_add_(0, q[keep], -src[keep])
+        out.append((e.prebias, gp.reshape(e.prebias.shape)))
+    return out
+
+
+def add_grad(p: torch.Tensor, g: torch.Tensor) -> None:
+    """``p.grad += g`` (``p.grad = g`` where it is None)."""
+    if p.grad is None:
+        p.grad = g.to(p.dtype).clone()
+    else:
+        p.grad.add_(g)
 
 
 def materialize(parts: list[Entries], like: torch.Tensor) -> torch.Tensor:

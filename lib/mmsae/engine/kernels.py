@@ -313,6 +313,64 @@ def scan_rows(pre, b, size, kc, k, masked, salt, thresh, per_pair, pairs, out_v,
                 w += 1
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def flat_topn(flat, n, out_v, out_i):
+    """The ``n`` largest entries of the 1-D ``flat`` (``len(flat)`` a multiple of :data:`CHUNK` and at least
+    ``CHUNK * n``) into ``out_v``/``out_i`` (unsorted; ties at the ``n``-th value go to the lowest indices); returns
+    False, leaving the outputs, where ``flat`` holds NaN (the caller answers with ``torch.topk``). As
+    :func:`scan_rows` does for a row: the maxima of chunks of :data:`CHUNK` entries (one vectorised pass), a value
+    ``t`` reached by ``n`` of them (vectorised bisection counts; a lower bound of the ``n``-th largest entry), the
+    entries ``>= t`` of the chunks whose maximum reaches ``t`` as candidates (a bit mask per chunk), and a
+    quickselect among them."""
+    N = flat.shape[0]
+    size = CHUNK
+    nc = N // size
+    if _not_finite(flat.view(np.int32)):
+        for j in range(N):  # infinity is fine; NaN is not
+            if flat[j] != flat[j]:
+                return False
+    cm = np.empty(nc, flat.dtype)
+    _chunk_maxima(flat, cm, size, flat[:0])
+    t = _count_bound(cm, n)
+    chunks = np.empty(nc, np.int64)
+    nl = 0
+    for c in range(nc):  # the chunks to scan, listed without a branch
+        chunks[nl] = c
+        nl += cm[c] >= t
+    buf_v = np.empty(nl * size, flat.dtype)
+    buf_i = np.empty(nl * size, np.int64)
+    cnt = 0
+    for q in range(nl):  # scattered over the vector: each chunk's line asked for 16 chunks ahead
+        if q + 16 < nl:
+            _prefetch_l2(flat, chunks[q + 16] * size)
+        base = chunks[q] * size
+        msk = np.uint32(0)
+        for j in range(size):
+            msk |= np.uint32(flat[base + j] >= t) << np.uint32(j)
+        while msk:
+            j = base + trailing_zeros(msk)
+            buf_v[cnt] = flat[j]
+            buf_i[cnt] = j
+            cnt += 1
+            msk &= msk - np.uint32(1)
+    work = buf_v[:cnt].copy()
+    kth = _kth_largest(work, cnt, n)
+    w = 0
+    for e in range(cnt):
+        if buf_v[e] > kth:
+            out_v[w] = buf_v[e]
+            out_i[w] = buf_i[e]
+            w += 1
+    for e in range(cnt):  # ties at the n-th value: the lowest indices (the candidates are in index order)
+        if w >= n:
+            break
+        if buf_v[e] == kth:
+            out_v[w] = kth
+            out_i[w] = buf_i[e]
+            w += 1
+    return True
+
+
 @numba.njit(cache=True, nogil=True)
 def entries_by_latent(idx, m):
     n = idx.shape[0]
@@ -377,6 +435,149 @@ def decode_rows(W, vals, idx, out, lo, hi):
                     for c in range(d):
                         o[c] += v * w[c]
             start = end
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False)
+def decode_errors(W, vals, idx, Bp, rowmod, U, out, E, se, dots, lo, hi):
+    """Rows ``lo <= r < hi`` of a K-sparse decode and its squared error against ``U`` in one pass, with what the
+    backward of the error needs from the atoms while they are in cache: ``out[r] = sum_k vals[r, k] W[idx[r, k]]``
+    (plus the pre-bias row ``Bp[rowmod[r]]`` where ``rowmod`` is not empty and ``rowmod[r] >= 0``), ``E[r] = out[r]
+    - U[r]``, ``se[r] = ||E[r]||^2`` and ``dots[r, k] = E[r] . W[idx[r, k]]`` (the gradient of ``se[r]`` with respect
+    to ``vals[r, k]`` is ``2 dots[r, k]``). The atoms are added in slot order, eight per pass over the row."""
+    K = idx.shape[1]
+    d = W.shape[1]
+    hasb = rowmod.shape[0] > 0
+    for r in range(lo, hi):
+        o = out[r]
+        for c in range(d):
+            o[c] = 0.0
+        v = vals[r]
+        ix = idx[r]
+        k = 0
+        while k + 8 <= K:
+            b0, b1, b2, b3, b4, b5, b6, b7 = v[k], v[k + 1], v[k + 2], v[k + 3], v[k + 4], v[k + 5], v[k + 6], v[k + 7]
+            t0, t1, t2, t3 = W[ix[k]], W[ix[k + 1]], W[ix[k + 2]], W[ix[k + 3]]
+            t4, t5, t6, t7 = W[ix[k + 4]], W[ix[k + 5]], W[ix[k + 6]], W[ix[k + 7]]
+            for c in range(d):
+                acc = o[c]
+                acc = acc + b0 * t0[c]
+                acc = acc + b1 * t1[c]
+                acc = acc + b2 * t2[c]
+                acc = acc + b3 * t3[c]
+                acc = acc + b4 * t4[c]
+                acc = acc + b5 * t5[c]
+                acc = acc + b6 * t6[c]
+                acc = acc + b7 * t7[c]
+                o[c] = acc
+            k += 8
+        while k < K:
+            a = v[k]
+            w = W[ix[k]]
+            for c in range(d):
+                o[c] += a * w[c]
+            k += 1
+        if hasb and rowmod[r] >= 0:
+            b = Bp[rowmod[r]]
+            for c in range(d):
+                o[c] += b[c]
+        u = U[r]
+        e = E[r]
+        s = np.float32(0.0)
+        for c in range(d):
+            t = o[c] - u[c]
+            e[c] = t
+            s += t * t
+        se[r] = s
+        for k in range(K):
+            w = W[ix[k]]
+            t = np.float32(0.0)
+            for c in range(d):
+                t += e[c] * w[c]
+            dots[r, k] = t
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False)
+def prefix_errors(W, vals, cols, group, offsets, n_groups, Bp, rowmod, U, E, per, last, lo, hi):
+    """Rows ``lo <= r < hi`` of the nested-prefix (Matryoshka) decodes of flat entries and their squared errors, in
+    one pass: row ``r``'s entries ``offsets[r] <= e < offsets[r + 1]`` (sorted so that ``group[e]``, the first
+    prefix their latent belongs to, does not decrease) are added ``o += vals[e] W[cols[e]]`` group after group, and
+    after group ``g``: ``E[g * R + r] = o + b - U[r]`` and ``per[g * R + r] = ||E[g * R + r]||^2`` (``b`` the
+    pre-bias row ``Bp[rowmod[r]]``, or none where ``rowmod`` is empty). ``last[r]``: the full reconstruction
+    ``o + b``. The atoms are added in entry order, eight per pass over the row."""
+    R = U.shape[0]
+    d = W.shape[1]
+    hasb = rowmod.shape[0] > 0
+    for r in range(lo, hi):
+        o = last[r]
+        for c in range(d):
+            o[c] = 0.0
+        b = Bp[rowmod[r]] if hasb else o[:0]
+        u = U[r]
+        q = offsets[r]
+        q_end = offsets[r + 1]
+        for g in range(n_groups):
+            q1 = q
+            while q1 < q_end and group[q1] == g:
+                q1 += 1
+            while q + 8 <= q1:
+                b0, b1, b2, b3 = vals[q], vals[q + 1], vals[q + 2], vals[q + 3]
+                b4, b5, b6, b7 = vals[q + 4], vals[q + 5], vals[q + 6], vals[q + 7]
+                t0, t1, t2, t3 = W[cols[q]], W[cols[q + 1]], W[cols[q + 2]], W[cols[q + 3]]
+                t4, t5, t6, t7 = W[cols[q + 4]], W[cols[q + 5]], W[cols[q + 6]], W[cols[q + 7]]
+                for c in range(d):
+                    acc = o[c]
+                    acc = acc + b0 * t0[c]
+                    acc = acc + b1 * t1[c]
+                    acc = acc + b2 * t2[c]
+                    acc = acc + b3 * t3[c]
+                    acc = acc + b4 * t4[c]
+                    acc = acc + b5 * t5[c]
+                    acc = acc + b6 * t6[c]
+                    acc = acc + b7 * t7[c]
+                    o[c] = acc
+                q += 8
+            while q < q1:
+                a = vals[q]
+                w = W[cols[q]]
+                for c in range(d):
+                    o[c] += a * w[c]
+                q += 1
+            e = E[g * R + r]
+            s = np.float32(0.0)
+            if hasb:
+                for c in range(d):
+                    t = (o[c] + b[c]) - u[c]
+                    e[c] = t
+                    s += t * t
+            else:
+                for c in range(d):
+                    t = o[c] - u[c]
+                    e[c] = t
+                    s += t * t
+            per[g * R + r] = s
+        if hasb:
+            for c in range(d):
+                o[c] += b[c]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False)
+def prefix_suffix_sums(E, gper, n_groups, lo, hi):
+    """Rows ``lo <= r < hi``, in place: ``E[g * R + r] <- sum_{j >= g} 2 gper[j * R + r] E[j * R + r]``, the
+    gradient reaching the group-``g`` entries of row ``r`` from every prefix that contains them (``R =
+    len(E) / n_groups``)."""
+    R = E.shape[0] // n_groups
+    d = E.shape[1]
+    for r in range(lo, hi):
+        acc = E[(n_groups - 1) * R + r]
+        a = np.float32(2.0) * gper[(n_groups - 1) * R + r]
+        for c in range(d):
+            acc[c] = a * acc[c]
+        for g in range(n_groups - 2, -1, -1):
+            e = E[g * R + r]
+            a = np.float32(2.0) * gper[g * R + r]
+            for c in range(d):
+                e[c] = acc[c] + a * e[c]
+            acc = e
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False)
@@ -530,35 +731,112 @@ def decoder_value_grads(G, W, rows, K, idx, gvals, lo, hi):
         gvals[e] = s
 
 
+@numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False)
+def _add_entries(g, S, rows, coef, order, q0, q1):
+    """``g += sum_q coef[e] S[rows[e]]`` over the entries ``e = order[q]``, ``q0 <= q < q1``, added one after another
+    in that order (the dense backward's sum, bit for bit), eight entries per pass over ``g`` where there are eight
+    left: each element's chain of eight multiply-adds stays in a register, so ``g`` is loaded and stored once per
+    eight entries instead of once per entry (about 1.7x faster at 32 entries a row; with AuxK's 256 entries per row,
+    2.6x)."""
+    d = g.shape[0]
+    q = q0
+    while q + 8 <= q1:
+        e0, e1, e2, e3 = order[q], order[q + 1], order[q + 2], order[q + 3]
+        e4, e5, e6, e7 = order[q + 4], order[q + 5], order[q + 6], order[q + 7]
+        b0, b1, b2, b3 = coef[e0], coef[e1], coef[e2], coef[e3]
+        b4, b5, b6, b7 = coef[e4], coef[e5], coef[e6], coef[e7]
+        t0, t1, t2, t3 = S[rows[e0]], S[rows[e1]], S[rows[e2]], S[rows[e3]]
+        t4, t5, t6, t7 = S[rows[e4]], S[rows[e5]], S[rows[e6]], S[rows[e7]]
+        for c in range(d):
+            acc = g[c]
+            acc = acc + b0 * t0[c]
+            acc = acc + b1 * t1[c]
+            acc = acc + b2 * t2[c]
+            acc = acc + b3 * t3[c]
+            acc = acc + b4 * t4[c]
+            acc = acc + b5 * t5[c]
+            acc = acc + b6 * t6[c]
+            acc = acc + b7 * t7[c]
+            g[c] = acc
+        q += 8
+    while q < q1:
+        e = order[q]
+        a = coef[e]
+        src = S[rows[e]]
+        for c in range(d):
+            g[c] += a * src[c]
+        q += 1
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False)
+def _prebias_entries(gpre, p, rows, coef, order, rowmod, q0, q1, base, cs):
+    """``gpre[base + q] -= (sum of coef[e] over the entries of pre-bias row q) * p``, entries ``order[q0:q1]``
+    (``cs``: a zeroed buffer of one float per pre-bias row, left zeroed)."""
+    for q in range(q0, q1):
+        e = order[q]
+        r = rowmod[rows[e]]
+        if r >= 0:
+            cs[r] += coef[e]
+    d = p.shape[0]
+    for r in range(cs.shape[0]):
+        a = cs[r]
+        if a != 0:
+            gp = gpre[base + r]
+            for c in range(d):
+                gp[c] -= a * p[c]
+            cs[r] = 0.0
+
+
 @numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False, error_model="numpy")
-def adam_entries(P, M, V, S, rows, coef, order, ptr, step_size, beta1, beta2, eps, bc2_sqrt, unit, lo, hi):
+def adam_entries(P, M, V, S, rows, coef, order, ptr, step_size, beta1, beta2, eps, bc2_sqrt, unit, rowmod, gpre,
+                 n_pre, part, lo, hi):
     """:func:`adam_rows` of a matrix whose gradient is given as entries (:mod:`mmsae.engine.deferred`): row ``i``'s
     gradient ``sum_e coef[e] S[rows[e]]`` over its entries ``order[ptr[i]:ptr[i + 1]]`` (in that order, as
     :func:`decoder_backward` and :func:`encoder_backward` sum it) is built in a row buffer and used at once, so
-    the dense gradient is never written or read; a row without entries takes Adam's step with a zero gradient."""
+    the dense gradient is never written or read; a row without entries takes Adam's step with a zero gradient.
+
+    With ``rowmod`` (not empty: the pre-bias row of each row of ``S``, -1 for none) the pre-bias gradient of an
+    encoder, ``-sum_e coef[e] P[i]`` over each pre-bias row's entries (``P[i]`` before its update), is added into
+    ``gpre[(i // part) * n_pre + q]``: one partial sum per block of ``part`` rows, so that the caller's sum of the
+    blocks in order does not depend on how the rows were split over threads."""
     d = P.shape[1]
+    if hi <= lo:
+        return
     one = np.float32(1.0)
     a1 = one - beta1
     a2 = one - beta2
-    g = np.empty(d, np.float32)
+    g = np.empty(d, np.float32)  # this row's gradient
+    gn = np.empty(d, np.float32)  # the next row's, begun in this row's update loop
+    zrow = np.zeros(d, np.float32)
+    pre = rowmod.shape[0] > 0
+    cs = np.zeros(max(n_pre, 1), np.float32)
+    q0, q1 = ptr[lo], ptr[lo + 1]
+    a, src = np.float32(0.0), zrow
+    if q1 > q0:
+        a, src = coef[order[q0]], S[rows[order[q0]]]
+    for c in range(d):
+        g[c] = a * src[c]
+    _add_entries(g, S, rows, coef, order, q0 + 1, q1)
     for i in range(lo, hi):
-        for c in range(d):
-            g[c] = 0.0
-        for q in range(ptr[i], ptr[i + 1]):
-            e = order[q]
-            a = coef[e]
-            src = S[rows[e]]
-            for c in range(d):
-                g[c] += a * src[c]
         p = P[i]
+        if pre and ptr[i + 1] > ptr[i]:
+            _prebias_entries(gpre, p, rows, coef, order, rowmod, ptr[i], ptr[i + 1], (i // part) * n_pre, cs)
         m = M[i]
         v = V[i]
         s = np.float32(0.0)
         if unit:
             for c in range(d):
                 s += g[c] * p[c]
+        # the next row's first entry is written in this row's update loop, whose square roots and divisions
+        # leave room for it (no zero fill; the rest of its entries follow the loop)
+        a, src, nq0, nq1 = np.float32(0.0), zrow, 0, 0
+        if i + 1 < hi:
+            nq0, nq1 = ptr[i + 1], ptr[i + 2]
+            if nq1 > nq0:
+                a, src = coef[order[nq0]], S[rows[order[nq0]]]
         n2 = np.float32(0.0)
         for c in range(d):
+            gn[c] = a * src[c]
             gc = g[c] - s * p[c]
             mc = beta1 * m[c] + a1 * gc
             vc = beta2 * v[c] + a2 * gc * gc
@@ -571,6 +849,9 @@ def adam_entries(P, M, V, S, rows, coef, order, ptr, step_size, beta1, beta2, ep
             nrm = max(_sqrt_f32(n2), np.float32(1e-8))
             for c in range(d):
                 p[c] = p[c] / nrm
+        if nq1 > nq0 + 1:
+            _add_entries(gn, S, rows, coef, order, nq0 + 1, nq1)
+        g, gn = gn, g
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False, fastmath=_FM, error_model="numpy")
@@ -798,15 +1079,50 @@ def decoder_value_grads_task(block):
 
 @numba.cfunc(_TASK, cache=True)
 def adam_entries_task(block):
-    a, f, cuts, n = _block(block, 26)
+    a, f, cuts, n = _block(block, 33)
     P, M, V, S = _f32_2d(a, 3), _f32_2d(a, 6), _f32_2d(a, 9), _f32_2d(a, 12)
     rows, coef, order, ptr = _i64_1d(a, 15), _f32_1d(a, 17), _i64_1d(a, 19), _i64_1d(a, 21)
     step_size, beta1, beta2 = np.float32(f[23]), np.float32(f[24]), np.float32(f[25])
     eps, bc2_sqrt = np.float32(f[26]), np.float32(f[27])
+    rowmod, gpre = _i64_1d(a, 29), _f32_2d(a, 31)
     r = _next_range(block)
     while r < n:
         adam_entries(P, M, V, S, rows, coef, order, ptr, step_size, beta1, beta2, eps, bc2_sqrt, a[28] != 0,
-                     cuts[r], cuts[r + 1])
+                     rowmod, gpre, a[34], a[35], cuts[r], cuts[r + 1])
+        r = _next_range(block)
+
+
+@numba.cfunc(_TASK, cache=True)
+def decode_errors_task(block):
+    a, f, cuts, n = _block(block, 28)
+    W, vals, idx, Bp = _f32_2d(a, 3), _f32_2d(a, 6), _i64_2d(a, 9), _f32_2d(a, 12)
+    rowmod, U, out, E = _i64_1d(a, 15), _f32_2d(a, 17), _f32_2d(a, 20), _f32_2d(a, 23)
+    se, dots = _f32_1d(a, 26), _f32_2d(a, 28)
+    r = _next_range(block)
+    while r < n:
+        decode_errors(W, vals, idx, Bp, rowmod, U, out, E, se, dots, cuts[r], cuts[r + 1])
+        r = _next_range(block)
+
+
+@numba.cfunc(_TASK, cache=True)
+def prefix_errors_task(block):
+    a, f, cuts, n = _block(block, 28)
+    W, vals, cols, group = _f32_2d(a, 3), _f32_1d(a, 6), _i64_1d(a, 8), _i64_1d(a, 10)
+    offsets, Bp, rowmod, U = _i64_1d(a, 12), _f32_2d(a, 15), _i64_1d(a, 18), _f32_2d(a, 20)
+    E, per, last = _f32_2d(a, 23), _f32_1d(a, 26), _f32_2d(a, 28)
+    r = _next_range(block)
+    while r < n:
+        prefix_errors(W, vals, cols, group, offsets, a[14], Bp, rowmod, U, E, per, last, cuts[r], cuts[r + 1])
+        r = _next_range(block)
+
+
+@numba.cfunc(_TASK, cache=True)
+def prefix_suffix_sums_task(block):
+    a, f, cuts, n = _block(block, 6)
+    E, gper = _f32_2d(a, 3), _f32_1d(a, 6)
+    r = _next_range(block)
+    while r < n:
+        prefix_suffix_sums(E, gper, a[8], cuts[r], cuts[r + 1])
         r = _next_range(block)
 
 
@@ -824,9 +1140,14 @@ TASK_ARGS = {
     renorm_rows: (renorm_rows_task, (("f4", 2),)),
     adam_rows: (adam_rows_task, (("f4", 2),) * 4 + ("float",) * 5 + ("bool",)),
     decode_rows: (decode_rows_task, (("f4", 2), ("f4", 2), ("i8", 2), ("f4", 2))),
+    prefix_errors: (prefix_errors_task, (("f4", 2), ("f4", 1), ("i8", 1), ("i8", 1), ("i8", 1), "int", ("f4", 2),
+                                         ("i8", 1), ("f4", 2), ("f4", 2), ("f4", 1), ("f4", 2))),
+    prefix_suffix_sums: (prefix_suffix_sums_task, (("f4", 2), ("f4", 1), "int")),
+    decode_errors: (decode_errors_task, (("f4", 2), ("f4", 2), ("i8", 2), ("f4", 2), ("i8", 1), ("f4", 2),
+                                         ("f4", 2), ("f4", 2), ("f4", 1), ("f4", 2))),
     decoder_value_grads: (decoder_value_grads_task, (("f4", 2), ("f4", 2), ("i8", 1), "int", ("i8", 1), ("f4", 1))),
     adam_entries: (adam_entries_task, (("f4", 2),) * 4 + (("i8", 1), ("f4", 1), ("i8", 1), ("i8", 1))
-                   + ("float",) * 5 + ("bool",)),
+                   + ("float",) * 5 + ("bool", ("i8", 1), ("f4", 2), "int", "int")),
     group_l21_rows: (group_l21_rows_task, (("f4", 2), ("i8", 2), ("f4", 2), ("i8", 2), ("f4", 2), ("f4", 2),
                                            ("f8", 1))),
 }

@@ -55,7 +55,8 @@ from .device_paths import selection_dtype, uses_device_paths
 from .kernels import CHUNK, scan_rows
 from .parallel import run_ranges, split_rows
 
-__all__ = ["HashMask", "draw_hash_mask", "SparseEncoderValues", "sparse_encoder_values", "fast_branch",
+__all__ = ["HashMask", "draw_hash_mask", "SparseEncoderValues", "sparse_encoder_values", "SparseDecodeErrors",
+           "decode_errors_applies", "PrefixDecodeErrors", "prefix_decode_errors", "fast_branch",
            "fast_pair_branch", "pair_mod", "centred_pair_rows", "stack_pair", "sparse_grad_matmul",
            "decode_entries", "sparse_decode", "SparseDecode",
            "topk_rows", "Selection",
@@ -197,6 +198,7 @@ class SparseEncoderValues(torch.autograd.Function):
         vals = torch.relu(raw)
         ctx.save_for_backward(u_c, idx, W_enc, raw, rows)
         ctx.mod, ctx.bpre_shape = mod, b_pre.shape
+        ctx.b_pre = b_pre if b_pre.is_leaf else None  # its gradient may go with W_enc's entries
         ctx.mark_non_differentiable(idx)
         return vals
 
@@ -208,8 +210,13 @@ class SparseEncoderValues(torch.autograd.Function):
         gW = gb = gpre = gu = None
         need_b = ctx.needs_input_grad[4] or ctx.needs_input_grad[5]
         defer = ctx.needs_input_grad[3] and deferred.deferring(W_enc) and _kernel_ok(u_c, W_enc, g)
-        if defer:  # W_enc's gradient goes to the optimiser as entries (mmsae.engine.deferred)
-            _defer(W_enc, u_c, idx, g, rows, m)
+        pre_deferred = False
+        if defer:  # W_enc's gradient goes to the optimiser as entries (mmsae.engine.deferred), and with them the
+            # pre-bias gradient, summed while the optimiser has each row of W_enc in cache
+            pre_deferred = ctx.needs_input_grad[5] and ctx.b_pre is not None
+            _defer(W_enc, u_c, idx, g, rows, m,
+                   prebias=ctx.b_pre if pre_deferred else None,
+                   rowmod=_rowmod(ctx.mod, u_c.shape[0]) if pre_deferred else None)
         if not defer and (ctx.needs_input_grad[3] or need_b) and _kernel_ok(u_c, W_enc, g):
             gW, per = _encoder_grads(ctx.mod, ctx.bpre_shape[0], idx, g, u_c, m, rows)
             if not ctx.needs_input_grad[3]:
@@ -224,7 +231,7 @@ class SparseEncoderValues(torch.autograd.Function):
         if need_b:
             if ctx.needs_input_grad[4]:
                 gb = per.sum(0)
-            if ctx.needs_input_grad[5]:
+            if ctx.needs_input_grad[5] and not pre_deferred:
                 gpre = _prebias_grad(ctx.mod, rows, idx, g, W_enc, ctx.bpre_shape)
         if ctx.needs_input_grad[1]:
             if rows is None:
@@ -252,10 +259,22 @@ def _prebias_grad(mod, rows, idx, g, W_enc, shape) -> torch.Tensor:
     return out
 
 
+def _rowmod(mod, R: int) -> np.ndarray:
+    """The pre-bias row of each of the ``R`` rows (``mod`` as :class:`SparseEncoderValues` takes it)."""
+    rowmod = np.zeros(R, np.int64)
+    if not isinstance(mod, int):
+        for sl, mrow in mod:
+            rowmod[sl] = mrow
+    elif mod:
+        rowmod[:] = mod
+    return rowmod
+
+
 def _defer(W: torch.Tensor, S: torch.Tensor, idx: torch.Tensor, coef: torch.Tensor, rows: torch.Tensor | None,
-           m: int) -> None:
+           m: int, prebias: torch.Tensor | None = None, rowmod: np.ndarray | None = None) -> None:
     """Record ``W``'s gradient ``sum_e coef[e] S[row(e)]`` into row ``idx[e]`` as entries for the optimiser
-    (:mod:`mmsae.engine.deferred`), grouped by latent as the dense backward would sum them."""
+    (:mod:`mmsae.engine.deferred`), grouped by latent as the dense backward would sum them; with ``prebias``, its
+    gradient ``-coef[e] W[idx[e]]`` into row ``rowmod[row(e)]`` too (an encoder's pre-bias)."""
     order, ptr = _entries_by_latent(idx, m)
     if rows is None:
         R, K = idx.shape
@@ -264,19 +283,13 @@ def _defer(W: torch.Tensor, S: torch.Tensor, idx: torch.Tensor, coef: torch.Tens
         r = _np(rows.to(torch.int64))
     S_t, c_t = S.detach().contiguous(), coef.detach().reshape(-1).contiguous()
     deferred.record(W, deferred.Entries(S_t.numpy(), r, c_t.numpy(), _np(idx.reshape(-1)), order, ptr,
-                                        keep=(S_t, c_t, idx)))
+                                        keep=(S_t, c_t, idx), rowmod=rowmod, prebias=prebias))
 
 
 def _encoder_grads(mod, n_pre: int, idx, g, u_c, m: int, rows):
     """CPU: ``(W_enc gradient, per)`` with ``per[q, j]`` the summed gradient of latent ``j``'s
     entries in rows that use pre-bias row ``q`` (:func:`kernels.encoder_backward`)."""
-    R = u_c.shape[0]
-    rowmod = np.zeros(R, np.int64)
-    if not isinstance(mod, int):
-        for sl, mrow in mod:
-            rowmod[sl] = mrow
-    elif mod:
-        rowmod[:] = mod
+    rowmod = _rowmod(mod, u_c.shape[0])
     order, ptr = _entries_by_latent(idx, m)
     r_np, K = _entry_rows(rows)
     gW = torch.empty(m, u_c.shape[1], dtype=u_c.dtype)  # every row written by the kernel
@@ -317,29 +330,170 @@ class SparseDecode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, G):
         vals, idx, W, rows = ctx.saved_tensors
-        m = W.shape[0]
-        flat = idx.reshape(-1)
-        r_np, K = _entry_rows(rows)
         G = G.contiguous()
-        gv = torch.empty(flat.shape[0], dtype=vals.dtype)
-        if ctx.needs_input_grad[2] and deferred.deferring(W):  # the values' gradient only; W's to the optimiser
-            split_rows(kernels.decoder_value_grads, flat.shape[0], _np(G), _np(W), r_np,
-                       idx.shape[1] if K is None else 0, _np(flat), gv.numpy(), min_rows=4096)
-            _defer(W, G, idx, vals, rows, m)
-            gW = None
-        else:
-            order, ptr = _entries_by_latent(idx, m)
-            gW = torch.empty_like(W)  # every row written by the kernel
-            _over_latents(kernels.decoder_backward, ptr, _np(G), _np(W), r_np, idx.shape[1] if K is None else 0,
-                          _np(vals.reshape(-1)), order, ptr, gW.numpy(), gv.numpy())
+        gv, gW = _decode_backward(G, W, idx, vals, rows, ctx.needs_input_grad[2], True)
         gb = None
         if ctx.bpre is not None and ctx.needs_input_grad[5]:
             shape, dtype = ctx.bpre
             gb = torch.zeros(shape, dtype=dtype)
             for sl, q in _mod_parts(ctx.mod, None):
                 gb[q] += G[sl].sum(0)
-        return (gv.view_as(vals) if ctx.needs_input_grad[0] else None, None,
-                gW if ctx.needs_input_grad[2] else None, None, None, gb, None)
+        return (gv.view_as(vals) if ctx.needs_input_grad[0] else None, None, gW, None, None, gb, None)
+
+
+_NO_BIAS = np.empty((0, 0), np.float32)
+_NO_ROWMOD = np.empty(0, np.int64)
+
+
+class SparseDecodeErrors(torch.autograd.Function):
+    """The K-sparse decode of :class:`SparseDecode` (``(R, K)`` entries, with the pre-bias rows) and its per-row
+    squared error against ``u``, ``se[r] = ||u_hat[r] - u[r]||^2``, in one compiled pass
+    (:func:`kernels.decode_errors`): outputs ``(u_hat, se)``. The pass also takes the product of each row's error
+    with each of its atoms while the atoms are in cache, so when only ``se`` receives a gradient (the usual case:
+    the reconstruction enters the loss through its squared error alone) the values' gradient is
+    ``2 g_se[r] dots[r, k]`` and the decoder's atoms are not read again in the backward. A gradient on ``u_hat``
+    itself is handled as :class:`SparseDecode` handles it."""
+
+    @staticmethod
+    def forward(ctx, vals, idx, W, b_pre, mod, u):  # noqa: D401
+        R, K = idx.shape
+        d = W.shape[1]
+        out, E = torch.empty(R, d, dtype=W.dtype), torch.empty(R, d, dtype=W.dtype)
+        se, dots = torch.empty(R, dtype=W.dtype), torch.empty(R, K, dtype=W.dtype)
+        if b_pre is None:
+            Bp, rowmod = _NO_BIAS, _NO_ROWMOD
+        else:
+            Bp, rowmod = _np(b_pre.reshape(-1, d)), _rowmod(mod, R)
+        split_rows(kernels.decode_errors, R, _np(W), _np(vals), _np(idx), Bp, rowmod, _np(u), out.numpy(),
+                   E.numpy(), se.numpy(), dots.numpy(), min_rows=64)
+        ctx.save_for_backward(vals, idx, W, E, dots)
+        ctx.mod = mod
+        ctx.bpre = None if b_pre is None else (b_pre.shape, b_pre.dtype)
+        ctx.set_materialize_grads(False)
+        return out, se
+
+    @staticmethod
+    def backward(ctx, g_out, g_se):
+        vals, idx, W, E, dots = ctx.saved_tensors
+        if g_out is None and g_se is None:
+            return None, None, None, None, None, None
+        G = None if g_se is None else E * (2.0 * g_se).unsqueeze(1)
+        if g_out is not None:
+            G = g_out.contiguous() if G is None else G + g_out
+        gv = gW = gb = gu = None
+        need_v, need_W = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        if need_v and g_out is None:
+            gv = dots * (2.0 * g_se).unsqueeze(1)
+        if need_W or (need_v and gv is None):
+            gv_all, gW = _decode_backward(G, W, idx, vals, None, need_W, need_v and gv is None)
+            if need_v and gv is None:
+                gv = gv_all.view_as(vals)
+        if ctx.bpre is not None and ctx.needs_input_grad[3]:
+            shape, dtype = ctx.bpre
+            gb = torch.zeros(shape, dtype=dtype)
+            for sl, q in _mod_parts(ctx.mod, None):
+                gb[q] += G[sl].sum(0)
+        if ctx.needs_input_grad[5] and g_se is not None:
+            gu = E * (-2.0 * g_se).unsqueeze(1)
+        return gv, None, gW, gb, None, gu
+
+
+def _decode_backward(G, W, idx, vals, rows, need_W: bool, need_v: bool):
+    """``(values' gradient (flat) or None, W's gradient or None)`` of a K-sparse decode whose output received
+    ``G``; under deferral (:mod:`mmsae.engine.deferred`) W's gradient goes to the optimiser as entries."""
+    m = W.shape[0]
+    flat = idx.reshape(-1)
+    r_np, K = _entry_rows(rows)
+    G = G.contiguous()
+    gv = torch.empty(flat.shape[0], dtype=vals.dtype) if need_v or not (need_W and deferred.deferring(W)) else None
+    if need_W and deferred.deferring(W):  # the values' gradient only; W's to the optimiser
+        if need_v:
+            split_rows(kernels.decoder_value_grads, flat.shape[0], _np(G), _np(W), r_np,
+                       idx.shape[1] if K is None else 0, _np(flat), gv.numpy(), min_rows=4096)
+        _defer(W, G, idx, vals, rows, m)
+        return gv, None
+    order, ptr = _entries_by_latent(idx, m)
+    gW = torch.empty_like(W)  # every row written by the kernel
+    _over_latents(kernels.decoder_backward, ptr, _np(G), _np(W), r_np, idx.shape[1] if K is None else 0,
+                  _np(vals.reshape(-1)), order, ptr, gW.numpy(), gv.numpy())
+    return gv, gW if need_W else None
+
+
+class PrefixDecodeErrors(torch.autograd.Function):
+    """Matryoshka's nested-prefix decodes of flat entries and their per-row squared errors in one compiled pass
+    (:func:`kernels.prefix_errors`): outputs ``(per, last)``, ``per[g, r] = ||u[r] - u_hat_g[r]||^2`` with
+    ``u_hat_g`` the decode by the entries of groups ``<= g`` plus the pre-bias rows, and ``last`` the full
+    reconstruction. The backward turns the errors into the gradient each group's entries receive (a suffix sum
+    over the groups, in place, :func:`kernels.prefix_suffix_sums`), then goes on as :class:`SparseDecode`'s does,
+    the entries' rows being ``(group, row)`` pairs."""
+
+    @staticmethod
+    def forward(ctx, vals, rows, cols, group, offsets, n_groups, W, b_pre, mod, u):  # noqa: D401
+        R, d = u.shape
+        E = torch.empty(n_groups * R, d, dtype=W.dtype)
+        per, last = torch.empty(n_groups * R, dtype=W.dtype), torch.empty(R, d, dtype=W.dtype)
+        if b_pre is None:
+            Bp, rowmod = _NO_BIAS, _NO_ROWMOD
+        else:
+            Bp, rowmod = _np(b_pre.reshape(-1, d)), _rowmod(mod, R)
+        split_rows(kernels.prefix_errors, R, _np(W), _np(vals), _np(cols), _np(group), _np(offsets), int(n_groups),
+                   Bp, rowmod, _np(u), E.numpy(), per.numpy(), last.numpy(), min_rows=64)
+        ctx.save_for_backward(vals, cols, group * R + rows, W, E)
+        ctx.mod, ctx.n_groups = mod, int(n_groups)
+        ctx.bpre = None if b_pre is None else (b_pre.shape, b_pre.dtype)
+        ctx.set_materialize_grads(False)
+        return per.view(n_groups, R), last
+
+    @staticmethod
+    def backward(ctx, g_per, g_last):
+        vals, cols, erows, W, E = ctx.saved_tensors
+        G, R = ctx.n_groups, E.shape[0] // ctx.n_groups
+        if getattr(ctx, "consumed", False):
+            raise RuntimeError("PrefixDecodeErrors: its backward turns the saved errors into gradients in place and "
+                               "runs once (no retain_graph)")
+        ctx.consumed = True
+        H = E  # the errors become the gradients, in place
+        if g_per is None:
+            H.zero_()
+        else:
+            split_rows(kernels.prefix_suffix_sums, R, H.numpy(), _np(g_per.reshape(-1).to(E.dtype)), G, min_rows=64)
+        if g_last is not None:
+            H.view(G, R, -1).add_(g_last)
+        need_v, need_W = ctx.needs_input_grad[0], ctx.needs_input_grad[6]
+        gv = gW = gb = gu = None
+        if need_v or need_W:
+            gv, gW = _decode_backward(H, W, cols, vals, erows, need_W, need_v)
+        H0 = H[:R]
+        if ctx.bpre is not None and ctx.needs_input_grad[7]:
+            shape, dtype = ctx.bpre
+            gb = torch.zeros(shape, dtype=dtype)
+            for sl, q in _mod_parts(ctx.mod, None):
+                gb[q] += H0[sl].sum(0)
+        if ctx.needs_input_grad[9]:
+            gu = -(H0 if g_last is None else H0 - g_last)
+        return gv, None, None, None, None, None, gW, gb, None, gu
+
+
+def prefix_decode_errors(W: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                         group: torch.Tensor, n_groups: int, u: torch.Tensor, b_pre: torch.Tensor | None = None,
+                         mod=None):
+    """``(per, last)`` of :class:`PrefixDecodeErrors` for flat entries sorted by row and, within a row, by group
+    (``group[e]``: the first prefix latent ``cols[e]`` belongs to); None where that pass does not apply (not CPU
+    float32, no autograd): the caller decodes the prefixes itself."""
+    if not (_kernel_ok(W, vals, u) and W.is_contiguous() and torch.is_grad_enabled()
+            and (W.requires_grad or vals.requires_grad)):
+        return None
+    counts = torch.bincount(rows, minlength=u.shape[0])
+    offsets = torch.zeros(u.shape[0] + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    return PrefixDecodeErrors.apply(vals, rows, cols, group, offsets, n_groups, W, b_pre, mod, u)
+
+
+def decode_errors_applies(W: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, u: torch.Tensor) -> bool:
+    """Whether :class:`SparseDecodeErrors` takes this decode: CPU float32 (the device paths not forced), ``(R, K)``
+    entries, a contiguous decoder, under autograd."""
+    return (_kernel_ok(W, vals, u) and idx.dim() == 2 and W.is_contiguous() and torch.is_grad_enabled()
+            and (W.requires_grad or vals.requires_grad) and u.shape == (idx.shape[0], W.shape[1]))
 
 
 def sparse_decode(W: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor | None = None,
@@ -721,10 +875,12 @@ def centred_pair_rows(model, u: torch.Tensor) -> torch.Tensor:
 
 
 def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_dtype=None,
-                     u: torch.Tensor | None = None):
+                     u: torch.Tensor | None = None, errors: bool = False):
     """Both modalities in one pass (one encoder matmul, one sparse backward, one decode over
     the ``2B`` rows ``[x; y]``): ``(sel, u_c, vals, idx, u_hat, mod)``; rows ``:B`` are x.
-    ``u``: ``[x; y]`` (:func:`stack_pair`) when the caller has it already (its squared errors need it)."""
+    ``u``: ``[x; y]`` (:func:`stack_pair`) when the caller has it already (its squared errors need it).
+    With ``errors``, a seventh item: the per-row squared errors ``||u - u_hat||^2`` of the decode's own pass
+    (:class:`SparseDecodeErrors`), or None where that pass does not apply (the caller computes them)."""
     B = x.shape[0]
     b_pre = model.b_pre
     mod = pair_mod(model, B)
@@ -734,14 +890,22 @@ def fast_pair_branch(model, x: torch.Tensor, y: torch.Tensor, mask=None, select_
         sel = Selection(torch.cat([sx.raw, sy.raw]), torch.cat([sx.idx, sy.idx]),
                         None if sx.aux is None else torch.cat([sx.aux_raw, sy.aux_raw]),
                         None if sx.aux is None else torch.cat([sx.aux_idx, sy.aux_idx]))
-        return (sel,) + tuple(torch.cat([a, b]) for a, b in zip(bx[1:], by[1:])) + (mod,)
-    u_c = centred_pair_rows(model, stack_pair(x, y) if u is None else u)
+        out = (sel,) + tuple(torch.cat([a, b]) for a, b in zip(bx[1:], by[1:])) + (mod,)
+        return out + (None,) if errors else out
+    if u is None:
+        u = stack_pair(x, y)
+    u_c = centred_pair_rows(model, u)
     pairs = torch.arange(B, device=x.device).repeat(2) if mask is not None else None
     sel = select_codes(model, u_c, mask, pairs, select_dtype)
+    se = None
     with record_function("mmsae.sparse_decode"):
         vals = sparse_encoder_values(sel.raw, u_c, sel.idx, model.W_enc, model.b_enc, b_pre, mod)
-        u_hat = sparse_decode(model.W_dec, vals, sel.idx, b_pre=b_pre, mod=mod)
-    return sel, u_c, vals, sel.idx, u_hat, mod
+        if errors and decode_errors_applies(model.W_dec, vals, sel.idx, u):
+            u_hat, se = SparseDecodeErrors.apply(vals, sel.idx, model.W_dec, b_pre, mod, u)
+        else:
+            u_hat = sparse_decode(model.W_dec, vals, sel.idx, b_pre=b_pre, mod=mod)
+    out = (sel, u_c, vals, sel.idx, u_hat, mod)
+    return out + (se,) if errors else out
 
 
 # ----------------------------------------------------------------------- batch top-N (BatchTopK, Matryoshka)
@@ -782,6 +946,12 @@ def _flat_topk(flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     times ``n``) go through ``torch.topk`` (one call on the whole vector runs single-threaded
     over every entry). Ties at the bound may resolve to other indices than ``torch.topk``'s."""
     N = flat.numel()
+    if (not uses_device_paths(flat) and flat.dtype == torch.float32 and flat.is_contiguous() and N % CHUNK == 0
+            and N >= CHUNK * n and n > 0):  # compiled (kernels.flat_topn): no (N,) masks or index lists
+        v, i = torch.empty(n, dtype=flat.dtype), torch.empty(n, dtype=torch.int64)
+        if kernels.flat_topn(flat.detach().numpy(), n, v.numpy(), i.numpy()):
+            return v, i
+        return flat.topk(n, sorted=False)
     size = 1
     while size * 2 * 2 * n <= N:  # chunks of a power-of-two size, at least 2n of them
         size *= 2

@@ -73,9 +73,10 @@ class GroupSparseSAE(TopKSAE):
             keep = self.draw_mask()
         B = x.shape[0]
         u = stack_pair(x, y)
-        sel, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, keep, self.select_dtype, u=u)
+        sel, u_c, vals, idx, u_hat, mod, se = fast_pair_branch(self, x, y, keep, self.select_dtype, u=u, errors=True)
         ix, iy = idx[:B], idx[B:]
-        se = squared_errors(u, u_hat)  # ||u - u_hat||^2 per row of [x; y]
+        if se is None:
+            se = squared_errors(u, u_hat)  # ||u - u_hat||^2 per row of [x; y]
         rec_x, rec_y = se[:B].mean(), se[B:].mean()
         group = group_l21(vals[:B], ix, vals[B:], iy)
         aux = fast_auxk(self, sel.aux, u_c, mod, u, u_hat)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..engine.sparse import decode_entries, stack_pair
+from ..engine.sparse import decode_entries, prefix_decode_errors, stack_pair
 from .base import LossOutput, SAEConfig, register, step_stats
 from .batchtopk import BatchTopKSAE
 
@@ -79,15 +79,22 @@ class MatryoshkaSAE(BatchTopKSAE):
         b = x.shape[0]
         pre, u_c, mod, kept, rows, cols = self._batch_codes(x, y)
         vals = self._sparse_values(u_c, mod, kept, rows, cols)
-        recs = self._prefix_decodes_entries(vals, rows, cols, b)  # (n_prefixes, 2B, d)
         u = stack_pair(x, y)
-        per = (u[None] - recs).pow(2).sum(-1)  # (n_prefixes, 2B)
+        # every prefix's decode and squared error in one compiled pass where it applies (the entries are sorted by
+        # row, then latent, so by prefix group within a row)
+        group = torch.bucketize(cols, torch.as_tensor(self.prefixes, device=cols.device), right=True)
+        fused = prefix_decode_errors(self.W_dec, vals, rows, cols, group, len(self.prefixes), u, self.b_pre, mod)
+        if fused is not None:
+            per, full = fused  # (n_prefixes, 2B), the full reconstruction
+        else:
+            recs = self._prefix_decodes_entries(vals, rows, cols, b)  # (n_prefixes, 2B, d)
+            per, full = (u[None] - recs).pow(2).sum(-1), recs[-1]  # (n_prefixes, 2B)
         terms = per[:, :b].mean(1) + per[:, b:].mean(1)  # ||x - x_hat_j||^2 + ||y - y_hat_j||^2
         loss = terms.sum()
         if self.config.extra.get("prefix_reduce", "sum") == "mean":
             loss = loss / len(self.prefixes)
         rec_x, rec_y = per[-1, :b].mean(), per[-1, b:].mean()
-        aux = self._auxk_pooled(pre, u_c, mod, u, recs[-1])
+        aux = self._auxk_pooled(pre, u_c, mod, u, full)
         loss = loss + self.config.auxk_coef * aux
         prefix_stats = {f"rec_prefix{p}": t for p, t in zip(self.prefixes, terms)}
         return LossOutput(loss, step_stats(x, y, rec_x, rec_y, aux=aux,

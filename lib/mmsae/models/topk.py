@@ -213,8 +213,9 @@ class TopKSAE(Dictionary):
         one encoder matmul; only the selected ``(2B, K)`` entries enter the autograd graph."""
         B = x.shape[0]
         u = stack_pair(x, y)
-        sel, u_c, vals, idx, u_hat, mod = fast_pair_branch(self, x, y, None, self.select_dtype, u=u)
-        se = squared_errors(u, u_hat)  # ||u - u_hat||^2 per row of [x; y]
+        sel, u_c, vals, idx, u_hat, mod, se = fast_pair_branch(self, x, y, None, self.select_dtype, u=u, errors=True)
+        if se is None:
+            se = squared_errors(u, u_hat)  # ||u - u_hat||^2 per row of [x; y]
         rec_x, rec_y = se[:B].mean(), se[B:].mean()
         aux = fast_auxk(self, sel.aux, u_c, mod, u, u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux

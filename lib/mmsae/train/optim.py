@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -32,9 +33,15 @@ import torch
 from ..engine.device_paths import uses_device_paths
 from ..engine import deferred
 from ..engine.kernels import adam_entries, adam_rows
-from ..engine.parallel import split_rows
+from ..engine.parallel import run_ranges, split_rows
 
 __all__ = ["RowAdam"]
+
+_NO_ROWS = np.empty(0, np.int64)
+_NO_PRE = np.empty((0, 0), np.float32)
+#: blocks of rows whose pre-bias gradients are summed apart (then in order) by :func:`adam_entries`: fixed, so the
+#: sum does not depend on the thread count; enough for the threads to share the rows
+_PRE_BLOCKS = 16
 
 
 def _adam_step(opt: torch.optim.Adam) -> None:
@@ -104,10 +111,27 @@ class RowAdam(torch.optim.Adam):
         f = np.float32
         hyper = (f(group["lr"] / (1.0 - beta1 ** t)), f(beta1), f(beta2), f(group["eps"]),
                  f(math.sqrt(1.0 - beta2 ** t)), id(p) in self._unit)
+        if parts and (p.grad is not None or len({id(e.prebias) for e in parts if e.prebias is not None}) > 1):
+            for b, gb in deferred.prebias_grads(parts, p):  # from the matrix before its update
+                deferred.add_grad(b, gb)
+            parts = [replace(e, rowmod=None, prebias=None) for e in parts]
         if parts and p.grad is None:  # the gradient as entries: summed row by row inside the update
             e = deferred.grouped(parts, p.shape[0])
-            split_rows(adam_entries, p.shape[0], p.detach().numpy(), m.numpy(), v.numpy(), e.S, e.rows, e.coef,
-                       e.order, e.ptr, *hyper)
+            n = p.shape[0]
+            if e.prebias is None:
+                split_rows(adam_entries, n, p.detach().numpy(), m.numpy(), v.numpy(), e.S, e.rows, e.coef, e.order,
+                           e.ptr, *hyper, _NO_ROWS, _NO_PRE, 0, 1)
+                return
+            # with an encoder's pre-bias gradient: one partial sum per block of rows (fixed blocks, so the sum does
+            # not depend on the thread count), added to the pre-bias's .grad before the pre-bias is updated
+            n_pre = e.prebias.numel() // p.shape[1]
+            blocks = max(1, min(_PRE_BLOCKS, n))
+            part = -(-n // blocks)
+            gpre = np.zeros((blocks * n_pre, p.shape[1]), np.float32)
+            run_ranges(adam_entries, list(range(0, n, part)) + [n], p.detach().numpy(), m.numpy(), v.numpy(), e.S,
+                       e.rows, e.coef, e.order, e.ptr, *hyper, e.rowmod, gpre, n_pre, part)
+            deferred.add_grad(e.prebias, torch.from_numpy(gpre.reshape(blocks, n_pre, -1).sum(0))
+                              .reshape(e.prebias.shape))
             return
         g = p.grad.contiguous()
         if parts:  # entries and a dense gradient (another use of the matrix in the step): both
@@ -122,11 +146,18 @@ class RowAdam(torch.optim.Adam):
                 loss = closure()
         saved = [group["params"] for group in self.param_groups]
         rest = []
+        # the matrices with deferred entries first: an encoder's entries may add to its pre-bias's gradient
+        done = set()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) in self._mine and deferred.pending(p):
+                    self._update(p, group)
+                    done.add(id(p))
         for group in self.param_groups:
             left = []
             for p in group["params"]:
                 if id(p) in self._mine:
-                    if p.grad is not None or deferred.pending(p):
+                    if p.grad is not None and id(p) not in done:
                         self._update(p, group)
                 else:
                     left.append(p)
