@@ -821,6 +821,28 @@ def test_flat_topk_ties_go_to_the_lowest_indices_and_infinity_is_kept():
         assert torch.equal(flat[i], v) and 77 in i.tolist()
 
 
+def test_batch_topk_entries_add_the_bias_and_relu_in_the_selection():
+    """batch_topk_entries(pre, n, bias=b) leaves ReLU(pre + b) in pre and selects from it, whether the compiled
+    top-n takes the matrix (m a multiple of 16) or torch does; a NaN still goes to torch.topk."""
+    from mmsae.engine.sparse import batch_topk_entries
+
+    g = torch.Generator().manual_seed(6)
+    for m in (256, 250):
+        pre = torch.randn(64, m, generator=g)
+        b = torch.randn(m, generator=g)
+        want = torch.relu(pre + b)
+        if m == 256:
+            pre[3, 7] = float("nan")
+            want[3, 7] = float("nan")
+        got_pre = pre.clone()
+        vals, rows, cols = batch_topk_entries(got_pre, 64 * 3, bias=b)
+        assert torch.equal(torch.isnan(got_pre), torch.isnan(want))
+        torch.testing.assert_close(got_pre.nan_to_num(-1.0), want.nan_to_num(-1.0), rtol=0, atol=1e-6)
+        ref_v, ref_rows, ref_cols = batch_topk_entries(want.clone(), 64 * 3)
+        assert torch.equal(rows * m + cols, ref_rows * m + ref_cols) or torch.equal(
+            torch.sort(vals).values.nan_to_num(), torch.sort(ref_v).values.nan_to_num())
+
+
 def test_flat_topk_with_nan_falls_back_to_torch_topk():
     from mmsae.engine.sparse import _flat_topk
 

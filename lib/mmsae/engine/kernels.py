@@ -200,6 +200,18 @@ def _add_not_finite(row, b, out):
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
+def _add_relu_not_finite(row, b):
+    """``row = ReLU(row + b)`` in place (NaN kept); whether the sum holds NaN or infinity (one vectorised pass)."""
+    bad = False
+    zero = np.float32(0.0)
+    for j in range(row.shape[0]):
+        t = row[j] + b[j]
+        bad |= not (t - t == zero)
+        row[j] = zero if t < zero else t
+    return bad
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
 def _count_bound(cm, q):
     """A value ``t`` with at least ``q`` of the (finite) ``cm`` at or above it, found by
     bisection on the counts between their minimum and maximum (a few vectorised passes over
@@ -314,23 +326,41 @@ def scan_rows(pre, b, size, kc, k, masked, salt, thresh, per_pair, pairs, out_v,
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def flat_topn(flat, n, out_v, out_i):
+def flat_topn(flat, n, bias, out_v, out_i):
     """The ``n`` largest entries of the 1-D ``flat`` (``len(flat)`` a multiple of :data:`CHUNK` and at least
     ``CHUNK * n``) into ``out_v``/``out_i`` (unsorted; ties at the ``n``-th value go to the lowest indices); returns
     False, leaving the outputs, where ``flat`` holds NaN (the caller answers with ``torch.topk``). As
     :func:`scan_rows` does for a row: the maxima of chunks of :data:`CHUNK` entries (one vectorised pass), a value
     ``t`` reached by ``n`` of them (vectorised bisection counts; a lower bound of the ``n``-th largest entry), the
     entries ``>= t`` of the chunks whose maximum reaches ``t`` as candidates (a bit mask per chunk), and a
-    quickselect among them."""
+    quickselect among them.
+
+    With ``bias`` (not empty; ``flat`` the rows of an ``(R, m)`` matrix, ``m = len(bias)`` a multiple of
+    :data:`CHUNK`), ``flat`` is first made ``ReLU(flat + bias)`` in place, row by row in the same pass as the chunk
+    maxima (NaN stays NaN, as torch's ``relu``)."""
     N = flat.shape[0]
     size = CHUNK
     nc = N // size
-    if _not_finite(flat.view(np.int32)):
-        for j in range(N):  # infinity is fine; NaN is not
-            if flat[j] != flat[j]:
-                return False
     cm = np.empty(nc, flat.dtype)
-    _chunk_maxima(flat, cm, size, flat[:0])
+    m = bias.shape[0]
+    if m > 0:
+        bad = False
+        nr = N // m
+        for r in range(nr):
+            row = flat[r * m:(r + 1) * m]
+            bad |= _add_relu_not_finite(row, bias)
+            _chunk_maxima(row, cm[r * (m // size):(r + 1) * (m // size)], size,
+                          flat[(r + 1) * m:(r + 2) * m] if r + 1 < nr else flat[:0])
+        if bad:
+            for j in range(N):  # infinity is fine; NaN is not
+                if flat[j] != flat[j]:
+                    return False
+    else:
+        if _not_finite(flat.view(np.int32)):
+            for j in range(N):  # infinity is fine; NaN is not
+                if flat[j] != flat[j]:
+                    return False
+        _chunk_maxima(flat, cm, size, flat[:0])
     t = _count_bound(cm, n)
     chunks = np.empty(nc, np.int64)
     nl = 0

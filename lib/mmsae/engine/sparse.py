@@ -343,6 +343,7 @@ class SparseDecode(torch.autograd.Function):
 
 _NO_BIAS = np.empty((0, 0), np.float32)
 _NO_ROWMOD = np.empty(0, np.int64)
+_NO_F32 = np.empty(0, np.float32)
 
 
 class SparseDecodeErrors(torch.autograd.Function):
@@ -913,17 +914,22 @@ __all__ += ["pooled_pre_activations", "batch_topk_entries"]
 
 
 @torch.no_grad()
-def pooled_pre_activations(model, u_c: torch.Tensor) -> torch.Tensor:
+def pooled_pre_activations(model, u_c: torch.Tensor, finish: bool = True) -> torch.Tensor:
     """``ReLU(u_c @ W_enc^T + b_enc)`` of the centred rows ``u_c``, without autograd (as
     ``pre_activations``). The ``(R, m)`` result lives in a buffer kept on the model
-    (:func:`_workspace`): it is overwritten by the model's next encoder pass."""
+    (:func:`_workspace`): it is overwritten by the model's next encoder pass. With ``finish=False``, the product
+    alone: :func:`batch_topk_entries` with ``bias=b_enc`` adds the bias and the ReLU in place in its own pass
+    (``addmm`` first copies the bias into every row of the output, and the ReLU is one more pass)."""
     W_enc, b_enc = model.W_enc, model.b_enc
     out = _workspace(model, u_c.shape[0], W_enc.shape[0], W_enc.dtype, u_c.device)
+    if not finish:
+        return torch.mm(u_c.to(W_enc.dtype), W_enc.t(), out=out)
     return torch.addmm(b_enc, u_c.to(W_enc.dtype), W_enc.t(), out=out).relu_()
 
 
 @torch.no_grad()
-def batch_topk_entries(pre: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch_topk_entries(pre: torch.Tensor, n_keep: int,
+                       bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BatchTopK's selection as flat entries: the ``n_keep`` largest entries of the whole
     ``(R, m)`` matrix ``pre`` (at most ``R * m``), as ``(values, rows, cols)``, each ``(n_keep,)``,
     sorted by row (then column), the order :func:`sparse_encoder_values` (``rows=``) and
@@ -931,27 +937,44 @@ def batch_topk_entries(pre: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, to
 
     The values are ``pre``'s. On ReLU'd pre-activations with fewer than ``n_keep`` positive
     entries some kept entries hold 0 (which ones is unspecified); passed as ``raw`` to
-    :func:`sparse_encoder_values` such an entry has value 0 and gradient 0, as in the dense form."""
+    :func:`sparse_encoder_values` such an entry has value 0 and gradient 0, as in the dense form.
+    With ``bias`` (one value per column), ``pre`` is first made ``ReLU(pre + bias)`` in place (on CPU in the
+    selection's own pass, :func:`kernels.flat_topn`)."""
     R, m = pre.shape
     n_keep = min(int(n_keep), R * m)
-    vals, flat = _flat_topk(pre.reshape(-1), n_keep)
+    if bias is not None:
+        b = bias.detach().to(pre.dtype).contiguous()
+        if not (_flat_kernel_applies(pre.reshape(-1), n_keep) and m % CHUNK == 0 and b.device.type == "cpu"
+                and not uses_device_paths(b)):
+            pre.add_(b).relu_()
+            bias = None
+    vals, flat = _flat_topk(pre.reshape(-1), n_keep, None if bias is None else b)
     flat, order = flat.sort()
     return vals[order], flat // m, flat % m
 
 
-def _flat_topk(flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _flat_kernel_applies(flat: torch.Tensor, n: int) -> bool:
+    """Whether :func:`_flat_topk` takes ``flat`` through :func:`kernels.flat_topn`."""
+    N = flat.numel()
+    return (not uses_device_paths(flat) and flat.dtype == torch.float32 and flat.is_contiguous()
+            and N % CHUNK == 0 and N >= CHUNK * n and n > 0)
+
+
+def _flat_topk(flat: torch.Tensor, n: int, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``flat.topk(n, sorted=False)`` of a long 1-D tensor. On CPU the same chunk-maximum bound
     as :func:`topk_rows`: cut into at least ``2n`` chunks, the ``n``-th largest chunk maximum is
     a lower bound of the ``n``-th largest entry, so only the entries above it (usually a few
     times ``n``) go through ``torch.topk`` (one call on the whole vector runs single-threaded
     over every entry). Ties at the bound may resolve to other indices than ``torch.topk``'s."""
     N = flat.numel()
-    if (not uses_device_paths(flat) and flat.dtype == torch.float32 and flat.is_contiguous() and N % CHUNK == 0
-            and N >= CHUNK * n and n > 0):  # compiled (kernels.flat_topn): no (N,) masks or index lists
+    if _flat_kernel_applies(flat, n):  # compiled (kernels.flat_topn): no (N,) masks or index lists
         v, i = torch.empty(n, dtype=flat.dtype), torch.empty(n, dtype=torch.int64)
-        if kernels.flat_topn(flat.detach().numpy(), n, v.numpy(), i.numpy()):
+        b = _NO_F32 if bias is None else bias.numpy()
+        if kernels.flat_topn(flat.detach().numpy(), n, b, v.numpy(), i.numpy()):
             return v, i
         return flat.topk(n, sorted=False)
+    if bias is not None:
+        raise ValueError("_flat_topk: a bias only where the compiled top-n applies")
     size = 1
     while size * 2 * 2 * n <= N:  # chunks of a power-of-two size, at least 2n of them
         size *= 2

@@ -106,8 +106,8 @@ class BatchTopKSAE(TopKSAE):
         mod = pair_mod(self, b)
         b_pre = self.b_pre.detach()
         u_c = torch.cat([x - b_pre[m0], y - b_pre[m1]])
-        pre = pooled_pre_activations(self, u_c.detach())
-        kept, rows, cols = batch_topk_entries(pre, 2 * b * self.config.k)
+        pre = pooled_pre_activations(self, u_c.detach(), finish=False)  # ReLU(pre + b_enc) made in the selection
+        kept, rows, cols = batch_topk_entries(pre, 2 * b * self.config.k, bias=self.b_enc)
         if self.training:
             self._update_threshold(kept)
             self._update_firing((kept, cols), n_samples=2 * b)
