@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import torch
 
-from ..engine.sparse import (batch_topk_entries, dead_latents, decode_entries, pair_mod, pooled_pre_activations,
-                             select_dead, sparse_encoder_values, stack_pair)
+from ..engine.sparse import (batch_topk_entries, centred_pair_rows, dead_latents, decode_entries, pair_mod, pooled_pre_activations,
+                             prefix_decode_errors, select_dead, sparse_encoder_values, stack_pair)
 from .losses import fast_auxk, squared_errors
 from .base import LossOutput, SAEConfig, register, step_stats
 from .topk import TopKSAE
@@ -104,8 +104,11 @@ class BatchTopKSAE(TopKSAE):
         b = x.shape[0]
         m0, m1 = self._mod(0), self._mod(1)
         mod = pair_mod(self, b)
-        b_pre = self.b_pre.detach()
-        u_c = torch.cat([x - b_pre[m0], y - b_pre[m1]])
+        if x.requires_grad or y.requires_grad:
+            b_pre = self.b_pre.detach()
+            u_c = torch.cat([x - b_pre[m0], y - b_pre[m1]])
+        else:  # one pass over [x; y] (a view where the loop gathered the batch into one buffer)
+            u_c = centred_pair_rows(self, stack_pair(x, y))
         pre = pooled_pre_activations(self, u_c.detach(), finish=False)  # ReLU(pre + b_enc) made in the selection
         kept, rows, cols = batch_topk_entries(pre, 2 * b * self.config.k, bias=self.b_enc)
         if self.training:
@@ -153,8 +156,15 @@ class BatchTopKSAE(TopKSAE):
         b = x.shape[0]
         pre, u_c, mod, kept, rows, cols = self._batch_codes(x, y)
         vals = self._sparse_values(u_c, mod, kept, rows, cols)
-        u_hat = decode_entries(self.W_dec, vals, rows, cols, 2 * b, self.b_pre, mod)
-        se = squared_errors(stack_pair(x, y), u_hat)  # ||u - u_hat||^2 per row of [x; y]
+        u = stack_pair(x, y)
+        # the decode and its squared errors in one compiled pass where it applies (one prefix group: the whole
+        # dictionary; the backward then reads no atom again for the values' gradient)
+        fused = prefix_decode_errors(self.W_dec, vals, rows, cols, torch.zeros_like(cols), 1, u, self.b_pre, mod)
+        if fused is not None:
+            se, u_hat = fused[0][0], fused[1]
+        else:
+            u_hat = decode_entries(self.W_dec, vals, rows, cols, 2 * b, self.b_pre, mod)
+            se = squared_errors(u, u_hat)  # ||u - u_hat||^2 per row of [x; y]
         rec_x, rec_y = se[:b].mean(), se[b:].mean()
         aux = self._auxk_pooled(pre, u_c, mod, (x, y), u_hat)
         loss = rec_x + rec_y + self.config.auxk_coef * aux
