@@ -143,13 +143,18 @@ def test_zero_grad_drops_entries_and_outside_the_context_grads_are_dense():
     assert model.W_enc.grad is not None and model.W_dec.grad is not None
 
 
+@pytest.mark.parametrize("dead", [False, True])
 @pytest.mark.parametrize("name", ["GSAE", METHOD_ORDER[0]])
-def test_the_update_with_the_pre_bias_in_the_pass_is_the_dense_update(name, monkeypatch):
+def test_the_update_with_the_pre_bias_in_the_pass_is_the_dense_update(name, dead, monkeypatch):
     """One RowAdam step with the encoder's entries (and its pre-bias gradient summed inside the encoder's pass) equals
-    the step on the dense gradients, on one thread and, bit for bit, on two."""
+    the step on the dense gradients, on one thread and, bit for bit, on two; with a third of the latents dead, the
+    TopK and AuxK entries of the encoder share their source rows (deferred.grouped)."""
     x, y = _data()
     ref = _model(name)
     ref.init_from_data(x, y)
+    if dead:
+        with torch.no_grad():
+            ref.since_fired[::3] = ref.config.dead_after
     state = {k: v.clone() for k, v in ref.state_dict().items()}
     o_ref = RowAdam(list(ref.parameters()), unit_rows=ref.unit_norm_rows(), lr=1e-3)
     o_ref.zero_grad()
@@ -169,6 +174,9 @@ def test_the_update_with_the_pre_bias_in_the_pass_is_the_dense_update(name, monk
             mod.training_loss(x, y).loss.backward()
             parts = [e for e in getattr(mod.W_enc, deferred._ATTR)]
             assert any(e.prebias is mod.b_pre for e in parts)  # the pre-bias gradient goes with the entries
+            assert len(parts) == (2 if dead else 1)  # AuxK's entries too
+            if dead:
+                assert deferred.grouped(parts, mod.W_enc.shape[0]).S is parts[0].S  # one copy of the rows
             o.step()
         for (n, p), q in zip(mod.named_parameters(), ref.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)

@@ -113,6 +113,18 @@ def grouped(parts: list[Entries], m: int) -> Entries:
         e = parts[0]
         order, ptr = kernels.entries_by_latent(e.latents, m)
         return Entries(e.S, e.rows, e.coef, e.latents, order, ptr, e.keep, e.rowmod, e.prebias)
+    first = parts[0]
+    if all(e.S is first.S or (e.S.ctypes.data == first.S.ctypes.data and e.S.shape == first.S.shape
+                              and e.S.strides == first.S.strides) for e in parts) and \
+            all(e.prebias is first.prebias for e in parts) and \
+            all(e.rowmod is None if first.rowmod is None else
+                (e.rowmod is not None and np.array_equal(e.rowmod, first.rowmod)) for e in parts):
+        # the parts read the same rows (an encoder's TopK and AuxK entries both take the centred inputs): S once
+        latents = np.concatenate([e.latents for e in parts])
+        order, ptr = kernels.entries_by_latent(latents, m)
+        return Entries(first.S, np.concatenate([e.rows for e in parts]),
+                       np.ascontiguousarray(np.concatenate([e.coef for e in parts])), latents, order, ptr,
+                       tuple(k for e in parts for k in e.keep), first.rowmod, first.prebias)
     offsets = np.cumsum([0] + [e.S.shape[0] for e in parts[:-1]])
     S = np.ascontiguousarray(np.concatenate([e.S for e in parts]))
     rows = np.concatenate([e.rows + o for e, o in zip(parts, offsets)])

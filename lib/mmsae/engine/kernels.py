@@ -34,7 +34,19 @@ its work over threads.
   the two decoder-norm hooks in the same pass (:class:`mmsae.train.optim.RowAdam`).
 * ``decoder_value_grads(...)`` and ``adam_entries(...)``: the deferred weight gradients of
   :mod:`mmsae.engine.deferred`: the backward of a K-sparse decode for its values alone, and the
-  Adam update of a matrix whose gradient rows are summed from their entries in the same pass.
+  Adam update of a matrix whose gradient rows are summed from their entries in the same pass
+  (eight entries per pass over the row buffer; each row's first entry written in the previous
+  row's update loop; an encoder's pre-bias gradient summed from each row while it is in cache).
+* ``decode_errors(...)``: a K-sparse decode, its pre-bias, its per-row squared error and the
+  product of the error with each of the row's atoms in one pass per row
+  (:class:`~mmsae.engine.sparse.SparseDecodeErrors`).
+* ``prefix_errors(...)`` and ``prefix_suffix_sums(...)``: Matryoshka's nested-prefix decodes of
+  flat entries with their squared errors in one pass per row, and the backward's suffix sums over
+  the prefix groups (:class:`~mmsae.engine.sparse.PrefixDecodeErrors`; BatchTopK uses it with one
+  group).
+* ``flat_topn(flat, n, bias, ...)``: BatchTopK's ``n`` largest entries of a whole matrix (chunk
+  maxima, a bisection bound, the candidate chunks, a quickselect), with the encoder bias and the
+  ReLU added in place in the same pass.
 """
 
 from __future__ import annotations

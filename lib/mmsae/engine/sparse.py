@@ -728,6 +728,12 @@ def select_dead(pre: torch.Tensor, dead_idx: torch.Tensor | None, k_aux: int, bi
     if dead_idx is None or k_aux <= 0:
         return None
     sub = pre.index_select(1, dead_idx)
+    res = _chunk_scan(sub, k_aux, k_aux, bias=None if bias is None else bias[dead_idx])
+    if res is not None:  # compiled: the top k_aux of the raw values (the same positive entries as of their ReLU;
+        # where fewer than k_aux are positive, other zero-valued slots, which add nothing to the loss or its gradients)
+        vals, j, bad = res
+        if not bool(bad.any()):
+            return vals, dead_idx[j]
     if bias is not None:
         sub += bias[dead_idx]
     _, j = torch.relu(sub).topk(k_aux, dim=-1, sorted=False)

@@ -17,7 +17,7 @@ from torch.profiler import record_function
 from ..engine.device_paths import uses_device_paths
 from ..engine.kernels import group_l21_rows
 from ..engine.parallel import split_rows
-from ..engine.sparse import sparse_decode, sparse_encoder_values
+from ..engine.sparse import SparseDecodeErrors, decode_errors_applies, sparse_decode, sparse_encoder_values
 
 __all__ = [
     "reconstruction_loss",
@@ -153,7 +153,7 @@ def total_variance(u: torch.Tensor) -> torch.Tensor:
 
 
 def auxk_loss(residual: torch.Tensor, aux_recon: torch.Tensor, inputs: torch.Tensor, n_blocks: int = 1,
-              eps: float = 1e-12) -> torch.Tensor:
+              eps: float = 1e-12, sq_errors: torch.Tensor | None = None) -> torch.Tensor:
     """AuxK loss of Gao et al. (2024), weighted for an un-normalised main loss.
 
     ``residual = e = u - u_hat`` (the main reconstruction's error), ``aux_recon = e_hat``
@@ -182,6 +182,9 @@ def auxk_loss(residual: torch.Tensor, aux_recon: torch.Tensor, inputs: torch.Ten
     ``TV(u)`` and ``TV(e)`` and the blocks' values are summed, as the main loss is the sum
     ``||x - x_hat||^2 + ||y - y_hat||^2`` of one term per modality. A block of one row has
     ``TV(u) = 0`` and contributes 0 (no variance to normalise by).
+
+    ``sq_errors``: the per-row ``||e_b - e_hat_b||^2`` where the caller has them already (with their gradient;
+    :class:`~mmsae.engine.sparse.SparseDecodeErrors`), used instead of recomputing them from ``aux_recon``.
     """
     if residual.shape != aux_recon.shape or residual.shape != inputs.shape:
         raise ValueError(f"auxk_loss: shapes differ: residual {tuple(residual.shape)}, aux_recon "
@@ -191,9 +194,9 @@ def auxk_loss(residual: torch.Tensor, aux_recon: torch.Tensor, inputs: torch.Ten
         raise ValueError(f"auxk_loss: {residual.shape[0]} rows cannot be split into n_blocks={n_blocks} equal blocks")
     e = residual.detach()
     total = residual.new_zeros(())
-    for e_b, eh_b, u_b in zip(e.chunk(n_blocks), aux_recon.chunk(n_blocks), inputs.detach().chunk(n_blocks)):
-        err = (e_b - eh_b).pow(2).sum(dim=-1).mean()
-        total = total + total_variance(u_b) * err / total_variance(e_b).clamp_min(eps)
+    se = (e - aux_recon).pow(2).sum(dim=-1) if sq_errors is None else sq_errors
+    for e_b, se_b, u_b in zip(e.chunk(n_blocks), se.chunk(n_blocks), inputs.detach().chunk(n_blocks)):
+        total = total + total_variance(u_b) * se_b.mean() / total_variance(e_b).clamp_min(eps)
     return total
 
 
@@ -213,8 +216,11 @@ def fast_auxk(model, aux, u_c: torch.Tensor, mod, inputs, u_hat: torch.Tensor, n
     with record_function("mmsae.auxk"):
         if isinstance(inputs, (tuple, list)):
             inputs = torch.cat(list(inputs))
-        residual = inputs - u_hat
+        residual = (inputs - u_hat).detach()
         raw, idx = aux
         vals = sparse_encoder_values(raw, u_c, idx, model.W_enc, model.b_enc, model.b_pre, mod)
+        if decode_errors_applies(model.W_dec, vals, idx, residual):  # the decode and its squared errors in one pass
+            recon, se = SparseDecodeErrors.apply(vals, idx, model.W_dec, None, None, residual)
+            return auxk_loss(residual, recon, inputs, n_blocks=n_blocks, sq_errors=se)
         recon = sparse_decode(model.W_dec, vals, idx)
-        return auxk_loss(residual.detach(), recon, inputs, n_blocks=n_blocks)
+        return auxk_loss(residual, recon, inputs, n_blocks=n_blocks)

@@ -15,7 +15,10 @@ With ``rows`` (the training loop passes every matrix when it defers the K-sparse
 :mod:`mmsae.engine.deferred`), those matrices go through the compiled pass too, without the hooks;
 a matrix whose gradient arrives as entries is updated by :func:`mmsae.engine.kernels.adam_entries`,
 which sums each gradient row from its entries in the same pass as the update (same sums, same
-update; no dense gradient written or read).
+update; no dense gradient written or read). An encoder's entries carry its pre-bias gradient too:
+the matrices with entries are updated first, and the pre-bias gradient, summed from each encoder
+row while the pass has it in cache, is added to the pre-bias's ``.grad`` before the pre-bias is
+updated.
 
 The state is torch's (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter), so checkpoints
 load into ``torch.optim.Adam`` and back.
