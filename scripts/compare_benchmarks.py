@@ -12,28 +12,32 @@ and sgemm rate of each are printed with it. Prints a markdown table (and writes 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-METHODS = ("topk", "gsae", "mgsae", "batchtopk", "matryoshka")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import STEP_TARGETS as METHODS, target_checks  # noqa: E402
 
 
 def _ratios(df: pd.DataFrame, pf: pd.DataFrame | None) -> dict:
-    """``{(threads, batch, method, auxk): (ms, ratio, against)}`` of one run."""
+    """``{(threads, batch, method, auxk): (ms, ratio, against)}`` of one run: the ratios of the benchmark's own
+    target checks, with the step's milliseconds beside them."""
     out = {}
-    for (th, B), g in df[df.batch_pairs > 0].groupby(["threads", "batch_pairs"]):
-        col, what = ("ratio_to_floor", "GEMM + Adam") if B <= 128 else ("ratio_to_gemm", "GEMM")
-        for meth in METHODS:
-            r = g[(g.kind == "mmsae") & (g.method == meth)]
-            if len(r):
-                out[(int(th), int(B), meth, False)] = (float(r.ms_per_step.iloc[0]), float(r[col].iloc[0]), what)
-        fl = g[(g.kind == "floor") & (g.method == "floor")]
-        if pf is not None and B <= 128 and len(fl):
-            prof = pf[(pf.threads == th) & (pf.batch_pairs == B) & pf.latents.str.startswith("a third dead")]
-            for meth, r in prof.groupby("method", sort=False):
+    for c in target_checks(df, pf):
+        if "values" not in c:
+            continue
+        th, B = c["threads"], c["batch"]
+        for meth, ratio in c["values"].items():
+            if c["auxk"]:
+                r = pf[(pf.threads == th) & (pf.batch_pairs == B) & (pf.method == meth)
+                       & pf.latents.str.startswith("a third dead")]
                 ms = float(r.step_ms_profiled.iloc[0])
-                out[(int(th), int(B), meth, True)] = (ms, ms / float(fl.ms_per_step.iloc[0]), "GEMM + Adam")
+            else:
+                r = df[(df.threads == th) & (df.batch_pairs == B) & (df.kind == "mmsae") & (df.method == meth)]
+                ms = float(r.ms_per_step.iloc[0])
+            out[(th, B, meth, c["auxk"])] = (ms, ratio, c["against"])
     return out
 
 

@@ -247,6 +247,29 @@ def _count_bound(cm, q):
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
+def _top_of_candidates(buf_v, buf_i, n, k, work, out_v, out_i):
+    """The ``k`` largest of the ``n`` candidates ``buf_v[:n]`` (indices ``buf_i``, in increasing order) into
+    ``out_v[:k]``/``out_i[:k]``: a quickselect on a copy (``work``) for the ``k``-th value, then every candidate
+    above it and, for the rest, those equal to it with the lowest indices."""
+    for e in range(n):
+        work[e] = buf_v[e]
+    kth = _kth_largest(work, n, k)
+    w = 0
+    for e in range(n):
+        if buf_v[e] > kth:
+            out_v[w] = buf_v[e]
+            out_i[w] = buf_i[e]
+            w += 1
+    for e in range(n):  # ties at the k-th value: the lowest indices
+        if w >= k:
+            break
+        if buf_v[e] == kth:
+            out_v[w] = kth
+            out_i[w] = buf_i[e]
+            w += 1
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
 def scan_rows(pre, b, size, kc, k, masked, salt, thresh, per_pair, pairs, out_v, out_i, lo, hi):
     """Rows ``lo <= r < hi``: the top ``k`` of each row of ``pre + b`` (``pre``: ``(R, m)``
     float32; ``b``: ``(m,)``, or empty for no bias), found among the candidates ``>= t[r]``.
@@ -319,22 +342,7 @@ def scan_rows(pre, b, size, kc, k, masked, salt, thresh, per_pair, pairs, out_v,
         if n < k:
             out_i[r, 0] = -1
             continue
-        for e in range(n):
-            work[e] = buf_v[e]
-        kth = _kth_largest(work, n, k)
-        w = 0
-        for e in range(n):
-            if buf_v[e] > kth:
-                out_v[r, w] = buf_v[e]
-                out_i[r, w] = buf_i[e]
-                w += 1
-        for e in range(n):  # ties at the k-th value: the lowest latent indices
-            if w >= k:
-                break
-            if buf_v[e] == kth:
-                out_v[r, w] = kth
-                out_i[r, w] = buf_i[e]
-                w += 1
+        _top_of_candidates(buf_v, buf_i, n, k, work, out_v[r], out_i[r])
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -395,21 +403,7 @@ def flat_topn(flat, n, bias, out_v, out_i):
             buf_i[cnt] = j
             cnt += 1
             msk &= msk - np.uint32(1)
-    work = buf_v[:cnt].copy()
-    kth = _kth_largest(work, cnt, n)
-    w = 0
-    for e in range(cnt):
-        if buf_v[e] > kth:
-            out_v[w] = buf_v[e]
-            out_i[w] = buf_i[e]
-            w += 1
-    for e in range(cnt):  # ties at the n-th value: the lowest indices (the candidates are in index order)
-        if w >= n:
-            break
-        if buf_v[e] == kth:
-            out_v[w] = kth
-            out_i[w] = buf_i[e]
-            w += 1
+    _top_of_candidates(buf_v, buf_i, cnt, n, np.empty(cnt, flat.dtype), out_v, out_i)
     return True
 
 
@@ -480,6 +474,37 @@ def decode_rows(W, vals, idx, out, lo, hi):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False)
+def _add_atoms(o, W, vals, cols, q0, q1):
+    """``o += sum_q vals[q] W[cols[q]]``, ``q0 <= q < q1``, added one after another in that order, eight atoms per
+    pass over ``o`` (each element's chain of multiply-adds in a register, as in :func:`_add_entries`)."""
+    d = o.shape[0]
+    q = q0
+    while q + 8 <= q1:
+        b0, b1, b2, b3 = vals[q], vals[q + 1], vals[q + 2], vals[q + 3]
+        b4, b5, b6, b7 = vals[q + 4], vals[q + 5], vals[q + 6], vals[q + 7]
+        t0, t1, t2, t3 = W[cols[q]], W[cols[q + 1]], W[cols[q + 2]], W[cols[q + 3]]
+        t4, t5, t6, t7 = W[cols[q + 4]], W[cols[q + 5]], W[cols[q + 6]], W[cols[q + 7]]
+        for c in range(d):
+            acc = o[c]
+            acc = acc + b0 * t0[c]
+            acc = acc + b1 * t1[c]
+            acc = acc + b2 * t2[c]
+            acc = acc + b3 * t3[c]
+            acc = acc + b4 * t4[c]
+            acc = acc + b5 * t5[c]
+            acc = acc + b6 * t6[c]
+            acc = acc + b7 * t7[c]
+            o[c] = acc
+        q += 8
+    while q < q1:
+        a = vals[q]
+        w = W[cols[q]]
+        for c in range(d):
+            o[c] += a * w[c]
+        q += 1
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FM, boundscheck=False)
 def decode_errors(W, vals, idx, Bp, rowmod, U, out, E, se, dots, lo, hi):
     """Rows ``lo <= r < hi`` of a K-sparse decode and its squared error against ``U`` in one pass, with what the
     backward of the error needs from the atoms while they are in cache: ``out[r] = sum_k vals[r, k] W[idx[r, k]]``
@@ -493,31 +518,8 @@ def decode_errors(W, vals, idx, Bp, rowmod, U, out, E, se, dots, lo, hi):
         o = out[r]
         for c in range(d):
             o[c] = 0.0
-        v = vals[r]
         ix = idx[r]
-        k = 0
-        while k + 8 <= K:
-            b0, b1, b2, b3, b4, b5, b6, b7 = v[k], v[k + 1], v[k + 2], v[k + 3], v[k + 4], v[k + 5], v[k + 6], v[k + 7]
-            t0, t1, t2, t3 = W[ix[k]], W[ix[k + 1]], W[ix[k + 2]], W[ix[k + 3]]
-            t4, t5, t6, t7 = W[ix[k + 4]], W[ix[k + 5]], W[ix[k + 6]], W[ix[k + 7]]
-            for c in range(d):
-                acc = o[c]
-                acc = acc + b0 * t0[c]
-                acc = acc + b1 * t1[c]
-                acc = acc + b2 * t2[c]
-                acc = acc + b3 * t3[c]
-                acc = acc + b4 * t4[c]
-                acc = acc + b5 * t5[c]
-                acc = acc + b6 * t6[c]
-                acc = acc + b7 * t7[c]
-                o[c] = acc
-            k += 8
-        while k < K:
-            a = v[k]
-            w = W[ix[k]]
-            for c in range(d):
-                o[c] += a * w[c]
-            k += 1
+        _add_atoms(o, W, vals[r], ix, 0, K)
         if hasb and rowmod[r] >= 0:
             b = Bp[rowmod[r]]
             for c in range(d):
@@ -561,29 +563,8 @@ def prefix_errors(W, vals, cols, group, offsets, n_groups, Bp, rowmod, U, E, per
             q1 = q
             while q1 < q_end and group[q1] == g:
                 q1 += 1
-            while q + 8 <= q1:
-                b0, b1, b2, b3 = vals[q], vals[q + 1], vals[q + 2], vals[q + 3]
-                b4, b5, b6, b7 = vals[q + 4], vals[q + 5], vals[q + 6], vals[q + 7]
-                t0, t1, t2, t3 = W[cols[q]], W[cols[q + 1]], W[cols[q + 2]], W[cols[q + 3]]
-                t4, t5, t6, t7 = W[cols[q + 4]], W[cols[q + 5]], W[cols[q + 6]], W[cols[q + 7]]
-                for c in range(d):
-                    acc = o[c]
-                    acc = acc + b0 * t0[c]
-                    acc = acc + b1 * t1[c]
-                    acc = acc + b2 * t2[c]
-                    acc = acc + b3 * t3[c]
-                    acc = acc + b4 * t4[c]
-                    acc = acc + b5 * t5[c]
-                    acc = acc + b6 * t6[c]
-                    acc = acc + b7 * t7[c]
-                    o[c] = acc
-                q += 8
-            while q < q1:
-                a = vals[q]
-                w = W[cols[q]]
-                for c in range(d):
-                    o[c] += a * w[c]
-                q += 1
+            _add_atoms(o, W, vals, cols, q, q1)
+            q = q1
             e = E[g * R + r]
             s = np.float32(0.0)
             if hasb:

@@ -60,6 +60,10 @@ class MatryoshkaSAE(BatchTopKSAE):
         m = self.config.m
         return self._prefix_decodes_entries(vals, flat_idx // m, flat_idx % m, b)
 
+    def _groups(self, cols: torch.Tensor) -> torch.Tensor:
+        """The first prefix each latent of ``cols`` belongs to (latent < prefixes[0] -> 0, ...)."""
+        return torch.bucketize(cols, torch.as_tensor(self.prefixes, device=cols.device), right=True)
+
     def _prefix_decodes_entries(self, vals: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                                 b: int) -> torch.Tensor:
         """Reconstructions ``(n_prefixes, 2B, d)`` of the pooled batch by every prefix, from the
@@ -67,8 +71,7 @@ class MatryoshkaSAE(BatchTopKSAE):
         ``group`` the first prefix its latent belongs to; one ``embedding_bag`` decodes every
         bag (the per-group partial sums), a cumulative sum over the groups gives the prefixes."""
         n_groups, n_rows = len(self.prefixes), 2 * b
-        bounds = torch.as_tensor(self.prefixes, device=cols.device)
-        group = torch.bucketize(cols, bounds, right=True)  # latent < prefixes[0] -> group 0, ...
+        group = self._groups(cols)
         bag, order = (group * n_rows + rows).sort(stable=True)
         parts = decode_entries(self.W_dec, vals[order], bag, cols[order], n_groups * n_rows)
         return parts.reshape(n_groups, n_rows, -1).cumsum(0) + self._pooled_bias(b)
@@ -82,8 +85,8 @@ class MatryoshkaSAE(BatchTopKSAE):
         u = stack_pair(x, y)
         # every prefix's decode and squared error in one compiled pass where it applies (the entries are sorted by
         # row, then latent, so by prefix group within a row)
-        group = torch.bucketize(cols, torch.as_tensor(self.prefixes, device=cols.device), right=True)
-        fused = prefix_decode_errors(self.W_dec, vals, rows, cols, group, len(self.prefixes), u, self.b_pre, mod)
+        fused = prefix_decode_errors(self.W_dec, vals, rows, cols, self._groups(cols), len(self.prefixes), u,
+                                     self.b_pre, mod)
         if fused is not None:
             per, full = fused  # (n_prefixes, 2B), the full reconstruction
         else:
